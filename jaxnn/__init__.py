@@ -1,0 +1,52 @@
+"""jaxnn: a functional JAX library and CLI for training neural networks well.
+
+Pure functions over parameter pytrees, jitted and vmapped. Submodules (each with its own
+``__all__``) are imported on first use, so ``import jaxnn`` stays cheap::
+
+    import jaxnn
+    jaxnn.activations.relu(x)
+    jaxnn.losses.softmax_cross_entropy(logits, labels)
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+#: Public submodules, in the order data flows through them (numerics first, the CLI last).
+SUBMODULES = (
+    "activations",
+    "losses",
+    "regularizers",
+    "initializers",
+    "gradcheck",
+    "preprocessing",
+    "optim",
+    "data",
+    "checkpoint",
+    "plots",
+    "distributed",
+    "layers",
+    "train",
+    "diagnostics",
+    "population",
+    "search",
+    "ensemble",
+    "experiments",
+    "cli",
+)
+
+__all__ = ["__version__", *SUBMODULES]
+
+
+def __getattr__(name: str):
+    if name in SUBMODULES:
+        module = importlib.import_module(f"jaxnn.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'jaxnn' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)
