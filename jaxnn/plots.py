@@ -1,0 +1,126 @@
+"""Plots (matplotlib, Agg backend: files only, no screen needed).
+
+Each function takes plain numbers, writes one PNG atomically (temporary file, then rename) and
+returns its path; none of them shows a window.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["learning_curves", "curves_by_name", "histogram_grid", "scatter_by_param", "bars"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> str:
+    path = os.fspath(path)
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def learning_curves(records: Sequence[Mapping], path, *, title: str = "") -> str:
+    """Loss (left) and accuracy (right) per epoch, train and validation, from ``metrics.jsonl``
+    records (``epoch``, ``train_loss``, ``val_loss``, ``train_acc``, ``val_acc``)."""
+    plt = _pyplot()
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ep = [r["epoch"] for r in records]
+    for key, label in (("train_loss", "train"), ("val_loss", "val")):
+        ax_l.plot(ep, [r[key] for r in records], marker=".", label=label)
+    for key, label in (("train_acc", "train"), ("val_acc", "val")):
+        ax_a.plot(ep, [r[key] for r in records], marker=".", label=label)
+    ax_l.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_a.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (ax_l, ax_a):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def curves_by_name(curves: Mapping[str, Sequence[float]], path, *, ylabel: str,
+                   title: str = "", logy: bool = False) -> str:
+    """One line per named curve against epoch (e.g. validation accuracy per activation)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, ys in curves.items():
+        ax.plot(np.arange(1, len(ys) + 1), ys, marker=".", label=name)
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def histogram_grid(rows: Mapping[str, Sequence[np.ndarray]], path, *, bins: int = 50,
+                   title: str = "") -> str:
+    """A grid of histograms: one row per named configuration, one panel per layer, mean and std
+    in each panel's title."""
+    plt = _pyplot()
+    names = list(rows)
+    ncols = max(len(v) for v in rows.values())
+    fig, axes = plt.subplots(len(names), ncols, figsize=(1.9 * ncols, 1.6 * len(names)),
+                             squeeze=False)
+    for i, name in enumerate(names):
+        for j in range(ncols):
+            ax = axes[i][j]
+            if j >= len(rows[name]):
+                ax.axis("off")
+                continue
+            h = np.asarray(rows[name][j], np.float64).ravel()
+            ax.hist(h, bins=bins, color="C0")
+            ax.set_title(f"L{j + 1} m={h.mean():.2g} s={h.std():.2g}", fontsize=7)
+            ax.tick_params(labelsize=5)
+            ax.set_yticks([])
+        axes[i][0].set_ylabel(name, fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def scatter_by_param(trials: Sequence[Mapping], params: Sequence[str], path, *,
+                     metric: str = "val_acc", log_params: Sequence[str] = ()) -> str:
+    """``metric`` against each hyperparameter, one panel per parameter (log x-axis for
+    ``log_params``)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.5), squeeze=False)
+    for ax, name in zip(axes[0], params, strict=True):
+        xs = [t["params"][name] for t in trials]
+        ys = [t[metric] for t in trials]
+        ax.scatter(xs, ys, s=18)
+        if name in log_params:
+            ax.set_xscale("log")
+        ax.set(xlabel=name, ylabel=metric)
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def bars(labels: Sequence[str], values: Sequence[float], path, *, ylabel: str,
+         title: str = "", logy: bool = False) -> str:
+    """A horizontal bar chart (e.g. throughput per implementation)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(labels) + 1.2))
+    ax.barh(range(len(labels)), values, color="C0")
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set(xlabel=ylabel, title=title)
+    if logy:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3, axis="x")
+    return _save(fig, path)

@@ -1,0 +1,441 @@
+"""The core loop of mini-batch SGD: sample, forward, backprop, update.
+
+One :func:`make_train_step` step does forward, backprop and update inside one ``jax.jit``;
+:func:`make_epoch` runs a whole shuffled epoch inside one ``lax.scan`` so Python is out of the hot
+loop; :func:`evaluate` measures loss and accuracy; :func:`fit` is the loop a user calls (epochs,
+validation, progress bar, ``metrics.jsonl``, orbax checkpoints, divergence stop, resume).
+
+Batches have a fixed shape: the ragged last batch is padded and a ``mask`` marks the real rows, so
+the step compiles once. The data order of epoch ``e`` is a pure function of ``(state.key, e)`` and
+dropout's key a pure function of ``(state.key, state.step)``, so a resumed run repeats an
+uninterrupted one exactly.
+
+Example::
+
+    model = jaxnn.layers.mlp([64, 128, 10])
+    opt = jaxnn.optim.momentum(0.1)
+    state = init_train_state(model, opt, key=jax.random.key(0))
+    step = make_train_step(model.apply, "softmax_cross_entropy", opt, l2=1e-4)
+    state, metrics = step(state, batch)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxnn import data as _data
+from jaxnn import losses as _losses
+from jaxnn import optim as _optim
+from jaxnn import regularizers as _reg
+
+__all__ = [
+    "TrainState",
+    "StepMetrics",
+    "EvalResult",
+    "History",
+    "DivergenceError",
+    "init_train_state",
+    "train_step_fn",
+    "epoch_fn",
+    "make_train_step",
+    "make_epoch",
+    "make_evaluate",
+    "evaluate",
+    "summarize_epoch",
+    "is_diverged",
+    "fit",
+]
+
+_DATA_STREAM, _DROPOUT_STREAM = 0, 1
+
+
+class TrainState(NamedTuple):
+    """Everything a training run carries from step to step (a pytree)."""
+
+    params: Any
+    model_state: Any
+    opt_state: Any
+    step: jax.Array
+    key: jax.Array
+
+
+class StepMetrics(NamedTuple):
+    """Per-step numbers: mean data ``loss`` and ``accuracy`` over the real examples of the batch,
+    ``total_loss`` (with regularization), ``count`` of real examples, and the ``learning_rate``."""
+
+    loss: jax.Array
+    accuracy: jax.Array
+    total_loss: jax.Array
+    count: jax.Array
+    learning_rate: jax.Array
+
+
+class EvalResult(NamedTuple):
+    """Mean loss and accuracy over a dataset."""
+
+    loss: jax.Array
+    accuracy: jax.Array
+
+
+class DivergenceError(RuntimeError):
+    """Raised by :func:`fit` with ``raise_on_divergence=True`` when the loss diverges."""
+
+
+def _loss_fn(loss):
+    return _losses.get(loss) if isinstance(loss, str) else loss
+
+
+def init_train_state(
+    model, optimizer: optax.GradientTransformation, *, key: jax.Array, init_scale=None
+) -> TrainState:
+    """Initialize params (optionally scaling every weight matrix by ``init_scale``), model state
+    and optimizer state. ``key`` seeds the parameters, the data order and dropout."""
+    init_key, run_key = jax.random.split(key)
+    params, model_state = model.init(init_key)
+    if init_scale is not None:
+        params = _scale_weights(params, init_scale)
+    return TrainState(params, model_state, optimizer.init(params), jnp.zeros((), jnp.int32), run_key)
+
+
+def _scale_weights(params, scale):
+    """Multiply the leaves :func:`jaxnn.regularizers.weights` selects by ``scale``."""
+    flags = _weight_flags(params)
+    return jax.tree.map(lambda p, f: p * jnp.asarray(scale, p.dtype) if f else p, params, flags)
+
+
+def _weight_flags(params):
+    """A pytree of bools marking the weight leaves (the ones regularization applies to)."""
+    chosen = {id(leaf) for leaf in jax.tree.leaves(_reg.weights(params))}
+    return jax.tree.map(lambda p: id(p) in chosen, params)
+
+
+def _forward_loss(apply, loss_fn, params, model_state, batch, key, l2):
+    logits, new_model_state = apply(params, model_state, batch.x, train=True, key=key,
+                                    mask=batch.mask)
+    per_example = loss_fn(logits, batch.y)
+    mask = batch.mask.astype(jnp.float32)
+    count = jnp.sum(mask)
+    data_loss = jnp.sum(per_example.astype(jnp.float32) * mask) / jnp.maximum(count, 1.0)
+    correct = jnp.sum((jnp.argmax(logits, -1) == batch.y) * mask)
+    total = _reg.full_loss(data_loss, params, l2=l2)
+    return total, (data_loss, correct, count, new_model_state)
+
+
+def train_step_fn(apply, loss, optimizer: optax.GradientTransformation):
+    """The un-jitted step ``step(state, batch, l2) -> (state, StepMetrics)``.
+
+    Forward, backprop, update. ``l2`` is an argument (not a constant) so a vmapped population can
+    give each member its own; :func:`make_train_step` jits it with ``l2`` fixed.
+    """
+    loss_fn = _loss_fn(loss)
+
+    def step(state: TrainState, batch, l2):
+        key = jax.random.fold_in(jax.random.fold_in(state.key, _DROPOUT_STREAM), state.step)
+        grad_fn = jax.value_and_grad(
+            functools.partial(_forward_loss, apply, loss_fn), has_aux=True
+        )
+        (total, (data_loss, correct, count, model_state)), grads = grad_fn(
+            state.params, state.model_state, batch, key, l2
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = StepMetrics(
+            loss=data_loss,
+            accuracy=correct / jnp.maximum(count, 1.0),
+            total_loss=total,
+            count=count,
+            learning_rate=jnp.asarray(_optim.learning_rate(opt_state), jnp.float32),
+        )
+        return TrainState(params, model_state, opt_state, state.step + 1, state.key), metrics
+
+    return step
+
+
+def make_train_step(
+    apply, loss, optimizer: optax.GradientTransformation, *, l2: float = 0.0, donate: bool = True
+):
+    """A jitted ``step(state, batch) -> (state, StepMetrics)`` (forward, backprop, update).
+
+    ``batch`` is a :class:`jaxnn.data.Batch` ``(x, y, mask)`` of fixed shape. The state is donated
+    (its buffers reused for the new state) unless ``donate=False``.
+    """
+    raw = train_step_fn(apply, loss, optimizer)
+    step = lambda state, batch: raw(state, batch, l2)
+    return jax.jit(step, donate_argnums=(0,) if donate else ())
+
+
+def epoch_fn(apply, loss, optimizer: optax.GradientTransformation, *, batch_size: int):
+    """The un-jitted epoch ``epoch(state, x, y, epoch, l2) -> (state, StepMetrics[steps])``:
+    shuffle by ``(state.key, epoch)``, cut fixed-shape batches, and scan the step over them."""
+    step = train_step_fn(apply, loss, optimizer)
+
+    def run(state: TrainState, x, y, epoch, l2):
+        data_key = jax.random.fold_in(state.key, _DATA_STREAM)
+        idx, mask = _data.batch_indices(x.shape[0], batch_size, key=data_key, epoch=epoch)
+        # Gather each batch inside the scan: no permuted copy of the whole data set.
+        body = lambda s, im: step(s, _data.gather_batch(x, y, im[0], im[1]), l2)
+        return jax.lax.scan(body, state, (idx, mask))
+
+    return run
+
+
+def make_epoch(
+    apply,
+    loss,
+    optimizer: optax.GradientTransformation,
+    *,
+    batch_size: int,
+    l2: float = 0.0,
+    donate: bool = True,
+):
+    """A jitted ``epoch(state, x, y, epoch) -> (state, StepMetrics)`` running a whole shuffled epoch
+    inside one ``lax.scan`` (metrics stacked per step). Compiles once per data shape."""
+    run = epoch_fn(apply, loss, optimizer, batch_size=batch_size)
+    epoch = lambda state, x, y, e: run(state, x, y, e, l2)
+    return jax.jit(epoch, donate_argnums=(0,) if donate else ())
+
+
+def make_evaluate(apply, loss, *, batch_size: int = 1024):
+    """A jitted ``evaluate(params, model_state, x, y) -> EvalResult`` in evaluation mode
+    (batch-norm running averages, no dropout), scanning fixed-size batches."""
+    loss_fn = _loss_fn(loss)
+
+    def run(params, model_state, x, y):
+        n = x.shape[0]
+        bs = min(batch_size, n)
+        nb = -(-n // bs)
+        pad = nb * bs - n
+        mask = jnp.concatenate([jnp.ones(n, jnp.float32), jnp.zeros(pad, jnp.float32)])
+        xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+        yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]) if pad else y
+
+        def body(carry, b):
+            xb, yb, mb = b
+            logits, _ = apply(params, model_state, xb, train=False)
+            per = loss_fn(logits, yb).astype(jnp.float32)
+            correct = (jnp.argmax(logits, -1) == yb) * mb
+            return (carry[0] + jnp.sum(per * mb), carry[1] + jnp.sum(correct)), None
+
+        shaped = lambda a: a.reshape((nb, bs, *a.shape[1:]))
+        (tot, cor), _ = jax.lax.scan(
+            body, (jnp.zeros(()), jnp.zeros(())), (shaped(xp), shaped(yp), shaped(mask))
+        )
+        return EvalResult(tot / n, cor / n)
+
+    return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_evaluate(apply, loss, batch_size):
+    return make_evaluate(apply, loss, batch_size=batch_size)
+
+
+def evaluate(apply, params, model_state, x, y, *, loss="softmax_cross_entropy",
+             batch_size: int = 1024) -> EvalResult:
+    """Mean loss and accuracy of the model on ``(x, y)`` in evaluation mode."""
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    if x.shape[0] == 0 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"evaluate: x and y need the same non-zero length, got {x.shape[0]} "
+                         f"and {y.shape[0]}")
+    return _cached_evaluate(apply, loss, batch_size)(params, model_state, x, y)
+
+
+def summarize_epoch(metrics: StepMetrics) -> dict:
+    """Example-weighted means of a stacked epoch of :class:`StepMetrics` (host numbers)."""
+    m = jax.device_get(metrics)
+    count = np.asarray(m.count, np.float64)
+    total = max(count.sum(), 1.0)
+    return {
+        "train_loss": float(np.sum(np.asarray(m.loss, np.float64) * count) / total),
+        "train_acc": float(np.sum(np.asarray(m.accuracy, np.float64) * count) / total),
+        "lr": float(np.asarray(m.learning_rate)[-1]),
+    }
+
+
+def is_diverged(loss: float, initial_loss: float, *, factor: float = 3.0) -> bool:
+    """The divergence rule: the loss is NaN/inf or exceeds ``factor`` times the initial loss."""
+    return (not math.isfinite(loss)) or loss > factor * initial_loss
+
+
+# --------------------------------------------------------------------------- fit
+@dataclasses.dataclass
+class History:
+    """What :func:`fit` returns: one record per epoch (``epoch``, ``train_loss``, ``train_acc``,
+    ``val_loss``, ``val_acc``, ``lr``, ``seconds``), why it stopped, the initial loss and the final
+    :class:`TrainState`. ``history["val_acc"]`` gives one metric as a numpy array."""
+
+    records: list[dict]
+    stopped_reason: str
+    initial_loss: float
+    state: TrainState | None = None
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return np.asarray([r[name] for r in self.records], dtype=np.float64)
+
+    @property
+    def diverged(self) -> bool:
+        return self.stopped_reason.startswith("diverged")
+
+
+def _write_json_atomic(path, obj) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _read_records(path, upto_epoch: int) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill
+                break
+            if rec.get("epoch", 0) <= upto_epoch:
+                out.append(rec)
+    return out
+
+
+def _check_data(x, y, name):
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: the data set is empty")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"{name}: x has {x.shape[0]} examples but y has {y.shape[0]}")
+
+
+def fit(
+    model,
+    data,
+    *,
+    optimizer: optax.GradientTransformation,
+    epochs: int,
+    key: jax.Array,
+    loss: str | Callable = "softmax_cross_entropy",
+    batch_size: int = 64,
+    l2: float = 0.0,
+    out_dir: str | os.PathLike | None = None,
+    keep_checkpoints: int = 3,
+    resume: bool = False,
+    divergence_factor: float = 3.0,
+    patience: int | None = None,
+    progress: bool = True,
+    raise_on_divergence: bool = False,
+    callback: Callable[[dict, TrainState], None] | None = None,
+) -> History:
+    """Train ``model`` on ``data`` (a :class:`jaxnn.data.Dataset`) with mini-batch SGD.
+
+    Each epoch runs in one jitted ``lax.scan`` (:func:`make_epoch`), then the model is evaluated on
+    the validation split. With ``out_dir``: one JSON line per epoch in ``metrics.jsonl`` and an
+    orbax checkpoint per healthy epoch (the last ``keep_checkpoints`` kept); ``resume=True``
+    continues from the latest checkpoint there and repeats exactly what an uninterrupted run would
+    have done. A loss that is NaN/inf or above ``divergence_factor`` times the initial loss stops
+    the run (``stopped_reason`` starts with ``"diverged"``) and keeps the last good checkpoint.
+    ``patience`` stops early after that many epochs without a better validation loss.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    x_train, y_train = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    x_val, y_val = jnp.asarray(data.x_val), jnp.asarray(data.y_val)
+    _check_data(x_train, y_train, "training split")
+    _check_data(x_val, y_val, "validation split")
+    batch_size = min(batch_size, x_train.shape[0])
+
+    state = init_train_state(model, optimizer, key=key)
+    # No donation here: on divergence the last good state must still be alive to return.
+    epoch_step = make_epoch(model.apply, loss, optimizer, batch_size=batch_size, l2=l2,
+                            donate=False)
+    evaluate_fn = make_evaluate(model.apply, loss)
+
+    ckpt, metrics_path, start_epoch, records = None, None, 0, []
+    initial_loss = None
+    if out_dir is not None:
+        from jaxnn.checkpoint import Checkpointer
+
+        os.makedirs(out_dir, exist_ok=True)
+        metrics_path = os.path.join(out_dir, "metrics.jsonl")
+        ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), max_to_keep=keep_checkpoints)
+        if resume and ckpt.latest_step() is not None:
+            state, meta = ckpt.restore(template=state)
+            start_epoch = int(meta["epoch"])
+            initial_loss = float(meta["initial_loss"])
+            records = _read_records(metrics_path, start_epoch)
+        elif not resume and ckpt.latest_step() is not None:
+            raise ValueError(f"{out_dir} already holds checkpoints; resume it or choose a new --out")
+        with open(metrics_path, "w") as f:  # rewrite: drop epochs past the restored checkpoint
+            f.writelines(json.dumps(r) + "\n" for r in records)
+    if initial_loss is None:
+        initial_loss = float(evaluate_fn(state.params, state.model_state, x_train, y_train).loss)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, initial=start_epoch, desc="train", unit="epoch", leave=False)
+    stopped_reason = "completed"
+    best_val, since_best = math.inf, 0
+    for r in records:
+        if r["val_loss"] < best_val:
+            best_val, since_best = r["val_loss"], 0
+        else:
+            since_best += 1
+    try:
+        for epoch in range(start_epoch + 1, epochs + 1):
+            t0 = time.perf_counter()
+            new_state, step_metrics = epoch_step(state, x_train, y_train, jnp.int32(epoch))
+            rec = {"epoch": epoch, **summarize_epoch(step_metrics)}
+            if is_diverged(rec["train_loss"], initial_loss, factor=divergence_factor):
+                stopped_reason = (
+                    f"diverged at epoch {epoch}: train loss {rec['train_loss']:.4g} (initial "
+                    f"{initial_loss:.4g}); the learning rate is probably too high"
+                )
+                if raise_on_divergence:
+                    raise DivergenceError(stopped_reason)
+                break
+            state = new_state
+            ev = evaluate_fn(state.params, state.model_state, x_val, y_val)
+            rec["val_loss"], rec["val_acc"] = float(ev.loss), float(ev.accuracy)
+            rec["seconds"] = time.perf_counter() - t0
+            records.append(rec)
+            if metrics_path is not None:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+            if ckpt is not None:
+                ckpt.save(epoch, state, {"epoch": epoch, "initial_loss": initial_loss})
+            if callback is not None:
+                callback(rec, state)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{rec['train_loss']:.4f}", val_acc=f"{rec['val_acc']:.4f}")
+            if rec["val_loss"] < best_val:
+                best_val, since_best = rec["val_loss"], 0
+            else:
+                since_best += 1
+            if patience is not None and since_best >= patience:
+                stopped_reason = f"early stop at epoch {epoch}: no better val loss in {patience}"
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+        if ckpt is not None:
+            ckpt.close()
+    return History(records, stopped_reason, initial_loss, state)

@@ -1,0 +1,192 @@
+"""jaxnn.train: the step against a hand computation, compile-once, scan == loop, fit, divergence,
+resume."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxnn import data, layers, optim, train
+
+
+def _blobs(n=90, d=6, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(c, d)) * 3
+    y = rng.integers(0, c, size=n).astype(np.int32)
+    x = (centers[y] + rng.normal(size=(n, d))).astype(np.float32)
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    x, y = _blobs(150)
+    return data.Dataset(x[:90], y[:90], x[90:120], y[90:120], x[120:], y[120:], 3, "blobs")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return layers.mlp([6, 16, 3])
+
+
+def test_step_equals_hand_computation(model):
+    x, y = _blobs(8)
+    opt = optim.sgd(0.1)
+    state = train.init_train_state(model, opt, key=jax.random.key(0))
+    batch = data.Batch(jnp.asarray(x), jnp.asarray(y), jnp.ones(8))
+    l2 = 0.01
+
+    def ref_loss(p):
+        logits, _ = model.apply(p, state.model_state, x)
+        logp = jax.nn.log_softmax(logits)
+        ce = -jnp.mean(logp[jnp.arange(8), y])
+        reg = sum(jnp.sum(p[k]["w"] ** 2) for k in p)
+        return ce + l2 * reg
+
+    expected = jax.tree.map(lambda p, g: p - 0.1 * g, state.params, jax.grad(ref_loss)(state.params))
+    step = train.make_train_step(model.apply, "softmax_cross_entropy", opt, l2=l2, donate=False)
+    new, metrics = step(state, batch)
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert int(new.step) == 1
+    assert float(metrics.total_loss) == pytest.approx(float(ref_loss(state.params)), rel=1e-5)
+    assert float(metrics.count) == 8
+
+
+def test_mask_excludes_padding_from_loss_and_gradient(model):
+    x, y = _blobs(8)
+    opt = optim.sgd(0.1)
+    state = train.init_train_state(model, opt, key=jax.random.key(0))
+    step = train.make_train_step(model.apply, "softmax_cross_entropy", opt, donate=False)
+    full, m_full = step(state, data.Batch(jnp.asarray(x[:5]), jnp.asarray(y[:5]), jnp.ones(5)))
+    junk_x = np.concatenate([x[:5], 50 * np.ones((3, 6), np.float32)])
+    padded, m_pad = step(state, data.Batch(jnp.asarray(junk_x), jnp.asarray(y), jnp.asarray(
+        [1.0] * 5 + [0.0] * 3)))
+    assert float(m_pad.loss) == pytest.approx(float(m_full.loss), rel=1e-6)
+    for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(padded.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_step_compiles_once(model):
+    traces = []
+
+    def counting_apply(*args, **kwargs):
+        traces.append(1)
+        return model.apply(*args, **kwargs)
+
+    opt = optim.momentum(0.1)
+    state = train.init_train_state(model, opt, key=jax.random.key(1))
+    step = train.make_train_step(counting_apply, "softmax_cross_entropy", opt)
+    x, y = _blobs(50)
+    for epoch in range(2):
+        for b in data.iterate_batches(x, y, 16, key=jax.random.key(2), epoch=epoch):  # ragged last
+            state, _ = step(state, b)
+        # A changing learning rate is a value in the state, not a new trace.
+        state = state._replace(opt_state=optim.set_hyperparam(
+            state.opt_state, "learning_rate", 0.05 / (epoch + 1)))
+    assert len(traces) == 1
+
+
+def test_epoch_in_scan_equals_python_loop(model, dataset):
+    opt = optim.momentum(0.05)
+    s0 = train.init_train_state(model, opt, key=jax.random.key(4))
+    epoch = train.make_epoch(model.apply, "softmax_cross_entropy", opt, batch_size=32, l2=1e-3,
+                             donate=False)
+    s_scan, metrics = epoch(s0, dataset.x_train, dataset.y_train, jnp.int32(1))
+    step = train.make_train_step(model.apply, "softmax_cross_entropy", opt, l2=1e-3, donate=False)
+    s_loop, losses = s0, []
+    data_key = jax.random.fold_in(s0.key, 0)
+    for b in data.iterate_batches(dataset.x_train, dataset.y_train, 32, key=data_key, epoch=1):
+        s_loop, m = step(s_loop, b)
+        losses.append(float(m.loss))
+    assert metrics.loss.shape == (3,)
+    np.testing.assert_allclose(metrics.loss, losses, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(s_scan.params), jax.tree.leaves(s_loop.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluate_matches_numpy(model, dataset):
+    params, state = model.init(jax.random.key(5))
+    res = train.evaluate(model.apply, params, state, dataset.x_val, dataset.y_val, batch_size=7)
+    logits = np.asarray(model.apply(params, state, dataset.x_val)[0], np.float64)
+    logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1,
+                                                                           keepdims=True)) \
+        - logits.max(1, keepdims=True)
+    ce = -logp[np.arange(len(dataset.y_val)), dataset.y_val].mean()
+    acc = np.mean(logits.argmax(1) == dataset.y_val)
+    assert float(res.loss) == pytest.approx(ce, rel=1e-5)
+    assert float(res.accuracy) == pytest.approx(acc)
+
+
+def test_fit_learns_a_tiny_problem_to_zero_loss(model, dataset):
+    small = dataset._replace(x_train=dataset.x_train[:20], y_train=dataset.y_train[:20])
+    hist = train.fit(model, small, optimizer=optim.adam(0.01), epochs=150, batch_size=20,
+                     key=jax.random.key(0), progress=False)
+    assert hist.records[-1]["train_loss"] < 0.01
+    assert hist.records[-1]["train_acc"] == 1.0
+    assert hist.stopped_reason == "completed"
+    assert hist["train_loss"].shape == (150,)
+
+
+def test_fit_stops_on_divergence_and_keeps_last_good_checkpoint(model, dataset, tmp_path):
+    # An absurd learning rate: the loss explodes within a few epochs.
+    hist = train.fit(model, dataset, optimizer=optim.sgd(1e4), epochs=20, batch_size=30,
+                     key=jax.random.key(0), out_dir=tmp_path, progress=False)
+    assert hist.diverged and "learning rate" in hist.stopped_reason
+    assert len(hist.records) < 20
+    from jaxnn.checkpoint import Checkpointer
+
+    with Checkpointer(tmp_path / "checkpoints") as ck:
+        steps = ck.all_steps()
+        assert (steps[-1] if steps else 0) == len(hist.records)
+    for leaf in jax.tree.leaves(hist.state.params):
+        assert np.all(np.isfinite(leaf))
+    with pytest.raises(train.DivergenceError):
+        train.fit(model, dataset, optimizer=optim.sgd(1e4), epochs=20, batch_size=30,
+                  key=jax.random.key(0), progress=False, raise_on_divergence=True)
+
+
+def test_resume_repeats_an_uninterrupted_run(dataset, tmp_path):
+    model = layers.mlp([6, 16, 3], dropout=0.2, batch_norm=True)
+    kw = dict(optimizer=optim.momentum(0.05), batch_size=32, key=jax.random.key(7),
+              progress=False, l2=1e-3)
+    full = train.fit(model, dataset, epochs=4, **kw)
+    train.fit(model, dataset, epochs=2, out_dir=tmp_path, **kw)
+    # A line for epoch 3 written before a kill, with no checkpoint: dropped on resume.
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 3, "train_loss": -1.0}) + "\n{\"epoch\": 4, \"tr")
+    resumed = train.fit(model, dataset, epochs=4, out_dir=tmp_path, resume=True, **kw)
+    np.testing.assert_allclose(resumed["train_loss"], full["train_loss"], rtol=1e-6)
+    lines = [json.loads(s) for s in open(tmp_path / "metrics.jsonl")]
+    assert [r["epoch"] for r in lines] == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        train.fit(model, dataset, epochs=4, out_dir=tmp_path, **kw)
+
+
+def test_fit_rejects_bad_input(model, dataset):
+    with pytest.raises(ValueError, match="epochs"):
+        train.fit(model, dataset, optimizer=optim.sgd(0.1), epochs=0, key=jax.random.key(0))
+    empty = dataset._replace(x_train=dataset.x_train[:0], y_train=dataset.y_train[:0])
+    with pytest.raises(ValueError, match="empty"):
+        train.fit(model, empty, optimizer=optim.sgd(0.1), epochs=1, key=jax.random.key(0))
+
+
+def test_population_style_vmap_of_the_raw_step(model):
+    """The un-jitted step vmaps over states and l2 (what jaxnn.population builds on)."""
+    opt = optim.sgd(0.1)
+    raw = train.train_step_fn(model.apply, "softmax_cross_entropy", opt)
+    keys = jax.random.split(jax.random.key(0), 3)
+    states = jax.vmap(lambda k: train.init_train_state(model, opt, key=k))(keys)
+    x, y = _blobs(8)
+    batch = data.Batch(jnp.asarray(x), jnp.asarray(y), jnp.ones(8))
+    l2s = jnp.array([0.0, 0.01, 0.1])
+    new, metrics = jax.jit(jax.vmap(raw, in_axes=(0, None, 0)))(states, batch, l2s)
+    for i in range(3):
+        s_i = jax.tree.map(lambda a, i=i: a[i], states)
+        ref, m = raw(s_i, batch, l2s[i])
+        np.testing.assert_allclose(metrics.total_loss[i], m.total_loss, rtol=1e-5)
+        np.testing.assert_allclose(new.params["layer_0"]["w"][i], ref.params["layer_0"]["w"],
+                                   rtol=1e-5, atol=1e-6)
+    assert isinstance(opt, optax.GradientTransformation)
