@@ -127,7 +127,7 @@ def _epoch_mean(metrics: _train.StepMetrics):
     return jnp.sum(metrics.loss * w, -1) / tot, jnp.sum(metrics.accuracy * w, -1) / tot
 
 
-def _build_epoch(model, loss, optimizer, batch_size: int, factor: float):
+def _build_epoch(model, loss, optimizer, batch_size: int, factor: float, probe):
     raw_epoch = _train.epoch_fn(model.apply, loss, optimizer, batch_size=batch_size)
     evaluate = _train.make_evaluate(model.apply, loss)
     # make_evaluate returns a jitted function; vmapping a jitted function is fine inside jit.
@@ -147,7 +147,10 @@ def _build_epoch(model, loss, optimizer, batch_size: int, factor: float):
 
         states = jax.tree.map(select, new, states)
         ev = eval_members(states.params, states.model_state, xv, yv)
-        return states, keep, alive & ~healthy, (train_loss, train_acc, ev.loss, ev.accuracy)
+        probed = {} if probe is None else jax.vmap(probe)(states.params, states.model_state)
+        metrics = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": ev.loss,
+                   "val_acc": ev.accuracy, **probed}
+        return states, keep, alive & ~healthy, metrics
 
     return jax.jit(run, donate_argnums=(0,))
 
@@ -179,6 +182,7 @@ def train_population(
     devices: int | None = None,
     divergence_factor: float = 3.0,
     patience: int | None = None,
+    probe: Callable[[Any, Any], dict[str, jax.Array]] | None = None,
 ) -> PopulationResult:
     """Train N members at once (N = the length of every ``hparams`` array).
 
@@ -197,6 +201,9 @@ def train_population(
       divergence_factor: the divergence rule of :func:`jaxnn.train.is_diverged`.
       patience: freeze a member (status ``"stopped"``) after this many epochs without a better
         validation loss.
+      probe: ``probe(params, model_state) -> {name: scalar}`` evaluated for every member after
+        every epoch inside the jitted epoch (e.g. the dead-ReLU fraction on a fixed batch); each
+        name becomes a ``history`` entry ``[epochs_run, N]``.
 
     A population of one with member ``i``'s hyperparameters gives member ``i``'s losses.
     """
@@ -221,11 +228,11 @@ def train_population(
     states, l2 = _shard(states, devices), _shard(l2, devices)
     evaluate = jax.vmap(_train.make_evaluate(model.apply, loss), in_axes=(0, 0, None, None))
     initial = evaluate(states.params, states.model_state, x, y).loss
-    run_epoch = _build_epoch(model, loss, optimizer, batch_size, divergence_factor)
+    run_epoch = _build_epoch(model, loss, optimizer, batch_size, divergence_factor, probe)
 
     alive = jnp.ones(n, bool)
     status = np.array(["ok"] * n, dtype=object)
-    hist = {k: [] for k in ("train_loss", "train_acc", "val_loss", "val_acc")}
+    hist: dict[str, list] = {}
     final = {k: np.full(n, np.nan) for k in ("train_loss", "val_loss", "val_acc")}
     best_val, since_best = np.full(n, np.inf), np.zeros(n, int)
     for epoch in range(1, epochs + 1):
@@ -233,12 +240,13 @@ def train_population(
         states, alive, diverged, metrics = run_epoch(
             states, alive, x, y, xv, yv, jnp.int32(epoch), l2, initial
         )
-        tl, ta, vl, va = (np.asarray(m, np.float64) for m in metrics)
+        metrics = {k: np.asarray(v, np.float64) for k, v in metrics.items()}
+        tl, vl, va = metrics["train_loss"], metrics["val_loss"], metrics["val_acc"]
         diverged = np.asarray(diverged)
         status[diverged] = "diverged"
         healthy = was_alive & ~diverged
-        for k, v in zip(hist, (tl, ta, vl, va), strict=True):
-            hist[k].append(np.where(was_alive, v, np.nan))
+        for k, v in metrics.items():
+            hist.setdefault(k, []).append(np.where(was_alive, v, np.nan))
         # Frozen members keep their last good state; their val numbers are of that state.
         for k, v in (("train_loss", tl), ("val_loss", vl), ("val_acc", va)):
             final[k] = np.where(healthy, v, final[k])

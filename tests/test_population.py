@@ -111,3 +111,15 @@ def test_bad_hparams(dataset, model):
         _run(dataset, model, {"learning_rate": np.array([0.1, 0.2]), "l2": np.array([0.1])})
     with pytest.raises(ValueError, match="unknown"):
         _run(dataset, model, {"learning_rate": np.array([0.1]), "momentum": np.array([0.9])})
+
+
+def test_probe_adds_a_history_entry(dataset, model):
+    x_probe = jnp.asarray(dataset.x_val[:8])
+    probe = lambda p, s: {"mean_logit": jnp.mean(model.apply(p, s, x_probe)[0])}
+    res = population.train_population(
+        data=dataset, hparams={"learning_rate": np.array([0.01, 0.05])}, epochs=2, batch_size=32,
+        key=jax.random.key(0), model=model, probe=probe)
+    assert res.history["mean_logit"].shape == (2, 2)
+    p1, s1 = population.member(res, 1)
+    expected = float(jnp.mean(model.apply(p1, s1, x_probe)[0]))
+    assert res.history["mean_logit"][-1, 1] == pytest.approx(expected, rel=1e-5)
