@@ -22,7 +22,7 @@ VERBS = {
     "gradcheck": "jaxnn.cli._gradcheck",
     "experiment": "jaxnn.cli._experiment",
     "search": "jaxnn.cli._search",
-    "compare": "jaxnn.cli._search",
+    "compare": "jaxnn.cli._experiment",
     "ensemble": "jaxnn.cli._search",
     "bench": "jaxnn.cli._bench",
 }
