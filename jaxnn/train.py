@@ -36,6 +36,7 @@ import numpy as np
 import optax
 
 from jaxnn import data as _data
+from jaxnn import distributed as _dist
 from jaxnn import losses as _losses
 from jaxnn import optim as _optim
 from jaxnn import regularizers as _reg
@@ -164,28 +165,66 @@ def train_step_fn(apply, loss, optimizer: optax.GradientTransformation):
 
 
 def make_train_step(
-    apply, loss, optimizer: optax.GradientTransformation, *, l2: float = 0.0, donate: bool = True
+    apply,
+    loss,
+    optimizer: optax.GradientTransformation,
+    *,
+    l2: float = 0.0,
+    donate: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
 ):
     """A jitted ``step(state, batch) -> (state, StepMetrics)`` (forward, backprop, update).
 
     ``batch`` is a :class:`jaxnn.data.Batch` ``(x, y, mask)`` of fixed shape. The state is donated
     (its buffers reused for the new state) unless ``donate=False``.
+
+    With a ``mesh`` (:func:`jaxnn.distributed.data_mesh`) the step is data-parallel: the batch is
+    split over the ``"data"`` axis (place it with :func:`jaxnn.distributed.shard_batch` or
+    :func:`~jaxnn.distributed.global_batch`), the state is replicated (place it with
+    :func:`jaxnn.distributed.replicate`), and the compiler all-reduces the gradient of the
+    global-batch mean loss. The batch size must divide by the number of devices.
     """
     raw = train_step_fn(apply, loss, optimizer)
-    step = lambda state, batch: raw(state, batch, l2)
-    return jax.jit(step, donate_argnums=(0,) if donate else ())
+    step = lambda state, batch: raw(state, _dist.constrain_batch(batch, mesh), l2)
+    return _jit(step, mesh, donate)
 
 
-def epoch_fn(apply, loss, optimizer: optax.GradientTransformation, *, batch_size: int):
+def _jit(fn, mesh, donate: bool):
+    """``jax.jit`` of ``fn`` donating argument 0; with a mesh, every output is replicated."""
+    donate_argnums = (0,) if donate else ()
+    if mesh is None:
+        return jax.jit(fn, donate_argnums=donate_argnums)
+    return jax.jit(fn, donate_argnums=donate_argnums, out_shardings=_dist.replicated(mesh))
+
+
+def epoch_fn(
+    apply,
+    loss,
+    optimizer: optax.GradientTransformation,
+    *,
+    batch_size: int,
+    mesh: jax.sharding.Mesh | None = None,
+):
     """The un-jitted epoch ``epoch(state, x, y, epoch, l2) -> (state, StepMetrics[steps])``:
-    shuffle by ``(state.key, epoch)``, cut fixed-shape batches, and scan the step over them."""
+    shuffle by ``(state.key, epoch)``, cut fixed-shape batches, and scan the step over them.
+
+    With a ``mesh`` each gathered batch is constrained to ``P("data")`` (each device computes
+    its ``batch_size / D`` rows; ``x``, ``y`` and the state are expected replicated), which
+    leaves the numbers those of one device up to float summation order.
+    """
     step = train_step_fn(apply, loss, optimizer)
+    if mesh is not None:
+        _dist.check_batch_size(batch_size, mesh)
 
     def run(state: TrainState, x, y, epoch, l2):
         data_key = jax.random.fold_in(state.key, _DATA_STREAM)
         idx, mask = _data.batch_indices(x.shape[0], batch_size, key=data_key, epoch=epoch)
-        # Gather each batch inside the scan: no permuted copy of the whole data set.
-        body = lambda s, im: step(s, _data.gather_batch(x, y, im[0], im[1]), l2)
+
+        def body(s, im):
+            # Gather each batch inside the scan: no permuted copy of the whole data set.
+            batch = _dist.constrain_batch(_data.gather_batch(x, y, im[0], im[1]), mesh)
+            return step(s, batch, l2)
+
         return jax.lax.scan(body, state, (idx, mask))
 
     return run
@@ -199,12 +238,17 @@ def make_epoch(
     batch_size: int,
     l2: float = 0.0,
     donate: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
 ):
     """A jitted ``epoch(state, x, y, epoch) -> (state, StepMetrics)`` running a whole shuffled epoch
-    inside one ``lax.scan`` (metrics stacked per step). Compiles once per data shape."""
-    run = epoch_fn(apply, loss, optimizer, batch_size=batch_size)
+    inside one ``lax.scan`` (metrics stacked per step). Compiles once per data shape.
+
+    With a ``mesh`` the epoch is data-parallel (see :func:`epoch_fn`); place ``state``, ``x`` and
+    ``y`` with :func:`jaxnn.distributed.replicate`. Every output is replicated.
+    """
+    run = epoch_fn(apply, loss, optimizer, batch_size=batch_size, mesh=mesh)
     epoch = lambda state, x, y, e: run(state, x, y, e, l2)
-    return jax.jit(epoch, donate_argnums=(0,) if donate else ())
+    return _jit(epoch, mesh, donate)
 
 
 def make_evaluate(apply, loss, *, batch_size: int = 1024):
@@ -339,6 +383,7 @@ def fit(
     progress: bool = True,
     raise_on_divergence: bool = False,
     callback: Callable[[dict, TrainState], None] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> History:
     """Train ``model`` on ``data`` (a :class:`jaxnn.data.Dataset`) with mini-batch SGD.
 
@@ -349,6 +394,13 @@ def fit(
     have done. A loss that is NaN/inf or above ``divergence_factor`` times the initial loss stops
     the run (``stopped_reason`` starts with ``"diverged"``) and keeps the last good checkpoint.
     ``patience`` stops early after that many epochs without a better validation loss.
+
+    ``mesh`` (:func:`jaxnn.distributed.data_mesh`) trains data-parallel: every batch split over
+    the mesh's ``"data"`` axis, parameters, optimizer state and the data set replicated; the
+    losses equal a one-device run's up to float summation order. The batch size must divide by
+    the number of devices. In a multi-process run every process calls ``fit`` with the same
+    arguments; only process 0 writes ``metrics.jsonl`` and shows the progress bar, and all take
+    part in orbax's checkpoint saves (so ``out_dir`` must be the same shared path everywhere).
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -359,11 +411,17 @@ def fit(
     _check_data(x_train, y_train, "training split")
     _check_data(x_val, y_val, "validation split")
     batch_size = min(batch_size, x_train.shape[0])
+    if mesh is not None:
+        _dist.check_batch_size(batch_size, mesh)
 
     state = init_train_state(model, optimizer, key=key)
+    if mesh is not None:
+        state, x_train, y_train, x_val, y_val = _dist.replicate(
+            (state, x_train, y_train, x_val, y_val), mesh)
+    main = jax.process_index() == 0  # the one process that writes files
     # No donation here: on divergence the last good state must still be alive to return.
     epoch_step = make_epoch(model.apply, loss, optimizer, batch_size=batch_size, l2=l2,
-                            donate=False)
+                            donate=False, mesh=mesh)
     evaluate_fn = make_evaluate(model.apply, loss)
 
     ckpt, metrics_path, start_epoch, records = None, None, 0, []
@@ -381,13 +439,14 @@ def fit(
             records = _read_records(metrics_path, start_epoch)
         elif not resume and ckpt.latest_step() is not None:
             raise ValueError(f"{out_dir} already holds checkpoints; resume it or choose a new --out")
-        with open(metrics_path, "w") as f:  # rewrite: drop epochs past the restored checkpoint
-            f.writelines(json.dumps(r) + "\n" for r in records)
+        if main:  # rewrite: drop epochs past the restored checkpoint
+            with open(metrics_path, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)
     if initial_loss is None:
         initial_loss = float(evaluate_fn(state.params, state.model_state, x_train, y_train).loss)
 
     bar = None
-    if progress:
+    if progress and main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=epochs, initial=start_epoch, desc="train", unit="epoch", leave=False)
@@ -416,7 +475,7 @@ def fit(
             rec["val_loss"], rec["val_acc"] = float(ev.loss), float(ev.accuracy)
             rec["seconds"] = time.perf_counter() - t0
             records.append(rec)
-            if metrics_path is not None:
+            if metrics_path is not None and main:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")
             if ckpt is not None:
