@@ -43,10 +43,130 @@ def add_train_flags(p: argparse.ArgumentParser, *, epochs: int = 30, lr: float =
     g.add_argument("--lr", type=float, default=lr, help=f"learning rate (default {lr})")
     g.add_argument("--schedule", default="constant",
                    help="constant | step_decay | exponential_decay | cosine | warmup_cosine")
-    g.add_argument("--l2", type=float, default=1e-4, help="L2 regularization strength")
+    g.add_argument("--l2", type=float, default=1e-3, help="L2 regularization strength")
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--epochs", type=int, default=epochs)
     g.add_argument("--seed", type=int, default=0)
+
+
+def _devices_arg(text: str):
+    """argparse type of ``--devices``: a positive integer or ``all``."""
+    if str(text).strip().lower() == "all":
+        return "all"
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}")
+    return n
+
+
+def add_device_flags(p: argparse.ArgumentParser, *, multi_process: bool = True) -> None:
+    """``--devices N|all`` and, with ``multi_process``, ``--coordinator HOST:PORT
+    --num-processes P --process-id I`` to join a multi-process run."""
+    g = p.add_argument_group("devices")
+    g.add_argument("--devices", type=_devices_arg, default=None, metavar="N|all",
+                   help="split every batch (for populations: the members) over N devices; "
+                        "'all' = every device of every process (default 1; all in a "
+                        "multi-process run)")
+    if not multi_process:
+        return
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="join a multi-process run served by process 0 at HOST:PORT "
+                        "('auto': detect it on a Cloud TPU slice, SLURM or Open MPI)")
+    g.add_argument("--num-processes", type=int, default=None, metavar="P",
+                   help="number of processes in the run (with --coordinator)")
+    g.add_argument("--process-id", type=int, default=None, metavar="I",
+                   help="this process's rank in [0, P) (with --coordinator); process 0 writes")
+
+
+class Devices(NamedTuple):
+    """What the device flags resolve to: ``count`` devices, the data ``mesh`` (``None`` for one
+    device) and whether this is the process that writes files (``main``)."""
+
+    count: int
+    mesh: Any
+    main: bool
+    processes: int
+
+
+def _check_process_flags(args) -> bool:
+    """Validate the multi-process flags (no JAX call); True when they ask for one."""
+    coord = getattr(args, "coordinator", None)
+    nproc, pid = getattr(args, "num_processes", None), getattr(args, "process_id", None)
+    if coord is None:
+        if nproc is not None or pid is not None:
+            raise CLIError("--num-processes and --process-id need --coordinator HOST:PORT")
+        return False
+    if coord == "auto":
+        return True
+    host, _, port = coord.rpartition(":")
+    if not host or not port.isdigit():
+        raise CLIError(f"--coordinator must be HOST:PORT (or 'auto'), got {coord!r}")
+    if nproc is None or pid is None:
+        raise CLIError("--coordinator needs --num-processes P and --process-id I")
+    if nproc < 1:
+        raise CLIError(f"--num-processes must be >= 1, got {nproc}")
+    if not 0 <= pid < nproc:
+        raise CLIError(f"--process-id must be in [0, {nproc}), got {pid}")
+    return True
+
+
+def setup_devices(args, *, batch_size: int, default=None) -> Devices:
+    """Join the multi-process run if asked (before anything else touches JAX), resolve
+    ``--devices`` (``default`` when not given: 1, or every device in a multi-process run) and
+    check that ``batch_size`` divides by the number of data shards."""
+    multi = _check_process_flags(args)
+    if multi:
+        from jaxnn import distributed
+
+        coord = args.coordinator
+        try:
+            if coord == "auto":
+                distributed.initialize()
+            else:
+                distributed.initialize(coord, args.num_processes, args.process_id)
+        except (RuntimeError, ValueError) as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CLIError(f"--coordinator {coord}: could not join the run: {msg}") from None
+    import jax
+
+    from jaxnn import distributed
+
+    requested = args.devices if args.devices is not None else default
+    if requested is None:
+        requested = "all" if jax.process_count() > 1 else 1
+    try:
+        n = distributed.resolve_devices(requested)
+        if jax.process_count() > 1 and n != jax.device_count():
+            raise ValueError(f"a multi-process run uses every device: --devices all (or "
+                             f"{jax.device_count()}), got {n}")
+    except ValueError as e:
+        raise CLIError(f"--devices: {e}") from None
+    if batch_size % n:
+        raise CLIError(f"--batch-size {batch_size} must divide by the number of data shards "
+                       f"({n} devices); try --batch-size {max(n, batch_size - batch_size % n)}")
+    mesh = distributed.data_mesh(n) if n > 1 else None
+    return Devices(n, mesh, jax.process_index() == 0, jax.process_count())
+
+
+def population_devices(args, population_size: int) -> int | None:
+    """``--devices`` for a population verb (search, compare, ensemble): ``None`` for one device,
+    else the number of devices the member axis is split over (``population_size`` must divide
+    by it). Pass it on as ``train_population(..., devices=...)``."""
+    if getattr(args, "devices", None) is None:
+        return None
+    from jaxnn import distributed
+
+    try:
+        n = distributed.resolve_devices(args.devices)
+    except ValueError as e:
+        raise CLIError(f"--devices: {e}") from None
+    if population_size % n:
+        raise CLIError(f"--devices {n}: the population of {population_size} members must divide "
+                       f"by the number of devices")
+    return None if n == 1 else n
 
 
 class Setup(NamedTuple):
@@ -130,7 +250,8 @@ def build(config: dict, *, steps_per_epoch_hint: bool = True) -> Setup:
         raise CLIError(f"--schedule: unknown {c['schedule']!r}; valid: "
                        f"{', '.join(optim.schedule_names())}")
 
-    ds = data.load(c["dataset"], data_dir=c["data_dir"], seed=c["seed"])
+    # The split is fixed (seed 0) so that runs with different --seed share one test set.
+    ds = data.load(c["dataset"], data_dir=c["data_dir"], seed=c.get("split_seed", 0))
     ds = _preprocess(ds, c["preprocess"])
     n_in = int(ds.x_train.reshape(ds.x_train.shape[0], -1).shape[1])
     if ds.x_train.ndim != 2:
