@@ -166,17 +166,16 @@ def _is_key(x) -> bool:
 def _put(x, sharding: NamedSharding):
     """Place one leaf (array, numpy array, scalar or typed PRNG key) with ``sharding``.
 
-    Every process must pass the same global value. Across processes the value goes through the
-    host (``device_put`` accepts host values for shardings that span other processes' devices),
-    and typed keys travel as their raw key data.
+    Every process must pass the same global value. Across processes a process-local value goes
+    through the host (``device_put`` accepts host values for shardings that span other
+    processes' devices; a global array is resharded directly), and typed keys travel as their
+    raw key data.
     """
     if _is_key(x):
         impl = jax.random.key_impl(x)
         return jax.random.wrap_key_data(_put(jax.random.key_data(x), sharding), impl=impl)
-    if jax.process_count() > 1 and not (
-        isinstance(x, jax.Array) and x.sharding == sharding
-    ):
-        x = np.asarray(x)
+    if jax.process_count() > 1 and not (isinstance(x, jax.Array) and not x.is_fully_addressable):
+        x = np.asarray(x)  # a process-local value: go through the host
     return jax.device_put(x, sharding)
 
 

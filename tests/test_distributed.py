@@ -54,8 +54,8 @@ def step_check():
                                      for p in jax.tree.leaves(new.params))}
 """
 
-CHILD_8 = STEP_CHECK + """
-import contextlib, io, json, sys
+CHILD_8 = STEP_CHECK + r"""
+import contextlib, io, json, os, re, sys
 import jax, jax.numpy as jnp, numpy as np
 from jaxnn import data, distributed, layers, optim, population, train
 from jaxnn.cli import main
@@ -73,6 +73,19 @@ for n in ("1", "8"):
     out[f"loss_{n}"] = losses(run)
     with open(f"{run}/config.json") as f:
         out[f"config_devices_{n}"] = json.load(f)["devices"]
+
+# Resume each finished run for a third epoch on the other device count: the checkpoint is
+# restored into the new placement, and both continue alike.
+for n, other in (("1", "8"), ("8", "1")):
+    run = f"{sys.argv[1]}/d{n}"
+    with open(f"{run}/config.json") as f:
+        config = json.load(f)
+    with open(f"{run}/config.json", "w") as f:
+        json.dump({**config, "epochs": 3}, f)
+    os.remove(f"{run}/summary.json")
+    with contextlib.redirect_stdout(io.StringIO()):
+        out[f"rc_resume_{n}"] = main(["resume", run, "--devices", other, "--no-progress"])
+    out[f"resumed_{n}"] = losses(run)
 
 err = io.StringIO()
 with contextlib.redirect_stderr(err):
@@ -106,6 +119,14 @@ except ValueError as e:
     out["pop_bad"] = str(e)
 
 out["step"] = step_check()
+
+# Inside the scanned epoch each device multiplies only its 64 / 8 = 8 rows of every batch.
+mesh, opt = distributed.data_mesh(8), optim.momentum(0.1)
+epoch = train.make_epoch(model.apply, "softmax_cross_entropy", opt, batch_size=64, mesh=mesh)
+state = distributed.replicate(train.init_train_state(model, opt, key=jax.random.key(0)), mesh)
+xy = distributed.replicate((ds.x_train, ds.y_train), mesh)
+hlo = epoch.lower(state, *xy, np.int32(1)).compile().as_text()
+out["epoch_dots"] = sorted(set(re.findall(r"= f32\[([\d,]*)\][^ ]* dot\(", hlo)))
 print("RESULT " + json.dumps(out))
 """
 
@@ -244,6 +265,14 @@ def test_train_on_8_devices_equals_1_device(eight):
     assert eight["loss_8"][1] < eight["loss_8"][0]  # it trained
 
 
+def test_resume_on_another_device_count(eight):
+    assert eight["rc_resume_1"] == 0 and eight["rc_resume_8"] == 0
+    one, eight_ = eight["resumed_1"], eight["resumed_8"]  # trained on 1 / 8, resumed on 8 / 1
+    assert len(one) == len(eight_) == 3
+    assert one[:2] == eight["loss_1"] and eight_[:2] == eight["loss_8"]
+    np.testing.assert_allclose(eight_[2], one[2], rtol=1e-5)
+
+
 def test_batch_size_must_divide_by_devices(eight):
     assert eight["rc_bad_batch"] == 2
     err = eight["bad_batch_err"].strip()
@@ -258,6 +287,11 @@ def test_sharded_step_all_reduces_and_replicates(eight):
     assert step["all_reduce"], "the compiler should insert the gradient all-reduce"
     assert step["params_replicated"]
     assert step["count"] == 64
+
+
+def test_epoch_computes_a_slice_of_each_batch_per_device(eight):
+    # The hidden layer's forward product is [rows, 8]: 8 rows per device, not the batch's 64.
+    assert "8,8" in eight["epoch_dots"] and "64,8" not in eight["epoch_dots"], eight["epoch_dots"]
 
 
 def test_population_sharded_over_8_devices_equals_unsharded(eight):
