@@ -1,0 +1,159 @@
+"""Model ensembles: K members that differ only in their seed (initial weights, data order and
+dropout masks), trained at once as one population, their predicted probabilities averaged.
+
+.. math:: \\bar p(y \\mid x) = \\frac{1}{K} \\sum_{k=1}^{K} \\operatorname{softmax}(f_k(x))_y,
+   \\qquad \\hat y = \\arg\\max_y \\bar p(y \\mid x)
+
+Averaging probabilities (not logits, not votes) is the classic recipe: the members' errors are
+partly independent, so the average is usually a point or two more accurate than a typical
+member.
+
+Example::
+
+    res = ensemble(jaxnn.data.load("digits"), members=5, epochs=10, key=jax.random.key(0))
+    res.member_test_acc, res.ensemble_test_acc
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from jaxnn import layers as _layers
+from jaxnn import population as _population
+
+__all__ = [
+    "EnsembleResult",
+    "average_probabilities",
+    "ensemble_accuracy",
+    "ensemble",
+]
+
+
+class EnsembleResult(NamedTuple):
+    """What :func:`ensemble` returns.
+
+    ``member_test_acc``/``member_test_loss`` ``[K]`` are each member's own test accuracy and
+    cross-entropy; ``ensemble_test_acc``/``ensemble_test_loss`` those of the averaged
+    probabilities (over the members that did not diverge; NaN if all did); ``status[k]`` is the
+    population's (``"ok"`` or ``"diverged"``); ``population`` the full
+    :class:`jaxnn.population.PopulationResult` (stacked params, history).
+    """
+
+    member_test_acc: np.ndarray
+    member_test_loss: np.ndarray
+    ensemble_test_acc: float
+    ensemble_test_loss: float
+    status: list[str]
+    population: _population.PopulationResult
+
+
+def _check_logits(logits) -> jax.Array:
+    logits = jnp.asarray(logits)
+    if logits.ndim != 3:
+        raise ValueError(f"logits must have shape [members, batch, classes], got {logits.shape}")
+    if not jnp.issubdtype(logits.dtype, jnp.floating):
+        raise ValueError(f"logits must be floating point, got {logits.dtype}")
+    return logits
+
+
+def average_probabilities(logits: ArrayLike) -> jax.Array:
+    """The members' softmax probabilities averaged: ``[K, n, C] -> [n, C]``.
+
+    The softmax is taken in at least float32 (max-subtracted, as ``jax.nn.softmax`` does) and the
+    result cast back to the input's dtype.
+
+    >>> import jax.numpy as jnp
+    >>> average_probabilities(jnp.array([[[0.0, 0.0]], [[0.0, jnp.log(3.0)]]]))
+    Array([[0.375, 0.625]], dtype=float32)
+    """
+    logits = _check_logits(logits)
+    compute = jnp.promote_types(logits.dtype, jnp.float32)
+    probs = jax.nn.softmax(logits.astype(compute), axis=-1)
+    return jnp.mean(probs, axis=0).astype(logits.dtype)
+
+
+def ensemble_accuracy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
+    """Accuracy of the ensemble's prediction ``argmax_y mean_k softmax(logits[k])_y`` against the
+    integer ``labels`` ``[n]``; ``logits`` is ``[K, n, C]``."""
+    logits = _check_logits(logits)
+    labels = jnp.asarray(labels)
+    if labels.shape != logits.shape[1:2]:
+        raise ValueError(f"labels must have shape [{logits.shape[1]}] to match logits "
+                         f"{logits.shape}, got {labels.shape}")
+    pred = jnp.argmax(average_probabilities(logits), axis=-1)
+    return jnp.mean((pred == labels).astype(jnp.float32))
+
+
+def _nll(probs: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean negative log-likelihood of the labels (probabilities floored at the float32 tiny)."""
+    p = jnp.take_along_axis(probs, labels[:, None], axis=-1)[:, 0]
+    return -jnp.mean(jnp.log(jnp.maximum(p, jnp.finfo(jnp.float32).tiny)))
+
+
+def ensemble(
+    data,
+    *,
+    members: int = 5,
+    epochs: int,
+    key: jax.Array,
+    model=None,
+    loss: str | Callable = "softmax_cross_entropy",
+    optimizer=None,
+    batch_size: int = 64,
+    learning_rate: float = 0.05,
+    l2: float = 1e-4,
+    init_scale: float = 1.0,
+    devices: int | None = None,
+) -> EnsembleResult:
+    """Train ``members`` models with seeds ``0..K-1`` as one population
+    (:func:`jaxnn.population.train_population`, same hyperparameters for all) and evaluate each
+    member and the average of their probabilities on the test split.
+
+    A member that diverges (loss NaN/inf or above 3x its initial loss) is frozen by the population
+    and left out of the average. The probabilities are the softmax of the model's outputs (for a
+    model trained with the hinge loss, of its scores).
+    """
+    members = int(members)
+    if members < 1:
+        raise ValueError(f"members must be >= 1, got {members}")
+    x, y = np.asarray(data.x_test), np.asarray(data.y_test)
+    if x.shape[0] == 0:
+        raise ValueError("ensemble: the test split is empty")
+    hparams = {
+        "learning_rate": np.full(members, learning_rate, np.float32),
+        "l2": np.full(members, l2, np.float32),
+        "init_scale": np.full(members, init_scale, np.float32),
+        "seed": np.arange(members),
+    }
+    if model is None:  # the population's default, built here because its outputs are read below
+        model = _layers.mlp([int(np.prod(x.shape[1:])), 64, 64, int(data.num_classes)])
+    res = _population.train_population(
+        data=data, hparams=hparams, epochs=epochs, batch_size=batch_size, key=key, model=model,
+        loss=loss, optimizer=optimizer, devices=devices,
+    )
+    logits = _population.population_logits(model, res.params, res.model_state, x)
+    labels = jnp.asarray(y)
+    probs = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), -1)
+    member_acc = jnp.mean(jnp.argmax(logits, -1) == labels[None], axis=-1)
+    member_loss = jax.vmap(_nll, in_axes=(0, None))(probs, labels)
+    healthy = np.array([s != "diverged" for s in res.status])
+    if healthy.any():
+        avg = average_probabilities(logits[np.flatnonzero(healthy)])
+        ens_acc = float(jnp.mean(jnp.argmax(avg, -1) == labels))
+        ens_loss = float(_nll(avg, labels))
+    else:
+        ens_acc = ens_loss = float("nan")
+    return EnsembleResult(
+        member_test_acc=np.asarray(member_acc, np.float64),
+        member_test_loss=np.asarray(member_loss, np.float64),
+        ensemble_test_acc=ens_acc,
+        ensemble_test_loss=ens_loss,
+        status=list(res.status),
+        population=res,
+    )

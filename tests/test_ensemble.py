@@ -1,0 +1,129 @@
+"""jaxnn.ensemble: probability averaging against numpy, and K seeds trained as one population."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnn import data, ensemble, layers, optim, population
+
+
+def _softmax(z):
+    z = np.asarray(z, np.float64)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def logits():
+    return np.random.default_rng(0).normal(size=(4, 7, 5)).astype(np.float32) * 3
+
+
+def test_average_probabilities_matches_numpy(logits):
+    got = ensemble.average_probabilities(logits)
+    assert got.shape == (7, 5) and got.dtype == jnp.float32
+    np.testing.assert_allclose(got, _softmax(logits).mean(0), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.sum(got, -1), 1.0, rtol=1e-6)
+
+
+def test_average_probabilities_is_not_averaged_logits():
+    # Two confident members disagreeing on classes 0 and 1, both giving class 2 some weight:
+    # averaged probabilities keep the split between 0 and 1, mean logits would pick class 2.
+    z = np.array([[[10.0, 0.0, 6.0]], [[0.0, 10.0, 6.0]]], np.float32)
+    got = np.asarray(ensemble.average_probabilities(z))[0]
+    np.testing.assert_allclose(got, _softmax(z).mean(0)[0], rtol=1e-6)
+    assert got[2] < got[0]
+    assert np.argmax(_softmax(z.mean(0))[0]) == 2
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_average_probabilities_keeps_dtype(logits, dtype):
+    got = ensemble.average_probabilities(jnp.asarray(logits, dtype))
+    assert got.dtype == dtype
+    np.testing.assert_allclose(np.asarray(got, np.float32), _softmax(logits).mean(0), atol=2e-2)
+
+
+def test_average_probabilities_is_finite_for_huge_logits():
+    z = np.array([[[1e4, -1e4, 0.0]], [[-jnp.inf, 0.0, 1e4]]], np.float32)
+    got = np.asarray(ensemble.average_probabilities(z))
+    np.testing.assert_allclose(got, [[0.5, 0.0, 0.5]], atol=1e-7)
+
+
+def test_ensemble_accuracy_matches_numpy(logits):
+    labels = np.random.default_rng(1).integers(0, 5, size=7)
+    expected = np.mean(np.argmax(_softmax(logits).mean(0), -1) == labels)
+    assert float(ensemble.ensemble_accuracy(logits, labels)) == pytest.approx(expected)
+    assert float(jax.jit(ensemble.ensemble_accuracy)(logits, labels)) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("z, labels, match", [
+    (np.zeros((7, 5), np.float32), None, "members, batch, classes"),
+    (np.zeros((2, 7, 5), np.int32), None, "floating"),
+    (np.zeros((2, 7, 5), np.float32), np.zeros(6, np.int32), "labels must have shape"),
+])
+def test_shape_errors(z, labels, match):
+    with pytest.raises(ValueError, match=match):
+        if labels is None:
+            ensemble.average_probabilities(z)
+        else:
+            ensemble.ensemble_accuracy(z, labels)
+
+
+# --------------------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def dataset():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 6)) * 1.2  # overlapping blobs: members disagree a little
+    y = rng.integers(0, 3, size=400).astype(np.int32)
+    x = (centers[y] + rng.normal(size=(400, 6))).astype(np.float32)
+    return data.Dataset(x[:200], y[:200], x[200:250], y[200:250], x[250:], y[250:], 3, "blobs")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return layers.mlp([6, 16, 3])
+
+
+@pytest.fixture(scope="module")
+def result(dataset, model):
+    return ensemble.ensemble(dataset, members=3, epochs=3, key=jax.random.key(0), model=model,
+                             optimizer=optim.momentum(1.0), batch_size=32, learning_rate=0.05)
+
+
+def test_ensemble_trains_seeds_as_one_population(result):
+    pop = result.population
+    np.testing.assert_array_equal(pop.hparams["seed"], [0, 1, 2])
+    np.testing.assert_allclose(pop.hparams["learning_rate"], 0.05)
+    w = np.asarray(pop.params["layer_0"]["w"])
+    assert w.shape == (3, 6, 16) and not np.allclose(w[0], w[1])  # different seeds
+    assert result.status == ["ok", "ok", "ok"]
+
+
+def test_ensemble_numbers_match_a_direct_computation(result, dataset, model):
+    pop = result.population
+    z = np.asarray(population.population_logits(model, pop.params, pop.model_state,
+                                                dataset.x_test))
+    y = dataset.y_test
+    p = _softmax(z)
+    np.testing.assert_allclose(result.member_test_acc, np.mean(np.argmax(z, -1) == y, -1))
+    member_nll = -np.mean(np.log(p[:, np.arange(len(y)), y]), -1)
+    np.testing.assert_allclose(result.member_test_loss, member_nll, rtol=1e-4)
+    avg = p.mean(0)
+    assert result.ensemble_test_acc == pytest.approx(np.mean(np.argmax(avg, -1) == y))
+    assert result.ensemble_test_loss == pytest.approx(
+        -np.mean(np.log(avg[np.arange(len(y)), y])), rel=1e-4)
+    # Jensen: the averaged distribution's NLL is at most the members' mean NLL.
+    assert result.ensemble_test_loss <= np.mean(member_nll) + 1e-6
+
+
+def test_ensemble_rejects(dataset):
+    with pytest.raises(ValueError, match="members"):
+        ensemble.ensemble(dataset, members=0, epochs=1, key=jax.random.key(0))
+    empty = dataset._replace(x_test=dataset.x_test[:0], y_test=dataset.y_test[:0])
+    with pytest.raises(ValueError, match="test split is empty"):
+        ensemble.ensemble(empty, members=2, epochs=1, key=jax.random.key(0))
+
+
+def test_public_names():
+    assert set(ensemble.__all__) == {"EnsembleResult", "average_probabilities",
+                                     "ensemble_accuracy", "ensemble"}
