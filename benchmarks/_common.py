@@ -110,6 +110,7 @@ def machine_info() -> dict[str, Any]:
         "device_kind": dev.device_kind,
         "device_count": jax.device_count(),
         "malloc": malloc_setting(),
+        "loadavg_at_start": [round(v, 2) for v in os.getloadavg()],
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "optional": {k: _version(k) for k in ("torch", "flax", "equinox")},
     }
@@ -121,7 +122,9 @@ def machine_line(m: dict[str, Any]) -> str:
     return (f"{m['cpu']} ({m['cores']} cores, {m['simd'] or 'no SIMD info'}), "
             f"{m['platform']} device `{m['device_kind']}`; python {m['python']}, "
             f"jax {m['jax']}, jaxlib {m['jaxlib']}, numpy {m['numpy']}"
-            + (f", {opt}" if opt else "") + f"; malloc {m['malloc']}; {m['date']}")
+            + (f", {opt}" if opt else "") + f"; malloc {m['malloc']}; {m['date']}"
+            + (f"; load average at start {m['loadavg_at_start'][0]}"
+               if "loadavg_at_start" in m else ""))
 
 
 # --------------------------------------------------------------------------- timing

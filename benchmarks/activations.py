@@ -16,7 +16,8 @@ jitted, warmed up, ``block_until_ready()``, median of interleaved repeats, in el
 * ``malloc``: ``"default"``, ``"env"`` (the process started with ``MALLOC_MMAP_THRESHOLD_``,
   ``MALLOC_TRIM_THRESHOLD_`` and ``MALLOC_ARENA_MAX=1``) or ``"mallopt"`` (the same three
   settings made with ``mallopt(3)`` at start-up, before JAX is imported). The non-default
-  settings are measured by re-running the float32 ``fresh`` measurement in a subprocess.
+  settings are measured by re-running the float32 ``fresh`` measurement (without PyTorch) in a
+  subprocess.
 
 Also ``case="dense"``: a dense layer ``act(x @ W + b)`` followed by each activation (gradient with
 respect to ``x``, ``W`` and ``b``), in output elements/s; and ``case="maxout"``: maxout variants on
@@ -129,6 +130,16 @@ def _fwd_bwd(fn):
 
 
 # --------------------------------------------------------------------------- callables
+def xla_cost(fn, *args) -> tuple[float | None, float | None]:
+    """``(bytes accessed, flops)`` of the optimized XLA program of ``jit(fn)(*args)``: equal
+    numbers for jaxnn and jax.nn mean the same fused kernel, whatever the timings say."""
+    import jax
+
+    ca = jax.jit(fn).lower(*args).compile().cost_analysis()
+    ca = (ca[0] if ca else {}) if isinstance(ca, list) else (ca or {})
+    return ca.get("bytes accessed"), ca.get("flops")
+
+
 def _jax_call(fn, args: tuple, alloc: str) -> Callable[[], Any]:
     """A no-argument call of jitted ``fn(*args)``, compiled here; ``alloc="fixed"`` writes the
     result into a donated scratch buffer (checked in the compiled HLO's aliasing)."""
@@ -206,11 +217,16 @@ def elementwise(s: Settings, names: list[str] | None, *, malloc: str,
                     calls = {k: _jax_call(f, (x,), alloc) for k, f in fns.items()}
                     t = C.measure(calls, repeats=s.repeats, min_time=s.min_time, max_repeats=60)
                     bw[pass_].append(t["bandwidth"])
+                    same = None
+                    if "jax.nn" in fns and alloc == allocs[0]:
+                        same = xla_cost(fns["jaxnn"], x) == xla_cost(fns["jax.nn"], x)
                     for impl in ("jaxnn", "jax.nn"):
                         if impl in t:
                             extra = {"vs_bandwidth": t["bandwidth"] / t[impl]}
                             if impl == "jaxnn" and "jax.nn" in t:
                                 extra["vs_jax_nn"] = t["jax.nn"] / t["jaxnn"]
+                                if same is not None:
+                                    extra["same_xla_cost"] = same
                             rows.append(_row("elementwise", c.name, pass_, impl, alloc, malloc,
                                              dtype, s.size, t[impl], **extra))
                     C.log(f"  {dtype} {alloc:5} {pass_:7} {c.name:10} " + "  ".join(
@@ -225,8 +241,14 @@ def elementwise(s: Settings, names: list[str] | None, *, malloc: str,
                 if c.torch is None:
                     continue
                 for pass_ in _PASSES:
-                    t = C.measure({"torch": _torch_call(torch, c.torch, x_np, dtype, pass_)},
-                                  repeats=s.repeats, min_time=s.min_time, max_repeats=60)
+                    call = _torch_call(torch, c.torch, x_np, dtype, pass_)
+                    try:
+                        call()
+                    except RuntimeError as e:  # e.g. no derivative for aten::heaviside
+                        C.log(f"  torch {c.name} {pass_}: skipped ({str(e).splitlines()[0]})")
+                        continue
+                    t = C.measure({"torch": call}, repeats=s.repeats, min_time=s.min_time,
+                                  max_repeats=60)
                     rows.append(_row("elementwise", c.name, pass_, "torch", "fresh", malloc,
                                      dtype, s.size, t["torch"]))
                     C.log(f"  {dtype} fresh {pass_:7} {c.name:10} torch "
@@ -427,7 +449,9 @@ def markdown(machine: dict, rows: list[dict], s: Settings) -> str:
              "*fixed*: output written into a donated scratch buffer. *vs jax.nn*: time of "
              "jax.nn / time of jaxnn (>1 = jaxnn faster), timed interleaved; *of bw*: fraction "
              "of the bandwidth probe (jitted `x*2`) timed in the same group. "
-             "*env*/*mallopt*: fresh outputs with the glibc malloc settings (see README).", ""]
+             "*env*/*mallopt*: fresh outputs with the glibc malloc settings (see README). "
+             "*same XLA cost*: the compiled jaxnn and jax.nn programs read/write the same bytes "
+             "and do the same flops (XLA cost analysis), i.e. the same fused kernel.", ""]
     ew = [r for r in rows if r["case"] == "elementwise"]
     for dtype in s.dtypes:
         lines += [f"## Elementwise, {dtype}", ""]
@@ -443,14 +467,16 @@ def markdown(machine: dict, rows: list[dict], s: Settings) -> str:
                        _g(_val(ew, impl=impl, alloc="fixed", malloc=main, **q)),
                        _g(_val(ew, impl="jax.nn", alloc="fixed", malloc=main, **q)),
                        _val(ew, "vs_jax_nn", impl=impl, alloc="fixed", malloc=main, **q),
-                       _val(ew, "vs_bandwidth", impl=impl, alloc="fixed", malloc=main, **q)]
+                       _val(ew, "vs_bandwidth", impl=impl, alloc="fixed", malloc=main, **q),
+                       {True: "yes", False: "NO"}.get(
+                           _val(ew, "same_xla_cost", impl=impl, alloc="fresh", malloc=main, **q))]
                 if dtype == "float32":
                     row += [_g(_val(ew, impl=impl, alloc="fresh", malloc=other, **q)),
                             _g(_val(ew, impl=impl, alloc="fresh", malloc="mallopt", **q))]
                 row += [_g(_val(ew, impl="torch", alloc="fresh", malloc=main, **q))]
                 table.append(row)
         heads = ["activation", "pass", "jaxnn fresh", "jax.nn fresh", "vs jax.nn",
-                 "jaxnn fixed", "jax.nn fixed", "vs jax.nn", "of bw"]
+                 "jaxnn fixed", "jax.nn fixed", "vs jax.nn", "of bw", "same XLA cost"]
         if dtype == "float32":
             heads += [f"jaxnn fresh, malloc {other}", "jaxnn fresh, mallopt"]
         heads += ["torch fresh"]
@@ -604,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         if tiny and names is None:
             names = list(TINY_ACTIVATIONS)
         rows = elementwise(s, names, malloc=args.malloc_child, allocs=("fresh",),
-                           dtypes=("float32",))
+                           dtypes=("float32",), with_torch=False)
         Path(args.json).write_text(json.dumps({"rows": rows}))
         return 0
     out = run(quick=args.quick, tiny=tiny, json_path=args.json, activations=names)

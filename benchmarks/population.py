@@ -1,0 +1,235 @@
+"""Population speed-up: N digits-sized models as one vmapped population vs N sequential runs.
+
+Model 64-64-64-10 (ReLU), batch 32, SGD momentum, L2 1e-4 (so every mode computes the same
+penalty), on ``jaxnn.data.load("digits")`` (1,257 training examples: 40 steps per epoch), for
+N = 1, 8, 32 members. ``mode``:
+
+* ``"vmap_scan"``: ``jaxnn.population.train_population`` -- all members in one jitted, vmapped
+  epoch (``lax.scan`` over the steps), validation of every member after each epoch;
+* ``"loop_scan"``: N sequential runs of ``jaxnn.train.make_epoch`` (one ``lax.scan`` per epoch,
+  compiled once and reused by every member), validation after each epoch;
+* ``"loop_step"``: N sequential runs of a Python loop over ``jaxnn.train.make_train_step``
+  (jitted, donated), the epoch's batches cut once per epoch by ``jaxnn.data.epoch_batches``,
+  validation after each epoch.
+
+``examples_per_s`` counts training examples of all members per second of steady-state training:
+for the loops, compiled functions are warmed up first; ``train_population`` compiles inside every
+call, so its steady rate is taken from two calls of different length,
+``(E2 - E1) / (t(E2) - t(E1))`` epochs per second (medians of repeats); ``first_call_s`` is the
+wall time of its shorter call (compile included). Rows: ``{"n", "mode", "examples_per_s"}`` plus
+``epochs``, ``seconds`` and ratios ``vs_loop_step`` / ``vs_loop_scan``.
+
+Usage::
+
+    python benchmarks/population.py [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+if __package__ in (None, ""):  # run as `python benchmarks/population.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import _common as C  # noqa: E402
+
+MODES = ("vmap_scan", "loop_scan", "loop_step")
+
+
+class Settings(NamedTuple):
+    ns: tuple[int, ...]
+    hidden: tuple[int, ...]
+    batch: int
+    loop_epochs: int  # epochs per member in the sequential modes
+    vmap_epochs: tuple[int, int]  # E1, E2 of the two train_population calls
+    repeats: int
+    train_examples: int | None = None  # use only the first ones (tiny)
+    lr: float = 0.05
+    l2: float = 1e-4
+
+
+def settings(quick: bool, tiny: bool) -> Settings:
+    if tiny:
+        return Settings((2,), (16,), 32, 1, (1, 1), 1, train_examples=128)
+    if quick:
+        return Settings((1, 8, 32), (64, 64), 32, 2, (2, 10), 1)
+    return Settings((1, 8, 32), (64, 64), 32, 3, (3, 23), 3)
+
+
+def _setup(s: Settings):
+    import jax.numpy as jnp
+
+    from jaxnn import data, layers, optim
+
+    ds = data.load("digits")
+    if s.train_examples:
+        ds = ds._replace(x_train=ds.x_train[: s.train_examples],
+                         y_train=ds.y_train[: s.train_examples])
+    ds = ds._replace(**{k: jnp.asarray(getattr(ds, k)) for k in
+                        ("x_train", "y_train", "x_val", "y_val")})
+    sizes = [int(ds.x_train.shape[1]), *s.hidden, int(ds.num_classes)]
+    model = layers.mlp(sizes, activation="relu", init="he_normal")
+    return ds, model, optim.momentum(s.lr), sizes
+
+
+# --------------------------------------------------------------------------- the three modes
+def vmap_scan_call(s: Settings, ds, model, opt, n: int, epochs: int) -> float:
+    """Seconds of one ``train_population`` call (compile included)."""
+    import jax
+    import numpy as np
+
+    from jaxnn import population
+
+    hp = {"learning_rate": np.full(n, s.lr, np.float32), "l2": np.full(n, s.l2, np.float32)}
+    t0 = time.perf_counter()
+    res = population.train_population(
+        data=ds, hparams=hp, epochs=epochs, batch_size=s.batch, key=jax.random.key(0),
+        model=model, loss="softmax_cross_entropy", optimizer=opt)
+    C.block(res.params)
+    dt = time.perf_counter() - t0
+    if res.history["train_loss"].shape[0] != epochs:
+        raise RuntimeError(f"train_population stopped after {res.history['train_loss'].shape[0]}"
+                           f" of {epochs} epochs (status {set(res.status)}): timing is invalid")
+    return dt
+
+
+class Loop(NamedTuple):
+    run: object  # run(n) -> seconds for n members x loop_epochs
+    warm: object  # compile everything once
+
+
+def make_loops(s: Settings, ds, model, opt):
+    """The two sequential modes, built once (compiled functions shared by all members)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxnn import data, train
+
+    x, y, xv, yv = ds.x_train, ds.y_train, ds.x_val, ds.y_val
+    loss = "softmax_cross_entropy"
+    epoch_fn = train.make_epoch(model.apply, loss, opt, batch_size=s.batch, l2=s.l2)
+    step_fn = train.make_train_step(model.apply, loss, opt, l2=s.l2)
+    evaluate = train.make_evaluate(model.apply, loss)
+    cut = jax.jit(lambda k, e: data.epoch_batches(x, y, s.batch, key=k, epoch=e))
+
+    def member_state(i):
+        return train.init_train_state(model, opt, key=jax.random.key(i))
+
+    def scan_member(i, epochs):
+        st = member_state(i)
+        for e in range(1, epochs + 1):
+            st, m = epoch_fn(st, x, y, jnp.int32(e))
+            ev = evaluate(st.params, st.model_state, xv, yv)
+            float(ev.loss), float(m.loss[-1])  # the host reads the epoch's numbers, as fit does
+        return st
+
+    def step_member(i, epochs):
+        st = member_state(i)
+        for e in range(1, epochs + 1):
+            b = cut(jax.random.fold_in(st.key, 0), jnp.int32(e))
+            m = None
+            for xb, yb, mb in zip(b.x, b.y, b.mask, strict=True):
+                st, m = step_fn(st, data.Batch(xb, yb, mb))
+            ev = evaluate(st.params, st.model_state, xv, yv)
+            float(ev.loss), float(m.loss)
+        return st
+
+    def timed(member_fn):
+        def run(n):
+            t0 = time.perf_counter()
+            for i in range(n):
+                C.block(member_fn(i, s.loop_epochs).params)
+            return time.perf_counter() - t0
+        return run
+
+    def warm():
+        C.block(scan_member(0, 1).params)
+        C.block(step_member(0, 1).params)
+
+    return {"loop_scan": timed(scan_member), "loop_step": timed(step_member)}, warm
+
+
+# --------------------------------------------------------------------------- run
+def measure_all(s: Settings) -> list[dict]:
+    ds, model, opt, sizes = _setup(s)
+    n_train = int(ds.x_train.shape[0])
+    loops, warm = make_loops(s, ds, model, opt)
+    t0 = time.perf_counter()
+    warm()
+    C.log(f"  loops compiled in {time.perf_counter() - t0:.2f} s")
+    rows = []
+    for n in s.ns:
+        res = {}
+        e1, e2 = s.vmap_epochs
+        t2 = statistics.median(vmap_scan_call(s, ds, model, opt, n, e2) for _ in range(s.repeats))
+        t1 = t2 if e1 == e2 else statistics.median(
+            vmap_scan_call(s, ds, model, opt, n, e1) for _ in range(s.repeats))
+        if t2 - t1 > 0.1 * t2:
+            epochs, sec, steady = e2 - e1, t2 - t1, True
+        else:  # compile-time noise swamps the difference (tiny sizes): whole call, compile in
+            epochs, sec, steady = e2, t2, False
+        res["vmap_scan"] = {"epochs": epochs, "seconds": sec, "first_call_s": t1,
+                            "steady": steady, "examples_per_s": n * n_train * epochs / sec}
+        for mode in ("loop_scan", "loop_step"):
+            sec = statistics.median(loops[mode](n) for _ in range(s.repeats))
+            res[mode] = {"epochs": s.loop_epochs, "seconds": sec,
+                         "examples_per_s": n * n_train * s.loop_epochs / sec}
+        for mode in MODES:
+            r = {"n": n, "mode": mode, **res[mode]}
+            for ref in ("loop_step", "loop_scan"):
+                r[f"vs_{ref}"] = r["examples_per_s"] / res[ref]["examples_per_s"]
+            rows.append(r)
+            C.log(f"  N={n:3} {mode:9} {r['examples_per_s']:12.0f} examples/s "
+                  f"(x{r['vs_loop_step']:.2f} loop_step, x{r['vs_loop_scan']:.2f} loop_scan)")
+    return rows, sizes, n_train
+
+
+def markdown(machine, rows, s: Settings, sizes, n_train) -> str:
+    table = [[r["n"], r["mode"], float(f"{r['examples_per_s']:.3g}"),
+              float(f"{r['vs_loop_step']:.3g}"), float(f"{r['vs_loop_scan']:.3g}"),
+              r["epochs"], float(f"{r['seconds']:.3g}")] for r in rows]
+    return "\n".join([
+        f"# Population speed-up: MLP {'-'.join(map(str, sizes))}, batch {s.batch}, digits "
+        f"({n_train} training examples)", "", f"Machine: {C.machine_line(machine)}", "",
+        "Training examples of all N members per second, steady state (vmap_scan: from two "
+        f"`train_population` calls of {s.vmap_epochs[0]} and {s.vmap_epochs[1]} epochs; loops: "
+        "after warm-up), validation after every epoch in every mode. *x loop_step*, *x loop_scan*:"
+        " speed-up over the sequential modes at the same N.", "",
+        C.markdown_table(table, ["N", "mode", "examples/s", "x loop_step", "x loop_scan",
+                                 "epochs timed", "seconds"])]) + "\n"
+
+
+def run(*, quick: bool = False, tiny: bool = False, json_path) -> dict:
+    s = settings(quick, tiny)
+    machine = C.machine_info()
+    C.log(f"population: N in {s.ns}, hidden {s.hidden}, batch {s.batch}")
+    rows, sizes, n_train = measure_all(s)
+    md = markdown(machine, rows, s, sizes, n_train)
+    jpath, mdpath = C.write_results(json_path, machine, rows, md, settings=s._asdict())
+    png = jpath.with_suffix(".png")
+    C.bar_chart(png, [{
+        "title": f"MLP {'-'.join(map(str, sizes))}, batch {s.batch}, digits",
+        "groups": [f"N={n}" for n in s.ns],
+        "series": {m: [next(r["examples_per_s"] for r in rows if r["n"] == n and r["mode"] == m)
+                       for n in s.ns] for m in MODES}}],
+        xlabel="training examples / s (all members)", log=True,
+        suptitle=f"{machine['cpu']}, {machine['cores']} cores, jax {machine['jax']}")
+    return {"machine": machine, "rows": rows, "markdown": md,
+            "paths": {"json": str(jpath), "markdown": str(mdpath), "png": str(png)}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = C.parser("Population speed-up: vmapped population vs sequential runs.",
+                    "population.json").parse_args(argv)
+    out = run(quick=args.quick, tiny=C.tiny_requested(args), json_path=args.json)
+    print(out["markdown"])
+    C.log(f"wrote {out['paths']['json']}, {out['paths']['markdown']}, {out['paths']['png']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,395 @@
+"""Training-step throughput: jaxnn against a hand-written JAX+optax step, flax, equinox, PyTorch.
+
+The same model everywhere: an MLP 784-512-512-10 with ReLU, batch 256, SGD with momentum 0.9
+(learning rate 0.01), mean softmax cross-entropy, float32, on random data already on the device.
+
+``impl``:
+
+* ``"jaxnn"``: ``jaxnn.train.make_train_step`` (jitted, state donated), one Python call per step;
+* ``"jaxnn_scan"``: ``jaxnn.train.make_epoch``, a whole epoch (shuffle, gather each batch, step)
+  in one ``lax.scan``;
+* ``"jax_optax"``: a hand-written step in this file (params as a list of ``(W, b)``, ``optax.sgd``,
+  jit with params and optimizer state donated) -- what jaxnn must match;
+* ``"flax"`` (``flax.nnx``, ``nnx.jit``), ``"equinox"`` (``eqx.filter_jit``), ``"torch"`` (eager,
+  ``torch.optim.SGD``): where installed (``pip install -e '.[bench]'``), else skipped.
+
+Each JAX sample runs ``steps`` steps back to back and blocks on the result (async dispatch
+overlaps Python with compute, as in a real loop); the samples of all JAX implementations are
+interleaved; PyTorch runs after them. ``compile_s`` is the time to the end of the first step
+(tracing + compilation + one step). Rows: ``{"impl", "examples_per_s", "compile_s"}`` plus
+``step_ms`` and ``vs_jax_optax`` (examples/s over the hand-written step's).
+
+Usage::
+
+    python benchmarks/train_step.py [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+if __package__ in (None, ""):  # run as `python benchmarks/train_step.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import _common as C  # noqa: E402
+
+IMPLS = ("jaxnn", "jaxnn_scan", "jax_optax", "flax", "equinox", "torch")
+
+
+class Settings(NamedTuple):
+    sizes: tuple[int, ...]
+    batch: int
+    steps: int  # steps per timed sample (and per scanned epoch)
+    repeats: int  # timed samples
+    lr: float = 0.01
+    momentum: float = 0.9
+
+
+def settings(quick: bool, tiny: bool) -> Settings:
+    if tiny:
+        return Settings((64, 32, 32, 10), 16, 4, 2)
+    if quick:
+        return Settings((784, 512, 512, 10), 256, 20, 5)
+    return Settings((784, 512, 512, 10), 256, 50, 15)
+
+
+def _data(s: Settings):
+    import jax
+    import jax.numpy as jnp
+
+    n = s.batch * s.steps
+    kx, ky = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(kx, (n, s.sizes[0]), jnp.float32)
+    y = jax.random.randint(ky, (n,), 0, s.sizes[-1], jnp.int32)
+    return x, y
+
+
+# --------------------------------------------------------------------------- implementations
+# Each builder returns (first_call, call): both run `s.steps` training steps and return what to
+# block on; first_call is timed once as compile_s (it compiles and runs one step first).
+def build_jaxnn(s: Settings, x, y):
+    import jax
+    import jax.numpy as jnp
+
+    from jaxnn import data, layers, optim, train
+
+    model = layers.mlp(list(s.sizes), activation="relu", init="he_normal")
+    opt = optim.momentum(s.lr, momentum=s.momentum)
+    step = train.make_train_step(model.apply, "softmax_cross_entropy", opt)  # donates the state
+    mask = jnp.ones((s.batch,), jnp.float32)
+    batches = [data.Batch(x[i * s.batch:(i + 1) * s.batch], y[i * s.batch:(i + 1) * s.batch],
+                          mask) for i in range(s.steps)]
+    st = [train.init_train_state(model, opt, key=jax.random.key(1))]
+
+    def first():
+        st[0], m = step(st[0], batches[0])
+        return st[0]
+
+    def call():
+        state = st[0]
+        for b in batches:
+            state, _ = step(state, b)
+        st[0] = state
+        return state
+
+    return first, call
+
+
+def build_jaxnn_scan(s: Settings, x, y):
+    import jax
+    import jax.numpy as jnp
+
+    from jaxnn import layers, optim, train
+
+    model = layers.mlp(list(s.sizes), activation="relu", init="he_normal")
+    opt = optim.momentum(s.lr, momentum=s.momentum)
+    epoch = train.make_epoch(model.apply, "softmax_cross_entropy", opt, batch_size=s.batch)
+    st = [train.init_train_state(model, opt, key=jax.random.key(1))]
+    e = [0]
+
+    def call():
+        e[0] += 1
+        st[0], _ = epoch(st[0], x, y, jnp.int32(e[0]))
+        return st[0]
+
+    return call, call
+
+
+def build_jax_optax(s: Settings, x, y):
+    """The hand-written reference: the textbook JAX + optax training step."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    keys = jax.random.split(jax.random.key(1), len(s.sizes) - 1)
+    params = [(jax.random.normal(k, (m, n), jnp.float32) * jnp.sqrt(2.0 / m),
+               jnp.zeros((n,), jnp.float32))
+              for k, m, n in zip(keys, s.sizes[:-1], s.sizes[1:], strict=True)]
+    tx = optax.sgd(s.lr, momentum=s.momentum)
+
+    def forward(params, xb):
+        h = xb
+        for w, b in params[:-1]:
+            h = jax.nn.relu(h @ w + b)
+        w, b = params[-1]
+        return h @ w + b
+
+    def loss_fn(params, xb, yb):
+        logits = forward(params, xb)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+    @jax.jit
+    def _step(params, opt_state, xb, yb):
+        loss, grads = jax.value_and_grad(loss_fn)(params, xb, yb)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    step = jax.jit(_step, donate_argnums=(0, 1))
+    batches = [(x[i * s.batch:(i + 1) * s.batch], y[i * s.batch:(i + 1) * s.batch])
+               for i in range(s.steps)]
+    st = [(params, tx.init(params))]
+
+    def first():
+        p, o, _ = step(*st[0], *batches[0])
+        st[0] = (p, o)
+        return p
+
+    def call():
+        p, o = st[0]
+        for xb, yb in batches:
+            p, o, _ = step(p, o, xb, yb)
+        st[0] = (p, o)
+        return p
+
+    return first, call
+
+
+def build_flax(s: Settings, x, y):
+    import jax
+    import optax
+    from flax import nnx
+
+    class MLP(nnx.Module):
+        def __init__(self, sizes, rngs):
+            self.layers = nnx.List([
+                nnx.Linear(m, n, kernel_init=nnx.initializers.he_normal(), rngs=rngs)
+                for m, n in zip(sizes[:-1], sizes[1:], strict=True)])
+
+        def __call__(self, h):
+            for layer in self.layers[:-1]:
+                h = jax.nn.relu(layer(h))
+            return self.layers[-1](h)
+
+    model = MLP(s.sizes, nnx.Rngs(1))
+    optimizer = nnx.Optimizer(model, optax.sgd(s.lr, momentum=s.momentum), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, xb, yb):
+        def loss_fn(model):
+            return optax.softmax_cross_entropy_with_integer_labels(model(xb), yb).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    # nnx.cached_partial caches the graph traversal of model/optimizer between calls (the
+    # documented way to cut nnx.jit's Python overhead for a training loop).
+    cached = nnx.cached_partial(step, model, optimizer)
+    batches = [(x[i * s.batch:(i + 1) * s.batch], y[i * s.batch:(i + 1) * s.batch])
+               for i in range(s.steps)]
+
+    def first():
+        return cached(*batches[0])
+
+    def call():
+        out = None
+        for xb, yb in batches:
+            out = cached(xb, yb)
+        return out
+
+    return first, call
+
+
+def build_equinox(s: Settings, x, y):
+    import equinox as eqx
+    import jax
+    import optax
+
+    model = eqx.nn.MLP(s.sizes[0], s.sizes[-1], width_size=s.sizes[1], depth=len(s.sizes) - 2,
+                       activation=jax.nn.relu, key=jax.random.key(1))
+    tx = optax.sgd(s.lr, momentum=s.momentum)
+    opt_state = tx.init(eqx.filter(model, eqx.is_array))
+
+    @eqx.filter_jit(donate="all-except-first")
+    def step(xb, model, opt_state, yb):
+        def loss_fn(model):
+            logits = jax.vmap(model)(xb)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+        loss, grads = eqx.filter_value_and_grad(loss_fn)(model)
+        updates, opt_state = tx.update(grads, opt_state, eqx.filter(model, eqx.is_array))
+        return eqx.apply_updates(model, updates), opt_state, loss
+
+    batches = [(x[i * s.batch:(i + 1) * s.batch], y[i * s.batch:(i + 1) * s.batch])
+               for i in range(s.steps)]
+    st = [(model, opt_state)]
+
+    def first():
+        m, o, loss = step(batches[0][0], *st[0], batches[0][1])
+        st[0] = (m, o)
+        return loss
+
+    def call():
+        m, o = st[0]
+        loss = None
+        for xb, yb in batches:
+            m, o, loss = step(xb, m, o, yb)
+        st[0] = (m, o)
+        return loss
+
+    return first, call
+
+
+def build_torch(s: Settings, x, y):
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(1)
+    mods = []
+    for i, (m, n) in enumerate(zip(s.sizes[:-1], s.sizes[1:], strict=True)):
+        lin = torch.nn.Linear(m, n)
+        torch.nn.init.kaiming_normal_(lin.weight)
+        torch.nn.init.zeros_(lin.bias)
+        mods.append(lin)
+        if i < len(s.sizes) - 2:
+            mods.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*mods)
+    opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    tx = torch.from_numpy(np.array(x))
+    ty = torch.from_numpy(np.array(y)).long()
+    batches = [(tx[i * s.batch:(i + 1) * s.batch], ty[i * s.batch:(i + 1) * s.batch])
+               for i in range(s.steps)]
+
+    def one(xb, yb):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(xb), yb)
+        loss.backward()
+        opt.step()
+        return loss
+
+    def first():
+        return one(*batches[0])
+
+    def call():
+        loss = None
+        for xb, yb in batches:
+            loss = one(xb, yb)
+        return loss
+
+    return first, call
+
+
+BUILDERS = {"jaxnn": build_jaxnn, "jaxnn_scan": build_jaxnn_scan, "jax_optax": build_jax_optax,
+            "flax": build_flax, "equinox": build_equinox, "torch": build_torch}
+_NEEDS = {"flax": "flax", "equinox": "equinox", "torch": "torch"}
+
+
+def available(impl: str) -> bool:
+    import importlib.util
+
+    mod = _NEEDS.get(impl)
+    return mod is None or importlib.util.find_spec(mod) is not None
+
+
+# --------------------------------------------------------------------------- run
+def measure_all(s: Settings, impls=IMPLS) -> tuple[list[dict], list[str]]:
+    """Rows for every available implementation, and the list of skipped ones."""
+    x, y = _data(s)
+    skipped = [i for i in impls if not available(i)]
+    compile_s, calls = {}, {}
+    for impl in impls:
+        if impl in skipped:
+            C.log(f"  {impl}: not installed, skipped")
+            continue
+        first, call = BUILDERS[impl](s, x, y)
+        compile_s[impl] = C.time_once(first)
+        calls[impl] = call
+        C.log(f"  {impl}: first step {compile_s[impl]:.2f} s")
+    jax_calls = {k: v for k, v in calls.items() if k != "torch"}
+    times = C.measure(jax_calls, repeats=s.repeats, warmup=1)
+    if "torch" in calls:  # alone, after the JAX runs (its OpenMP threads spin after work)
+        times.update(C.measure({"torch": calls["torch"]}, repeats=s.repeats, warmup=1))
+    examples = s.batch * s.steps
+    ref = examples / times["jax_optax"] if "jax_optax" in times else None
+    rows = []
+    for impl in calls:
+        eps = examples / times[impl]
+        rows.append({"impl": impl, "examples_per_s": eps, "compile_s": compile_s[impl],
+                     "step_ms": 1e3 * times[impl] / s.steps,
+                     "vs_jax_optax": eps / ref if ref else None})
+        C.log(f"  {impl:10} {eps:10.0f} examples/s  ({1e3 * times[impl] / s.steps:.2f} ms/step)")
+    return rows, skipped
+
+
+def matmul_flops_per_example(sizes) -> float:
+    """Exact matmul FLOPs of one training example: forward 2mn per layer, backward 4mn (dX and
+    dW) except for the first layer, whose dX is not needed (XLA drops it)."""
+    f = 0
+    for i, (m, n) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        f += 2 * m * n + (2 * m * n if i == 0 else 4 * m * n)
+    return float(f)
+
+
+def markdown(machine: dict, rows: list[dict], s: Settings, skipped: list[str]) -> str:
+    flops = matmul_flops_per_example(s.sizes)
+    table = [[r["impl"], r["examples_per_s"], r["step_ms"], r["vs_jax_optax"],
+              r["examples_per_s"] * flops / 1e9, r["compile_s"]] for r in rows]
+    table = [[c if not isinstance(c, float) else float(f"{c:.3g}") for c in t] for t in table]
+    lines = [f"# Training-step throughput: MLP {'-'.join(map(str, s.sizes))}, batch {s.batch}",
+             "", f"Machine: {C.machine_line(machine)}", "",
+             f"SGD momentum {s.momentum}, softmax cross-entropy, float32. Median of {s.repeats} "
+             f"interleaved samples of {s.steps} steps. *vs jax_optax*: examples/s over the "
+             "hand-written JAX+optax step; *GFLOP/s*: exact matmul FLOPs "
+             f"({flops / 1e6:.2f} MFLOP per example) per second; *compile_s*: time to the end "
+             "of the first step (jaxnn_scan: the first epoch).", "",
+             C.markdown_table(table, ["impl", "examples/s", "ms/step", "vs jax_optax",
+                                      "GFLOP/s", "compile_s"])]
+    if skipped:
+        lines += ["", f"Not installed (skipped): {', '.join(skipped)}."]
+    return "\n".join(lines) + "\n"
+
+
+def run(*, quick: bool = False, tiny: bool = False, json_path) -> dict:
+    s = settings(quick, tiny)
+    machine = C.machine_info()
+    C.log(f"train_step: sizes {s.sizes}, batch {s.batch}, {s.steps} steps x {s.repeats}")
+    rows, skipped = measure_all(s)
+    md = markdown(machine, rows, s, skipped)
+    jpath, mdpath = C.write_results(json_path, machine, rows, md, settings=s._asdict(),
+                                    skipped=skipped)
+    png = jpath.with_suffix(".png")
+    C.bar_chart(png, [{"title": f"MLP {'-'.join(map(str, s.sizes))}, batch {s.batch}, "
+                                f"float32 ({machine['cpu']}, {machine['cores']} cores)",
+                       "groups": [r["impl"] for r in rows],
+                       "series": {"examples/s": [r["examples_per_s"] for r in rows]}}],
+                xlabel="training examples / s")
+    return {"machine": machine, "rows": rows, "markdown": md,
+            "paths": {"json": str(jpath), "markdown": str(mdpath), "png": str(png)}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = C.parser("Training-step throughput: jaxnn vs hand-written JAX+optax, flax, equinox, "
+                    "PyTorch.", "train_step.json").parse_args(argv)
+    out = run(quick=args.quick, tiny=C.tiny_requested(args), json_path=args.json)
+    print(out["markdown"])
+    C.log(f"wrote {out['paths']['json']}, {out['paths']['markdown']}, {out['paths']['png']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Smoke tests of the benchmark scripts: each runs (``--quick --tiny``: tiny sizes, two repeats)
+in a subprocess and writes valid JSON with the documented row schema, a markdown table and a
+PNG chart. No timing is asserted anywhere: numbers from tiny sizes mean nothing."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MACHINE_KEYS = {"jax", "jaxlib", "numpy", "python", "cpu", "cores", "platform", "device_kind"}
+
+
+def _run(args, tmp_path, json_name):
+    out = tmp_path / json_name
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, *args, "--quick", "--tiny", "--json", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert out.with_suffix(".md").read_text().startswith("# ")
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = json.loads(out.read_text())
+    assert MACHINE_KEYS <= set(result["machine"])
+    assert result["rows"]
+    return result["rows"], proc.stdout
+
+
+def _positive(v):
+    return isinstance(v, float | int) and math.isfinite(v) and v > 0
+
+
+def test_activations_benchmark_via_cli(tmp_path):
+    # `jaxnn bench` loads benchmarks/activations.py by path and runs it: one run covers both.
+    rows, stdout = _run(["-m", "jaxnn", "bench", "--out", str(tmp_path)], tmp_path,
+                        "activations.json")
+    assert "| activation | pass |" in stdout
+    for r in rows:
+        assert {"activation", "pass", "impl", "alloc", "dtype", "elements_per_s"} <= set(r)
+        assert r["pass"] in ("fwd", "fwd_bwd") and r["alloc"] in ("fresh", "fixed")
+        assert _positive(r["elements_per_s"])
+    ew = [r for r in rows if r["case"] == "elementwise"]
+    assert {r["impl"] for r in ew} <= {"jaxnn", "jax.nn", "torch", "bandwidth"}
+    assert all(r["activation"] == "copy" for r in ew if r["impl"] == "bandwidth")
+    seen = {(r["impl"], r["pass"], r["alloc"]) for r in ew if r["malloc"] == "default"}
+    for impl in ("jaxnn", "jax.nn", "bandwidth"):
+        for p in ("fwd", "fwd_bwd"):
+            assert {(impl, p, "fresh"), (impl, p, "fixed")} <= seen
+    assert {r["malloc"] for r in ew} == {"default", "env"}  # the malloc re-run happened
+    assert any(r["case"] == "dense" for r in rows)
+
+
+def test_train_step_benchmark(tmp_path):
+    rows, _ = _run([str(ROOT / "benchmarks" / "train_step.py")], tmp_path, "train_step.json")
+    impls = {r["impl"] for r in rows}
+    assert {"jaxnn", "jaxnn_scan", "jax_optax"} <= impls
+    assert impls <= {"jaxnn", "jaxnn_scan", "jax_optax", "flax", "equinox", "torch"}
+    for r in rows:
+        assert _positive(r["examples_per_s"]) and _positive(r["compile_s"])
+
+
+def test_population_benchmark(tmp_path):
+    rows, _ = _run([str(ROOT / "benchmarks" / "population.py")], tmp_path, "population.json")
+    ns = {r["n"] for r in rows}
+    assert {(n, m) for n in ns for m in ("vmap_scan", "loop_scan", "loop_step")} == {
+        (r["n"], r["mode"]) for r in rows}
+    assert all(_positive(r["examples_per_s"]) for r in rows)
+
+
+def test_bench_verb_without_benchmarks_dir(tmp_path, monkeypatch, capsys):
+    from jaxnn import cli
+    from jaxnn.cli import _bench
+
+    monkeypatch.setattr(_bench, "benchmarks_dir", lambda: tmp_path / "benchmarks")
+    assert cli.main(["bench", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "needs the benchmarks/ directory" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag", ["--activations=nope"])
+def test_bench_verb_bad_flag(flag, capsys):
+    from jaxnn import cli
+
+    assert cli.main(["bench", flag]) == 2
+    assert "unknown nope" in capsys.readouterr().err
