@@ -127,6 +127,9 @@ def _epoch_mean(metrics: _train.StepMetrics):
     return jnp.sum(metrics.loss * w, -1) / tot, jnp.sum(metrics.accuracy * w, -1) / tot
 
 
+# Compiled pieces are cached by (model, loss, optimizer, ...) identity, so the stages of a search
+# or repeated calls with the same objects compile once.
+@functools.lru_cache(maxsize=16)
 def _build_epoch(model, loss, optimizer, batch_size: int, factor: float, probe):
     raw_epoch = _train.epoch_fn(model.apply, loss, optimizer, batch_size=batch_size)
     evaluate = _train.make_evaluate(model.apply, loss)
@@ -155,18 +158,28 @@ def _build_epoch(model, loss, optimizer, batch_size: int, factor: float, probe):
     return jax.jit(run, donate_argnums=(0,))
 
 
-def _init_members(model, optimizer, keys, hp):
+@functools.lru_cache(maxsize=16)
+def _member_init_fn(model, optimizer, with_weight_decay: bool):
     def one(k, scale, lr, wd):
         state = _train.init_train_state(model, optimizer, key=k, init_scale=scale)
         opt_state = _optim.set_hyperparam(state.opt_state, "learning_rate", lr)
-        if wd is not None:
+        if with_weight_decay:
             opt_state = _optim.set_hyperparam(opt_state, "weight_decay", wd)
         return state._replace(opt_state=opt_state)
 
+    return jax.jit(jax.vmap(one))
+
+
+@functools.lru_cache(maxsize=16)
+def _evaluate_members_fn(apply, loss):
+    return jax.jit(jax.vmap(_train.make_evaluate(apply, loss), in_axes=(0, 0, None, None)))
+
+
+def _init_members(model, optimizer, keys, hp):
     wd = hp.get("weight_decay")
-    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None if wd is None else 0)))(
-        keys, hp["init_scale"], hp["learning_rate"], wd
-    )
+    init = _member_init_fn(model, optimizer, wd is not None)
+    return init(keys, hp["init_scale"], hp["learning_rate"],
+                hp["learning_rate"] * 0 if wd is None else wd)
 
 
 def train_population(
@@ -226,7 +239,7 @@ def train_population(
     states = _init_members(model, optimizer, keys, hp)
     l2 = jnp.asarray(hp["l2"])
     states, l2 = _shard(states, devices), _shard(l2, devices)
-    evaluate = jax.vmap(_train.make_evaluate(model.apply, loss), in_axes=(0, 0, None, None))
+    evaluate = _evaluate_members_fn(model.apply, loss)
     initial = evaluate(states.params, states.model_state, x, y).loss
     run_epoch = _build_epoch(model, loss, optimizer, batch_size, divergence_factor, probe)
 
