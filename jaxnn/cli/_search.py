@@ -8,10 +8,12 @@ import time
 
 from jaxnn.cli import CLIError
 from jaxnn.cli._common import (
+    add_device_flags,
     add_train_flags,
     build,
     config_from_args,
     new_run_dir,
+    population_devices,
     table,
     write_json,
 )
@@ -62,6 +64,7 @@ def add_parser(sub) -> None:
                         "(default a quarter of --trials, at least 2)")
     p.add_argument("--out", default=None, help="output directory (default runs/search-<time>)")
     add_train_flags(p, epochs=10)
+    add_device_flags(p, multi_process=False)
     p.set_defaults(func=run_search)
 
     e = sub.add_parser(
@@ -72,6 +75,7 @@ def add_parser(sub) -> None:
     e.add_argument("--members", type=int, default=5, help="ensemble size K (default 5)")
     e.add_argument("--out", default=None, help="output directory (default runs/ensemble-<time>)")
     add_train_flags(e, epochs=15)
+    add_device_flags(e, multi_process=False)
     e.set_defaults(func=run_ensemble)
 
 
@@ -149,13 +153,15 @@ def run_search(args) -> int:
         epochs = (args.epochs if args.coarse_epochs is None else
                   [args.coarse_epochs] * (args.stages - 1) + [args.epochs])
         res = search.coarse_to_fine(space, stages=args.stages, trials=args.trials, epochs=epochs,
-                                    key=key, top_k=args.top_k, **common)
+                                    key=key, top_k=args.top_k,
+                                    devices=population_devices(args, args.trials), **common)
     else:
         if args.method == "grid":
             trials = search.grid(space, points=_grid_points(args.trials, len(varied)))
         else:
             trials = search.random(space, args.trials, key=jax.random.fold_in(key, 1))
-        ranked = search.run_trials(trials, epochs=args.epochs, key=key, **common)
+        ranked = search.run_trials(trials, epochs=args.epochs, key=key,
+                                   devices=population_devices(args, len(trials)), **common)
         res = search.SearchResult(trials=ranked, best=ranked[0], stages=[])
     seconds = time.perf_counter() - start
 
@@ -221,7 +227,8 @@ def run_ensemble(args) -> int:
     res = ensemble.ensemble(
         setup.data, members=args.members, epochs=args.epochs, key=jax.random.key(args.seed),
         model=setup.model, loss=setup.loss, optimizer=setup.optimizer,
-        batch_size=args.batch_size, learning_rate=args.lr, l2=args.l2)
+        batch_size=args.batch_size, learning_rate=args.lr, l2=args.l2,
+        devices=population_devices(args, args.members))
     seconds = time.perf_counter() - start
     summary = {
         "members": args.members,
