@@ -277,7 +277,8 @@ def check_grads(
         a_leaves = jax.tree_util.tree_leaves(analytic)
         n_leaves = jax.tree_util.tree_leaves(numeric)
         for a, n in zip(a_leaves, n_leaves, strict=True):
-            err = relative_error(a, n, floor=fl)
+            acc = jnp.promote_types(a.dtype, jnp.float32)  # compare 16-bit grads in float32
+            err = relative_error(a.astype(acc), n.astype(acc), floor=fl)
             leaf_errors.append(jnp.max(err) if err.size else jnp.zeros((), err.dtype))
         return leaf_errors
 

@@ -1,0 +1,372 @@
+"""Tests for jaxnn.activations: numpy references, gradients, kinks, dtypes, extremes, registry."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import jax.test_util
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxnn import activations as A
+from jaxnn import gradcheck
+
+# ---------------------------------------------------------------------------------------------
+# Independent numpy references (float64): value and derivative.
+
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def jgrad(f):
+    """jax.grad, jitted: one compilation instead of several eager ones (keeps the tests fast)."""
+    return jax.jit(jax.grad(f))
+
+
+def jvgrad(f):
+    return jax.jit(jax.vmap(jax.grad(f)))
+
+
+def np_sigmoid(x):
+    # Two-branch form so the reference itself never overflows.
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    ex = np.exp(x[~pos])
+    out[~pos] = ex / (1.0 + ex)
+    return out
+
+
+_erf = np.vectorize(math.erf)
+
+
+def np_phi(x):  # standard normal cdf
+    return 0.5 * (1.0 + _erf(x / math.sqrt(2.0)))
+
+
+def np_pdf(x):
+    return np.exp(-0.5 * x**2) / math.sqrt(2.0 * math.pi)
+
+
+def np_gelu_tanh(x):
+    return 0.5 * x * (1.0 + np.tanh(GELU_C * (x + 0.044715 * x**3)))
+
+
+def np_gelu_tanh_grad(x):
+    t = np.tanh(GELU_C * (x + 0.044715 * x**3))
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t**2) * GELU_C * (1 + 3 * 0.044715 * x**2)
+
+
+def np_swish(beta):
+    return lambda x: x * np_sigmoid(beta * x)
+
+
+def np_swish_grad(beta):
+    def grad(x):
+        s = np_sigmoid(beta * x)
+        return s + beta * x * s * (1 - s)
+
+    return grad
+
+
+# (id, jaxnn callable of x, numpy value, numpy derivative)
+CASES = [
+    ("linear", A.linear, lambda x: x, lambda x: np.ones_like(x)),
+    ("identity", A.identity, lambda x: x, lambda x: np.ones_like(x)),
+    ("step", A.step, lambda x: (x >= 0).astype(x.dtype), lambda x: np.zeros_like(x)),
+    ("sigmoid", A.sigmoid, np_sigmoid, lambda x: np_sigmoid(x) * (1 - np_sigmoid(x))),
+    ("tanh", A.tanh, np.tanh, lambda x: 1 - np.tanh(x) ** 2),
+    ("relu", A.relu, lambda x: np.where(x > 0, x, 0.0), lambda x: (x > 0).astype(x.dtype)),
+    (
+        "leaky_relu",
+        A.leaky_relu,
+        lambda x: np.where(x > 0, x, 0.01 * x),
+        lambda x: np.where(x > 0, 1.0, 0.01),
+    ),
+    (
+        "leaky_relu_0.2",
+        lambda x: A.leaky_relu(x, 0.2),
+        lambda x: np.where(x > 0, x, 0.2 * x),
+        lambda x: np.where(x > 0, 1.0, 0.2),
+    ),
+    (
+        "prelu_0.25",
+        lambda x: A.prelu(x, 0.25),
+        lambda x: np.where(x > 0, x, 0.25 * x),
+        lambda x: np.where(x > 0, 1.0, 0.25),
+    ),
+    (
+        "elu",
+        A.elu,
+        lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
+        lambda x: np.where(x > 0, 1.0, np.exp(np.minimum(x, 0))),
+    ),
+    (
+        "elu_0.5",
+        lambda x: A.elu(x, 0.5),
+        lambda x: np.where(x > 0, x, 0.5 * np.expm1(np.minimum(x, 0))),
+        lambda x: np.where(x > 0, 1.0, 0.5 * np.exp(np.minimum(x, 0))),
+    ),
+    (
+        "selu",
+        A.selu,
+        lambda x: SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0))),
+        lambda x: SELU_SCALE * np.where(x > 0, 1.0, SELU_ALPHA * np.exp(np.minimum(x, 0))),
+    ),
+    ("swish", A.swish, np_swish(1.0), np_swish_grad(1.0)),
+    ("swish_1.7", lambda x: A.swish(x, 1.7), np_swish(1.7), np_swish_grad(1.7)),
+    ("silu", A.silu, np_swish(1.0), np_swish_grad(1.0)),
+    ("gelu", A.gelu, lambda x: x * np_phi(x), lambda x: np_phi(x) + x * np_pdf(x)),
+    ("gelu_approximate", lambda x: A.gelu(x, approximate=True), np_gelu_tanh, np_gelu_tanh_grad),
+    ("softplus", A.softplus, lambda x: np.logaddexp(x, 0.0), np_sigmoid),
+]
+IDS = [c[0] for c in CASES]
+
+# Points away from every kink (0 is not on the grid), covering saturation regions.
+X_SMOOTH = np.linspace(-4.9, 5.1, 16)
+X_EXTREME = np.array([-1e4, -100.0, -20.0, -1.0, 0.0, 1.0, 20.0, 100.0, 1e4])
+X_ALL = np.concatenate([X_SMOOTH, X_EXTREME])
+
+DTYPE_TOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2, jnp.float16: 2e-3}
+
+
+def test_every_registered_activation_has_a_reference_case():
+    covered = {c[0].split("_0")[0].split("_1")[0] for c in CASES} | {"maxout"}
+    assert set(A.names()) <= covered, set(A.names()) - covered
+
+
+# Every case on one input, values and gradients in one program: compiles once per dtype for all
+# activations (compilation, not arithmetic, is what costs time in these tests).
+def _values_and_grads(x):
+    values = {name: fn(x) for name, fn, _, _ in CASES}
+    grads = {name: jax.vmap(jax.grad(fn))(x) for name, fn, _, _ in CASES}
+    return values, grads
+
+
+_VALUES_AND_GRADS = jax.jit(_values_and_grads)
+
+
+def _stacked(x):
+    return jnp.stack([fn(x) for _, fn, _, _ in CASES])
+
+
+@pytest.mark.parametrize("name,fn,ref,dref", CASES, ids=IDS)
+def test_values_match_numpy(name, fn, ref, dref):
+    x = jnp.asarray(X_ALL, jnp.float32)
+    values, _ = _VALUES_AND_GRADS(x)  # jitted; test_jit_matches_eager covers eager calls
+    out = values[name]
+    assert out.dtype == jnp.float32 and out.shape == x.shape
+    np.testing.assert_allclose(out, ref(np.asarray(x, np.float64)), rtol=2e-6, atol=2e-6)
+
+
+def test_jit_matches_eager():
+    x = jnp.asarray(X_ALL, jnp.float32)
+    jitted, _ = _VALUES_AND_GRADS(x)
+    for name, fn, _, _ in CASES:
+        assert fn(x).dtype == jnp.float32, name
+        # Same function; XLA may fuse differently, so allow a few ulps (absolute: values ~0 exist).
+        np.testing.assert_allclose(jitted[name], fn(x), rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_gradients_float64():
+    """Derivatives vs the numpy formulas, jax.test_util.check_grads and jaxnn.gradcheck, in
+    float64 at points away from the kinks."""
+    with jax.enable_x64(True):
+        x = jnp.asarray(X_SMOOTH, jnp.float64)
+        _, grads = _VALUES_AND_GRADS(x)
+        for name, _, _, dref in CASES:
+            assert grads[name].dtype == jnp.float64, name
+            np.testing.assert_allclose(
+                grads[name], dref(X_SMOOTH), rtol=1e-10, atol=1e-12, err_msg=name
+            )
+        # Reverse mode is linearize (the JVP rules) + transpose: it checks both.
+        jax.test_util.check_grads(jax.jit(_stacked), (x,), order=1, modes=("rev",))
+        report = gradcheck.check_grads(lambda v: jnp.sum(_stacked(v)), x)
+    assert report.tol == 1e-6
+    assert report.passed, report
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16], ids=str)
+def test_dtype_preserved_and_extreme_inputs_finite(dtype):
+    """Every activation keeps the dtype; values and gradients are finite for |x| up to 1e4 and
+    match the float64 reference to the dtype's precision."""
+    x = jnp.asarray(X_ALL, dtype)
+    values, grads = _VALUES_AND_GRADS(x)
+    x64 = np.asarray(x, np.float64)
+    tol = DTYPE_TOL[dtype]
+    for name, _, ref, _ in CASES:
+        out, g = values[name], grads[name]
+        assert out.dtype == dtype and g.dtype == dtype, (name, out.dtype, g.dtype)
+        assert bool(jnp.all(jnp.isfinite(out))), (name, out)
+        assert bool(jnp.all(jnp.isfinite(g))), (name, g)
+        np.testing.assert_allclose(
+            np.asarray(out, np.float64), ref(x64), rtol=tol, atol=tol, err_msg=name
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Kink conventions
+
+
+def test_relu_gradient_at_zero_is_zero():
+    assert float(jgrad(A.relu)(0.0)) == 0.0
+    assert float(jgrad(A.relu)(-0.0)) == 0.0
+    assert float(jgrad(A.relu)(1e-30)) == 1.0
+    # The tempting jnp.maximum(x, 0) has 0.5 there: we are not that.
+    assert float(jgrad(lambda x: jnp.maximum(x, 0.0))(0.0)) == 0.5
+
+
+def test_leaky_and_prelu_kinks_take_the_left_slope():
+    assert float(jgrad(A.leaky_relu)(0.0)) == pytest.approx(0.01)
+    assert float(jgrad(lambda x: A.leaky_relu(x, 0.3))(0.0)) == pytest.approx(0.3)
+    assert float(jgrad(lambda x: A.prelu(x, 0.3))(0.0)) == pytest.approx(0.3)
+    # leaky_relu with slope 0 is relu, gradient at the kink included.
+    x = jnp.array([-1.0, 0.0, 2.0])
+    np.testing.assert_array_equal(jvgrad(lambda v: A.leaky_relu(v, 0.0))(x), jvgrad(A.relu)(x))
+
+
+def test_step_gradient_is_zero_everywhere():
+    x = jnp.array([-3.0, -1e-7, 0.0, 1e-7, 3.0])
+    np.testing.assert_array_equal(jvgrad(A.step)(x), np.zeros(5))
+    np.testing.assert_array_equal(A.step(x), [0.0, 0.0, 1.0, 1.0, 1.0])
+
+
+def test_elu_kink_and_large_positive_gradient():
+    assert float(jgrad(A.elu)(0.0)) == pytest.approx(1.0)
+    assert float(jgrad(lambda x: A.elu(x, 0.5))(0.0)) == pytest.approx(0.5)
+    assert float(jgrad(A.elu)(1e4)) == 1.0
+
+
+def test_nan_propagates():
+    nan = jnp.array([jnp.nan])
+    for fn in (A.relu, A.leaky_relu, A.sigmoid, A.softplus, A.step, A.elu):
+        assert bool(jnp.isnan(fn(nan))[0]), fn
+
+
+def test_gelu_default_is_exact_not_jax_default():
+    x = jnp.array([1.5])
+    np.testing.assert_allclose(A.gelu(x), jax.nn.gelu(x, approximate=False), rtol=1e-7)
+    assert not np.allclose(A.gelu(x), jax.nn.gelu(x), rtol=1e-6, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# prelu: gradient to alpha
+
+
+def test_prelu_gradient_flows_to_per_channel_alpha():
+    x = jnp.array([[-1.0, 2.0, -3.0], [-0.5, -2.0, 4.0]])
+    alpha = jnp.array([0.1, 0.2, 0.3])
+    out = A.prelu(x, alpha)
+    np.testing.assert_allclose(out, np.where(x > 0, x, np.asarray(alpha) * np.asarray(x)))
+    g_alpha = jgrad(lambda a: jnp.sum(A.prelu(x, a)))(alpha)
+    # d/dalpha_c sum = sum over rows of x where x <= 0, per channel.
+    np.testing.assert_allclose(g_alpha, np.where(np.asarray(x) > 0, 0.0, x).sum(0))
+    g_scalar = jgrad(lambda a: jnp.sum(A.prelu(x, a)))(0.2)
+    np.testing.assert_allclose(g_scalar, np.where(np.asarray(x) > 0, 0.0, x).sum())
+
+
+def test_prelu_keeps_low_precision_dtype_with_float32_alpha():
+    x = jnp.array([-1.0, 2.0], jnp.bfloat16)
+    assert A.prelu(x, jnp.array([0.1, 0.2], jnp.float32)).dtype == jnp.bfloat16
+    assert A.leaky_relu(x, jnp.float32(0.1)).dtype == jnp.bfloat16
+
+
+def test_swish_with_traced_beta_is_differentiable():
+    x = jnp.array([-1.0, 0.5, 2.0])
+    g = jgrad(lambda b: jnp.sum(A.swish(x, b)))(1.0)
+    xn = np.asarray(x, np.float64)
+    s = np_sigmoid(xn)
+    np.testing.assert_allclose(g, np.sum(xn * xn * s * (1 - s)), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# maxout
+
+
+def np_maxout(z, k, axis):
+    z = np.moveaxis(z, axis, -1)
+    out = z.reshape(z.shape[:-1] + (z.shape[-1] // k, k)).max(-1)
+    return np.moveaxis(out, -1, axis)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    k=st.integers(1, 4),
+    units=st.integers(1, 3),
+    lead=st.integers(1, 3),
+    axis=st.sampled_from([0, 1, -1]),
+    seed=st.integers(0, 2**16),
+)
+def test_maxout_matches_numpy(k, units, lead, axis, seed):
+    shape = [lead, 2, 2]
+    shape[axis] = units * k
+    z = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    out = A.maxout(jnp.asarray(z), k, axis=axis)
+    np.testing.assert_array_equal(out, np_maxout(z, k, axis))
+
+
+def test_maxout_groups_are_consecutive():
+    z = jnp.array([1.0, 9.0, 2.0, 3.0, 8.0, 0.0])
+    np.testing.assert_array_equal(A.maxout(z, 2), [9.0, 3.0, 8.0])
+    np.testing.assert_array_equal(A.maxout(z, 3), [9.0, 8.0])
+
+
+def test_maxout_gradient_goes_to_the_max_and_to_one_piece_at_ties():
+    z = jnp.array([[1.0, 5.0, 2.0, 2.0, 7.0, 7.0, 7.0, 0.0]])
+    g = jgrad(lambda v: jnp.sum(A.maxout(v, 2)))(z)
+    np.testing.assert_array_equal(g, [[0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]])
+    g4 = jgrad(lambda v: jnp.sum(A.maxout(v, 4)))(z)
+    np.testing.assert_array_equal(g4, [[0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]])
+
+
+def test_maxout_gradient_float64_and_jit():
+    z = np.random.default_rng(0).standard_normal((3, 12))
+    with jax.enable_x64(True):
+        zj = jnp.asarray(z)
+        jax.test_util.check_grads(lambda v: A.maxout(v, 3), (zj,), order=1, modes=("rev",))
+        assert gradcheck.check_grads(lambda v: jnp.sum(A.maxout(v, 4) ** 2), zj).passed
+    z32 = jnp.asarray(z, jnp.float32)
+    np.testing.assert_array_equal(jax.jit(A.maxout, static_argnums=1)(z32, 3), A.maxout(z32, 3))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16], ids=str)
+def test_maxout_dtype_and_nan(dtype):
+    z = jnp.array([1.0, jnp.nan, 3.0, 2.0, jnp.nan, 0.0], dtype)
+    out = A.maxout(z, 2)
+    assert out.dtype == dtype
+    assert bool(jnp.isnan(out[0])) and float(out[1]) == 3.0 and bool(jnp.isnan(out[2]))
+
+
+def test_maxout_bad_sizes_raise():
+    with pytest.raises(ValueError, match="not divisible"):
+        A.maxout(jnp.ones((2, 5)), 2)
+    with pytest.raises(ValueError, match="num_pieces"):
+        A.maxout(jnp.ones((2, 4)), 0)
+    with pytest.raises(ValueError, match="axis"):
+        A.maxout(jnp.ones((2, 4)), 2, axis=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry and public names
+
+
+def test_get_every_name_and_unknown():
+    for name in A.names():
+        fn = A.get(name)
+        assert callable(fn) and fn is getattr(A, name)
+    assert A.get(A.relu) is A.relu
+    with pytest.raises(ValueError, match="relu") as info:
+        A.get("rleu")
+    assert "rleu" in str(info.value) and "softplus" in str(info.value)
+
+
+def test_public_names_resolve():
+    assert A.__all__ and len(set(A.__all__)) == len(A.__all__)
+    for name in A.__all__:
+        assert getattr(A, name) is not None
+        assert getattr(A, name).__doc__, name
+    assert set(A.names()) <= set(A.__all__)
+    assert A.identity is A.linear

@@ -1,0 +1,172 @@
+"""Tests for jaxnn.gradcheck: numerical gradients, relative error, and the check report."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxnn import gradcheck as G
+
+
+@jax.custom_jvp
+def sin_wrong(x):
+    """sin with a deliberately wrong derivative (5% too large): what check_grads must catch."""
+    return jnp.sin(x)
+
+
+sin_wrong.defjvps(lambda g, ans, x: 1.05 * g * jnp.cos(x))
+
+
+@jax.custom_jvp
+def softplus_custom(x):
+    """A correct hand-written derivative: what check_grads must pass."""
+    return jnp.logaddexp(x, 0.0)
+
+
+softplus_custom.defjvps(lambda g, ans, x: g * jax.nn.sigmoid(x))
+
+
+def make_params(dtype):
+    rng = np.random.default_rng(0)
+    return {
+        "layer": {
+            "w": jnp.asarray(rng.standard_normal((3, 4)), dtype),
+            "b": jnp.asarray(rng.standard_normal(4), dtype),
+        },
+        "extra": [jnp.asarray(rng.standard_normal(2), dtype)],
+    }
+
+
+def model_loss(p, op=jnp.tanh):
+    x = jnp.linspace(-1.0, 1.0, 6, dtype=p["layer"]["w"].dtype).reshape(2, 3)
+    h = op(x @ p["layer"]["w"] + p["layer"]["b"])
+    return jnp.sum(h**2) + jnp.sum(p["extra"][0] ** 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# numerical_grad
+
+
+def test_numerical_grad_is_exact_for_quadratics_and_keeps_the_tree():
+    params = {"a": jnp.array([1.0, -2.0]), "b": (jnp.array([[0.5]]), jnp.array(3.0))}
+    f = lambda p: jnp.sum(p["a"] ** 2) + 3.0 * p["b"][0][0, 0] ** 2 - p["b"][1] ** 2
+    g = G.numerical_grad(f, params, eps=0.25)  # centered differences are exact on quadratics
+    assert jax.tree_util.tree_structure(g) == jax.tree_util.tree_structure(params)
+    np.testing.assert_array_equal(g["a"], [2.0, -4.0])
+    np.testing.assert_array_equal(g["b"][0], [[3.0]])
+    assert float(g["b"][1]) == -6.0 and g["b"][1].dtype == jnp.float32
+
+
+def test_numerical_grad_chunks_large_parameter_vectors():
+    x = jnp.asarray(np.random.default_rng(1).standard_normal(300), jnp.float32)  # > one chunk
+    g = G.numerical_grad(lambda v: jnp.sum(jnp.sin(v)), x, eps=1e-2)
+    np.testing.assert_allclose(g, jnp.cos(x), atol=2e-3)
+
+
+def test_numerical_grad_mixed_dtypes_uses_the_step_actually_taken():
+    params = {"lo": jnp.array([1.0, 3.0], jnp.bfloat16), "hi": jnp.array([2.0], jnp.float32)}
+    f = lambda p: jnp.sum(p["lo"].astype(jnp.float32) ** 2) + jnp.sum(p["hi"] ** 2)
+    g = G.numerical_grad(f, params, eps=0.01)
+    # 3 +- 0.01 round to 3.015625 / 2.984375 in bfloat16: the nominal step 0.02 is 36% short.
+    np.testing.assert_allclose(np.asarray(g["lo"], np.float32), [2.0, 6.0], rtol=1e-2)
+    np.testing.assert_allclose(g["hi"], [4.0], rtol=1e-3)
+    assert g["lo"].dtype == jnp.bfloat16
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="scalar"):
+        G.numerical_grad(lambda x: x * 2, jnp.ones(3))
+    with pytest.raises(ValueError, match=r"\['n'\].*int"):
+        G.check_grads(lambda p: jnp.sum(p["x"]), {"x": jnp.ones(2), "n": jnp.arange(2)})
+
+
+# ---------------------------------------------------------------------------------------------
+# relative_error
+
+
+def test_relative_error_formula():
+    a = jnp.array([1.0, -2.0, 0.0, 1e-30, 3.0])
+    b = jnp.array([1.1, -2.0, 0.0, 0.0, -3.0])
+    np.testing.assert_allclose(G.relative_error(a, b), [0.1 / 1.1, 0.0, 0.0, 1.0, 2.0], rtol=1e-6)
+    # With a floor, tiny values compare by absolute error / floor instead of blowing up.
+    np.testing.assert_allclose(
+        G.relative_error(jnp.array([1e-9]), jnp.array([-1e-9]), floor=1e-3), [2e-6], rtol=1e-6
+    )
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    a=st.floats(-1e6, 1e6, allow_subnormal=False),
+    b=st.floats(-1e6, 1e6, allow_subnormal=False),
+)
+def test_relative_error_properties(a, b):
+    r = float(G.relative_error(jnp.float32(a), jnp.float32(b)))
+    assert r == float(G.relative_error(jnp.float32(b), jnp.float32(a)))  # symmetric
+    assert 0.0 <= r <= 2.0 and np.isfinite(r)  # bounded, never inf/nan (floor > 0)
+    if np.float32(a) == np.float32(b):
+        assert r == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# check_grads
+
+
+@pytest.mark.parametrize(
+    "dtype,tol", [(jnp.float64, 1e-6), (jnp.float32, 1e-2)], ids=["float64", "float32"]
+)
+def test_check_grads_passes_correct_gradients(dtype, tol):
+    with jax.enable_x64(True):
+        params = make_params(dtype)
+        report = G.check_grads(lambda p: model_loss(p, softplus_custom), params)
+    assert isinstance(report, G.GradCheckReport) and report._fields == (
+        "errors",
+        "max_error",
+        "tol",
+        "passed",
+    )
+    assert report.tol == tol and report.passed
+    assert set(report.errors) == {"['extra'][0]", "['layer']['b']", "['layer']['w']"}
+    assert report.max_error == max(report.errors.values()) < tol
+    if dtype == jnp.float64:
+        # numerical_grad agrees with jax.grad to the curriculum's "good" level in float64.
+        assert report.max_error < 1e-7
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32], ids=["float64", "float32"])
+def test_check_grads_catches_a_wrong_gradient_and_names_the_leaf(dtype):
+    with jax.enable_x64(True):
+        params = make_params(dtype)
+        report = G.check_grads(lambda p: model_loss(p, sin_wrong), params)
+    assert not report.passed
+    # The error is attributed to the leaves the wrong derivative touches, not to "extra".
+    assert report.errors["['layer']['w']"] > 1e-2 and report.errors["['layer']['b']"] > 1e-2
+    assert report.errors["['extra'][0]"] < report.tol
+
+
+def test_check_grads_zero_gradients_do_not_blow_up():
+    # d/dx of x**3 at x = 0 is 0; numerically it is round-off noise ~1e-9: relative error
+    # without a floor would be O(1). The large constant makes the round-off visible.
+    with jax.enable_x64(True):
+        x = jnp.array([0.0, 0.0, 1.0], jnp.float64)
+        report = G.check_grads(lambda v: jnp.sum(v**3) + 1e3, x)
+    assert report.passed, report
+    with jax.enable_x64(True):
+        bare = G.relative_error(jnp.float64(0.0), jnp.float64(1e-12))
+    assert float(bare) == 1.0  # ... which is what the floor prevents
+
+
+def test_check_grads_tolerance_override_and_kinks():
+    # relu at a kink: jax says 0, centered differences say 0.5 -- reported, not hidden.
+    report = G.check_grads(lambda v: jnp.sum(jax.nn.relu(v)), jnp.array([0.0, 1.0]))
+    assert not report.passed and report.errors[""] == pytest.approx(1.0)
+    loose = G.check_grads(lambda v: jnp.sum(jax.nn.relu(v)), jnp.array([0.0, 1.0]), tol=2.0)
+    assert loose.passed and loose.tol == 2.0
+
+
+def test_public_names_resolve():
+    assert G.__all__ and len(set(G.__all__)) == len(G.__all__)
+    for name in G.__all__:
+        assert getattr(G, name) is not None
+    assert set(G.DEFAULT_TOL) == set(G.DEFAULT_EPS) == {"float64", "float32", "float16", "bfloat16"}
