@@ -1,0 +1,126 @@
+"""``jaxnn diagnose``: babysit a training configuration (:mod:`jaxnn.diagnostics`).
+
+Runs the initial-loss check, the overfit check on a tiny subset, a short training run tracking
+dead ReLUs, per-layer statistics of the trained network, and the plain-words verdicts; writes
+``diagnosis.json`` (and ``curves.png``) and prints a report. Its job is to diagnose, so a run that
+diverges is a finding, not a failure: the exit status is 0 once the diagnosis is written.
+"""
+
+from __future__ import annotations
+
+import os
+
+from jaxnn.cli._common import (
+    add_train_flags,
+    build,
+    config_from_args,
+    new_run_dir,
+    table,
+    write_json,
+)
+from jaxnn.cli._experiment import jsonable
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "diagnose", help="is training healthy? initial loss, overfit check, layer stats, verdicts",
+        description="Babysit a training configuration (the train flags, e.g. --lr 1000): check "
+                    "the initial loss against log(C), overfit a tiny subset, train a few "
+                    "epochs while tracking dead ReLUs, measure every layer (activation mean/"
+                    "std, saturated and dead fractions, gradient norm, update/weight ratio) and "
+                    "give plain-words verdicts (learning rate too low/high, overfitting, "
+                    "underfitting, dead ReLUs). Writes diagnosis.json and curves.png.")
+    p.add_argument("--out", default=None, help="output directory (default runs/diagnose-<time>)")
+    p.add_argument("--overfit-examples", type=int, default=20,
+                   help="training examples for the overfit check (default 20)")
+    p.add_argument("--overfit-epochs", type=int, default=200,
+                   help="full-batch epochs of the overfit check (default 200)")
+    p.add_argument("--probe-examples", type=int, default=256,
+                   help="validation examples for layer statistics and dead units (default 256)")
+    add_train_flags(p, epochs=5)
+    p.set_defaults(func=run_diagnose)
+
+
+def _check(flag: str, value: int) -> None:
+    from jaxnn.cli import CLIError
+
+    if value < 1:
+        raise CLIError(f"--{flag} must be >= 1, got {value}")
+
+
+def run_diagnose(args) -> int:
+    import jax
+
+    from jaxnn import diagnostics, plots, train
+
+    for flag in ("overfit_examples", "overfit_epochs", "probe_examples"):
+        _check(flag.replace("_", "-"), getattr(args, flag))
+    setup = build(config_from_args(args))
+    out = new_run_dir(args.out, "diagnose")
+    c, data, model = setup.config, setup.data, setup.model
+    key = jax.random.key(c["seed"])
+    say = lambda msg: print(msg, flush=True)
+
+    say(f"diagnosing: {c['dataset']}, hidden {c['hidden']} {c['activation']} ({c['init']}), "
+        f"{c['loss']}, {c['optimizer']} lr {c['lr']:g}, l2 {c['l2']:g}")
+    init = diagnostics.initial_loss_check(model, data, key=key, loss=setup.loss)
+    overfit = diagnostics.overfit_check(
+        model, data, optimizer=setup.optimizer, key=key, loss=setup.loss,
+        num_examples=args.overfit_examples, epochs=args.overfit_epochs)
+    x_probe, y_probe = data.x_val[:args.probe_examples], data.y_val[:args.probe_examples]
+    if x_probe.shape[0] == 0:
+        x_probe, y_probe = data.x_train[:args.probe_examples], data.y_train[:args.probe_examples]
+    history = train.fit(
+        model, data, optimizer=setup.optimizer, epochs=c["epochs"], key=key, loss=setup.loss,
+        batch_size=c["batch_size"], l2=c["l2"], progress=False,
+        callback=diagnostics.dead_fraction_callback(model, x_probe))
+    st = history.state
+    layers = diagnostics.layer_stats(
+        model, st.params, st.model_state, x_probe, y_probe, loss=setup.loss,
+        activation=c["activation"], optimizer=setup.optimizer, opt_state=st.opt_state,
+        l2=c["l2"])
+    verdict = diagnostics.diagnose(history)
+
+    os.makedirs(out, exist_ok=True)
+    if history.records:
+        plots.learning_curves(history.records, os.path.join(out, "curves.png"),
+                              title=f"diagnose: {c['optimizer']} lr {c['lr']:g}")
+    write_json(os.path.join(out, "diagnosis.json"), jsonable({
+        "config": c,
+        "initial_loss": init._asdict(),
+        "overfit": overfit._asdict(),
+        "layers": [{k: v for k, v in s._asdict().items() if k != "activations"}
+                   for s in layers],
+        "verdicts": verdict.verdicts,
+        "reasons": verdict.reasons,
+        "training": {"records": history.records, "stopped_reason": history.stopped_reason,
+                     "initial_loss": history.initial_loss},
+    }))
+
+    say("")
+    say("1. initial loss (weights scaled by "
+        f"{init.init_scale:g}, no regularization): {init.measured:.4f}, expected "
+        f"{init.expected:.4f}  [{'ok' if init.ok else 'CHECK'}]")
+    say(f"   with L2 {init.l2:g}: {init.with_l2:.4f} ({'raised' if init.with_l2 > init.measured else 'NOT raised'}); "
+        f"as initialized: {init.as_initialized:.4f}")
+    say(f"2. overfit {overfit.num_examples} examples, {overfit.epochs} healthy epochs: loss "
+        f"{overfit.final_loss:.4g}, accuracy {overfit.train_acc:.3f}  "
+        f"[{'ok' if overfit.ok else 'FAILED: a bug in the pipeline, or the learning rate'}]"
+        + ("" if overfit.stopped_reason == "completed" else f" ({overfit.stopped_reason})"))
+    last = history.records[-1] if history.records else None
+    say(f"3. training {len(history.records)}/{c['epochs']} epochs: {history.stopped_reason}"
+        + (f"; train loss {history.initial_loss:.4g} -> {last['train_loss']:.4g}, train acc "
+           f"{last['train_acc']:.3f}, val acc {last['val_acc']:.3f}, dead "
+           f"{last['dead_fraction']:.3f}" if last else ""))
+    say("4. layers (training mode, after training; update ratio of one step, healthy ~1e-3):")
+    say(table([[s.name, s.mean, s.std, s.saturated, s.dead, s.grad_norm, s.update_ratio]
+               for s in layers],
+              ["layer", "mean", "std", "saturated", "dead", "grad_norm", "update/weight"]))
+    say("5. verdicts:")
+    if verdict.verdicts:
+        for v, r in zip(verdict.verdicts, verdict.reasons, strict=True):
+            say(f"   - {v} ({r})")
+    else:
+        say("   - no problem found")
+    say(f"output directory: {out}")
+    return 0

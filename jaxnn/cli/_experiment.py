@@ -1,0 +1,340 @@
+"""``jaxnn experiment init-depth | activations | losses`` and ``jaxnn compare``: the curriculum's
+demonstrations (:mod:`jaxnn.experiments`), each writing a JSON table and PNG plots.
+
+``jaxnn compare`` and ``jaxnn experiment activations`` are the same experiment (activations x
+initializers, each group a population over seeds) under two names.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+from jaxnn.cli import CLIError
+from jaxnn.cli._common import (
+    add_train_flags,
+    build,
+    config_from_args,
+    new_run_dir,
+    table,
+    write_json,
+)
+
+_ALL_ACTIVATIONS = "relu,leaky_relu,elu,tanh,sigmoid,swish,maxout"
+
+
+def add_parser(sub) -> None:
+    e = sub.add_parser(
+        "experiment", help="the curriculum's experiments: init-depth, activations, losses",
+        description="Reproduce the curriculum's demonstrations. Each writes results.json and "
+                    "PNG plots into --out and prints a table.")
+    ex = e.add_subparsers(dest="experiment", metavar="EXPERIMENT", parser_class=type(e))
+    e.set_defaults(func=lambda args: _usage(e))
+
+    d = ex.add_parser(
+        "init-depth", help="activations through a deep net for five (activation, init) pairs",
+        description="Unit-Gaussian data through --depth layers of --width units (no bias) for "
+                    "tanh + N(0, 0.01), tanh + N(0, 1), tanh + Xavier 1/n (lecun_normal), "
+                    "relu + Xavier 1/n and relu + He 2/n (he_normal). Writes results.json "
+                    "(per-layer mean, std, saturated and dead fractions) and histograms.png "
+                    "(one row per configuration, one panel per layer); prints the per-layer "
+                    "std table.")
+    d.add_argument("--depth", type=int, default=10, help="layers (default 10)")
+    d.add_argument("--width", type=int, default=500, help="units per layer (default 500)")
+    d.add_argument("--examples", type=int, default=1000, help="input examples (default 1000)")
+    d.add_argument("--bins", type=int, default=50, help="histogram bins (default 50)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", default=None, help="output directory (default runs/init-depth-<time>)")
+    d.set_defaults(func=run_init_depth)
+
+    for parent, name in ((ex, "activations"), (sub, "compare")):
+        c = parent.add_parser(
+            name, help="activations x initializers, each group a population over seeds",
+            description="Train the same MLP on the same data and budget with every activation "
+                        "and initializer in --activations x --inits; each group is one "
+                        "vmapped population over --seeds seeds. Writes results.json (rows: "
+                        "activation, init, mean and spread of the final validation accuracy, "
+                        "dead-ReLU fraction, learning curves) and curves.png; prints the "
+                        "table. The train flags --activation and --init are replaced by "
+                        "--activations and --inits.")
+        c.add_argument("--activations", default=_ALL_ACTIVATIONS,
+                       help=f"comma-separated activations (default {_ALL_ACTIVATIONS})")
+        c.add_argument("--inits", default="he_normal",
+                       help="comma-separated initializers, e.g. lecun_normal,he_normal "
+                            "(default he_normal)")
+        c.add_argument("--seeds", type=int, default=2, help="seeds per group (default 2)")
+        c.add_argument("--out", default=None, help=f"output directory (default runs/{name}-<time>)")
+        add_train_flags(c, epochs=5)
+        c.set_defaults(func=run_compare, verb_name=name)
+
+    lo = ex.add_parser(
+        "losses", help="multiclass hinge loss vs softmax cross-entropy",
+        description="The hinge loss and cross-entropy on the same scores (loss and gradient as "
+                    "the correct class's score grows: hinge is exactly 0 once the margins are "
+                    "met, cross-entropy always wants more) and in training (the same model, "
+                    "data and seeds, once per loss; margins tracked on training examples). "
+                    "Writes results.json, scores.png and curves.png. --loss is ignored: both "
+                    "losses are trained; --l2 defaults to 0 here.")
+    lo.add_argument("--seeds", type=int, default=2, help="seeds per loss (default 2)")
+    lo.add_argument("--out", default=None, help="output directory (default runs/losses-<time>)")
+    # A gentle learning rate and no regularization by default, so the difference shows: the
+    # hinge model's margins stop growing once met (with L2 they even shrink back), the
+    # cross-entropy model's keep growing.
+    add_train_flags(lo, epochs=8, lr=0.01)
+    lo.set_defaults(func=run_losses, l2=0.0)
+
+
+def _usage(parser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+# --------------------------------------------------------------------------- helpers
+def jsonable(obj):
+    """``obj`` with numpy numbers made plain and NaN/inf replaced by ``None`` (strict JSON)."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def line_panels(panels: list[dict], path: str, *, title: str = "", ncols: int | None = None) -> str:
+    """Line-plot panels (``ncols`` per row, default all in one row), each ``{"title", "xlabel", "ylabel", "lines": {label: (x, y)},
+    "logy": bool, "hline": y or None}``, saved as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    ncols = ncols or len(panels)
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
+    for ax, p in zip(axes.ravel(), panels, strict=False):
+        for i, (label, (xs, ys)) in enumerate(p["lines"].items()):
+            ax.plot(xs, ys, marker="." if len(xs) <= 30 else None, label=label,
+                    color=f"C{i % 10}", linestyle="-" if i < 10 else "--")
+        if p.get("hline") is not None:
+            ax.axhline(p["hline"], color="0.5", linewidth=0.8)
+        if p.get("logy"):
+            ax.set_yscale("log")
+        if p.get("xlabel") == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(title=p.get("title", ""), xlabel=p.get("xlabel", ""), ylabel=p.get("ylabel", ""))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _names(text: str, flag: str) -> list[str]:
+    names = [s.strip() for s in str(text).split(",") if s.strip()]
+    if not names:
+        raise CLIError(f"{flag} needs at least one name")
+    return names
+
+
+def _check_positive(**flags) -> None:
+    for name, v in flags.items():
+        if v < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+
+
+def _progress(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+# --------------------------------------------------------------------------- init-depth
+def run_init_depth(args) -> int:
+    import jax
+
+    from jaxnn import experiments, plots
+
+    _check_positive(depth=args.depth, width=args.width, examples=args.examples, bins=args.bins)
+    out = new_run_dir(args.out, "init-depth")
+    key = jax.random.key(args.seed)
+    configs, hists = [], {}
+    for cfg in experiments.INIT_DEPTH_CONFIGS:
+        stats = experiments.init_depth(cfg.activation, cfg.init, key=key, depth=args.depth,
+                                       width=args.width, num_examples=args.examples)
+        configs.append({
+            "label": cfg.label, "activation": cfg.activation, "init": cfg.init_name,
+            "layers": [{"layer": i + 1, "pre_mean": s.pre_mean, "pre_std": s.pre_std,
+                        "mean": s.mean, "std": s.std, "saturated": s.saturated, "dead": s.dead}
+                       for i, s in enumerate(stats)],
+        })
+        hists[cfg.label] = [s.activations for s in stats]
+    os.makedirs(out, exist_ok=True)
+    plots.histogram_grid(hists, os.path.join(out, "histograms.png"), bins=args.bins,
+                         title=f"activations per layer ({args.width} units, "
+                               f"{args.examples} unit-Gaussian inputs)")
+    write_json(os.path.join(out, "results.json"), jsonable({
+        "depth": args.depth, "width": args.width, "num_examples": args.examples,
+        "seed": args.seed, "configs": configs}))
+
+    rows = [[i + 1, *[c["layers"][i]["std"] for c in configs]] for i in range(args.depth)]
+    print("std of the activations per layer:")
+    print(table(rows, ["layer", *[c["label"] for c in configs]]))
+    print()
+    summary = [[c["label"], c["layers"][-1]["mean"], c["layers"][-1]["std"],
+                c["layers"][-1]["saturated"], c["layers"][-1]["dead"]] for c in configs]
+    print(f"layer {args.depth}:")
+    print(table(summary, ["configuration", "mean", "std", "saturated", "dead"]))
+    print(f"output directory: {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- compare
+def run_compare(args) -> int:
+    import jax
+
+    from jaxnn import experiments
+
+    activations = _names(args.activations, "--activations")
+    inits = _names(args.inits, "--inits")
+    _check_positive(seeds=args.seeds)
+    setup = build(config_from_args(args))  # validates the train flags and loads the data
+    # Nothing is written before activation_comparison has checked the names (a ValueError).
+    out = new_run_dir(args.out, args.verb_name)
+    c = setup.config
+
+    done = []
+
+    def report(row):  # one line on stderr per finished group
+        done.append(row)
+        _progress(f"[{len(done)}/{len(activations) * len(inits)}] {row.activation} + "
+                  f"{row.init}: val_acc {row.val_acc_mean:.4f} +- {row.val_acc_std:.4f}, "
+                  f"dead {row.dead_fraction:.3f}")
+
+    rows = experiments.activation_comparison(
+        setup.data, key=jax.random.key(c["seed"]), activations=activations, inits=inits,
+        epochs=c["epochs"], seeds=args.seeds, hidden=setup.hidden, learning_rate=c["lr"],
+        optimizer=setup.optimizer, batch_size=c["batch_size"], loss=setup.loss, l2=c["l2"],
+        bias_init=c["bias_init"], batch_norm=c["batch_norm"], dropout=c["dropout"],
+        on_group=report)
+
+    os.makedirs(out, exist_ok=True)
+    label = lambda r: r.activation if len(inits) == 1 else f"{r.activation} + {r.init}"
+    epochs = lambda ys: list(range(1, len(ys) + 1))
+    line_panels([
+        {"title": "validation accuracy (mean over seeds)", "xlabel": "epoch",
+         "ylabel": "val_acc", "lines": {label(r): (epochs(r.val_acc), r.val_acc) for r in rows}},
+        {"title": "training loss", "xlabel": "epoch", "ylabel": setup.loss, "logy": True,
+         "lines": {label(r): (epochs(r.train_loss), r.train_loss) for r in rows}},
+        {"title": "dead hidden units", "xlabel": "epoch", "ylabel": "fraction dead",
+         "lines": {label(r): (epochs(r.dead_fraction_curve), r.dead_fraction_curve)
+                   for r in rows}},
+    ], os.path.join(out, "curves.png"),
+        title=f"{c['dataset']}: hidden {c['hidden']}, {c['optimizer']} lr {c['lr']:g}, "
+              f"{args.seeds} seeds")
+    write_json(os.path.join(out, "results.json"), jsonable({
+        "config": {**c, "activations": activations, "inits": inits, "seeds": args.seeds},
+        "rows": [{
+            "activation": r.activation, "init": r.init, "val_acc_mean": r.val_acc_mean,
+            "val_acc_std": r.val_acc_std, "dead_fraction": r.dead_fraction,
+            "val_acc_per_seed": r.val_acc_per_seed, "status": r.status,
+            "curves": {"val_acc": r.val_acc, "train_loss": r.train_loss,
+                       "dead_fraction": r.dead_fraction_curve},
+        } for r in rows],
+    }))
+    ranked = sorted(rows, key=lambda r: -r.val_acc_mean if math.isfinite(r.val_acc_mean) else 1)
+    print(table([[r.activation, r.init, r.val_acc_mean, r.val_acc_std, r.dead_fraction,
+                  _status(r.status)] for r in ranked],
+                ["activation", "init", "val_acc_mean", "val_acc_std", "dead_fraction", "status"]))
+    print(f"output directory: {out}")
+    return 0
+
+
+def _status(statuses: list[str]) -> str:
+    counts = {s: statuses.count(s) for s in dict.fromkeys(statuses)}
+    return ", ".join(f"{n} {s}" for s, n in counts.items())
+
+
+# --------------------------------------------------------------------------- losses
+def run_losses(args) -> int:
+    import jax
+    import numpy as np
+
+    from jaxnn import experiments
+
+    _check_positive(seeds=args.seeds)
+    setup = build(config_from_args(args))
+    out = new_run_dir(args.out, "losses")
+    c = setup.config
+    res = experiments.loss_comparison(
+        setup.data, key=jax.random.key(c["seed"]), epochs=c["epochs"], seeds=args.seeds,
+        hidden=setup.hidden, activation=c["activation"], init=c["init"], learning_rate=c["lr"],
+        optimizer=setup.optimizer, batch_size=c["batch_size"], l2=c["l2"])
+    sw = res.sweep
+
+    os.makedirs(out, exist_ok=True)
+    others = ", ".join(f"{o:g}" for o in sw.other_scores)
+    line_panels([
+        {"title": "loss of one example", "xlabel": "correct-class score s_y",
+         "ylabel": "loss", "lines": {"hinge": (sw.correct_score, sw.hinge),
+                                     "cross-entropy": (sw.correct_score, sw.cross_entropy)},
+         "hline": 0.0},
+        {"title": "d loss / d s_y", "xlabel": "correct-class score s_y", "ylabel": "gradient",
+         "lines": {"hinge": (sw.correct_score, sw.hinge_grad),
+                   "cross-entropy": (sw.correct_score, sw.cross_entropy_grad)}, "hline": 0.0},
+    ], os.path.join(out, "scores.png"),
+        title=f"other scores fixed at ({others}): hinge is satisfied once s_y >= "
+              f"{max(sw.other_scores) + 1:g}, cross-entropy never is")
+    short = {"multiclass_hinge_loss": "hinge", "softmax_cross_entropy": "cross-entropy"}
+    name = lambda r: f"trained with {short.get(r.loss, r.loss)}"
+    epochs = lambda ys: list(range(1, len(ys) + 1))
+    line_panels([
+        {"title": "mean margin s_y - max_k s_k (train)", "xlabel": "epoch", "ylabel": "margin",
+         "lines": {name(r): (epochs(r.margin_curve), r.margin_curve) for r in res.rows}},
+        {"title": "examples with every margin >= 1", "xlabel": "epoch", "ylabel": "fraction",
+         "lines": {name(r): (epochs(r.satisfied_curve), r.satisfied_curve) for r in res.rows}},
+        {"title": "validation accuracy", "xlabel": "epoch", "ylabel": "val_acc",
+         "lines": {name(r): (epochs(r.val_acc), r.val_acc) for r in res.rows}},
+    ], os.path.join(out, "curves.png"),
+        title=f"{c['dataset']}: hidden {c['hidden']} {c['activation']}, {args.seeds} seeds")
+    write_json(os.path.join(out, "results.json"), jsonable({
+        "config": {**c, "seeds": args.seeds},
+        "scores": {"other_scores": list(sw.other_scores), "correct_score": sw.correct_score,
+                   "hinge": sw.hinge, "hinge_grad": sw.hinge_grad,
+                   "cross_entropy": sw.cross_entropy, "cross_entropy_grad": sw.cross_entropy_grad},
+        "rows": [r._asdict() for r in res.rows],
+    }))
+
+    probe = [(-1.0, "violated"), (max(sw.other_scores) + 0.5, "inside the margin"),
+             (max(sw.other_scores) + 3.0, "margin met")]
+    sweep_rows = []
+    for s, what in probe:
+        i = int(np.argmin(np.abs(sw.correct_score - s)))
+        sweep_rows.append([f"{sw.correct_score[i]:g} ({what})", float(sw.hinge[i]),
+                           float(sw.hinge_grad[i]), float(sw.cross_entropy[i]),
+                           float(sw.cross_entropy_grad[i])])
+    print(f"one example, other scores ({others}):")
+    print(table(sweep_rows, ["s_y", "hinge", "d hinge/d s_y", "cross-entropy", "d CE/d s_y"]))
+    print()
+    half = lambda ys: ys[len(ys) // 2 - 1] if len(ys) > 1 else ys[0]
+    print("training, the same model and data with each loss:")
+    print(table([[short.get(r.loss, r.loss), r.val_acc_mean, r.val_acc_std, half(r.margin_curve),
+                  r.margin, r.satisfied_curve[-1]] for r in res.rows],
+                ["loss", "val_acc_mean", "val_acc_std", "margin (half-way)", "margin (end)",
+                 "margins met"]))
+    print(f"output directory: {out}")
+    return 0

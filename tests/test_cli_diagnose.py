@@ -1,0 +1,185 @@
+"""``jaxnn diagnose``, ``gradcheck``, ``experiment init-depth|activations|losses`` and ``compare``
+in-process: the files they write, what they print, their exit status."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jaxnn import activations
+from jaxnn.cli import main
+
+SHORT = ["--hidden", "32", "--epochs", "3", "--overfit-epochs", "60"]
+
+
+def _run(argv, capsys):
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _png(path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
+
+
+# --------------------------------------------------------------------------- diagnose
+@pytest.fixture(scope="module")
+def diagnoses(tmp_path_factory):
+    """Three diagnoses of the digits MLP: default, far too high and far too low learning rate."""
+    base = tmp_path_factory.mktemp("diagnose")
+    runs = {}
+    for name, extra in (("default", []), ("high", ["--lr", "1000"]), ("low", ["--lr", "1e-6"])):
+        out = base / name
+        rc = main(["diagnose", *SHORT, *extra, "--out", str(out)])
+        runs[name] = (rc, out, json.loads((out / "diagnosis.json").read_text()))
+    return runs
+
+
+def test_diagnose_writes_the_diagnosis(diagnoses):
+    rc, out, d = diagnoses["default"]
+    assert rc == 0
+    assert {"initial_loss", "overfit", "layers", "verdicts"} <= set(d)
+    assert {"expected", "measured", "ok"} <= set(d["initial_loss"])
+    assert {"final_loss", "train_acc", "ok"} <= set(d["overfit"])
+    assert d["initial_loss"]["expected"] == pytest.approx(2.302585, rel=1e-6)  # log 10 classes
+    assert d["initial_loss"]["ok"] and d["overfit"]["ok"]
+    assert [layer["name"] for layer in d["layers"]] == ["layer_0", "layer_1"]  # hidden, output
+    for layer in d["layers"]:
+        assert {"name", "mean", "std", "dead", "saturated", "update_ratio"} <= set(layer)
+        assert 0 < layer["update_ratio"] < 1
+    assert _png(out / "curves.png")
+
+
+def test_diagnose_verdicts_follow_the_learning_rate(diagnoses):
+    verdicts = {name: d["verdicts"] for name, (_, _, d) in diagnoses.items()}
+    assert "learning rate too high" in verdicts["high"]
+    assert "learning rate too low" in verdicts["low"]
+    for v in ("learning rate too high", "learning rate too low"):
+        assert v not in verdicts["default"]
+    # Diverging is a finding, not a failure of the command.
+    assert diagnoses["high"][0] == 0 and diagnoses["low"][0] == 0
+    assert diagnoses["high"][2]["training"]["stopped_reason"].startswith("diverged")
+    # A far too large step: the update dwarfs the weights.
+    assert all(layer["update_ratio"] > 1 for layer in diagnoses["high"][2]["layers"])
+    assert not diagnoses["low"][2]["overfit"]["ok"]
+
+
+def test_diagnose_prints_a_report(tmp_path, capsys):
+    rc, stdout, _ = _run(["diagnose", "--hidden", "16", "--epochs", "1", "--overfit-epochs",
+                          "5", "--lr", "1e-6", "--out", str(tmp_path / "d")], capsys)
+    assert rc == 0
+    for needle in ("initial loss", "overfit", "layer_0", "update/weight", "verdicts",
+                   "learning rate too low"):
+        assert needle in stdout
+    rc, _, err = _run(["diagnose", "--out", str(tmp_path / "d")], capsys)  # already a run
+    assert rc == 2 and "already holds a run" in err and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- gradcheck
+def test_gradcheck_passes_and_lists_everything(capsys):
+    rc, stdout, _ = _run(["gradcheck"], capsys)
+    assert rc == 0
+    for name in (*activations.names(), "softmax_cross_entropy", "multiclass_hinge_loss",
+                 "mlp tanh + batch norm"):
+        assert name in stdout
+    assert "FAIL" not in stdout and "passed (float64)" in stdout
+
+
+def test_gradcheck_fails_on_a_wrong_gradient(capsys, monkeypatch):
+    @jax.custom_jvp
+    def bad_tanh(x):
+        return jnp.tanh(x)
+
+    @bad_tanh.defjvp
+    def _bad_tanh_jvp(primals, tangents):
+        (x,), (t,) = primals, tangents
+        return jnp.tanh(x), 2.0 * t  # wrong: should be (1 - tanh^2) t
+
+    real_get = activations.get
+    monkeypatch.setattr(activations, "get", lambda n: bad_tanh if n == "tanh" else real_get(n))
+    rc, stdout, err = _run(["gradcheck"], capsys)
+    assert rc == 1
+    rows = [line.split() for line in stdout.splitlines()]
+    result = {r[1]: r[-1] for r in rows if r and r[0] == "activation"}
+    assert result.pop("tanh") == "FAIL"
+    assert set(result.values()) == {"ok"}  # every other activation still passes
+    assert "failed" in err
+
+
+# --------------------------------------------------------------------------- experiments
+def test_experiment_init_depth(tmp_path, capsys):
+    out = tmp_path / "id"
+    rc, stdout, _ = _run(["experiment", "init-depth", "--depth", "4", "--width", "32",
+                          "--examples", "64", "--out", str(out)], capsys)
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [c["label"] for c in res["configs"]] == [
+        "tanh + N(0, 0.01)", "tanh + N(0, 1)", "tanh + Xavier 1/n", "relu + Xavier 1/n",
+        "relu + He 2/n"]
+    for c in res["configs"]:
+        assert [layer["layer"] for layer in c["layers"]] == [1, 2, 3, 4]
+        assert {"mean", "std", "saturated", "dead"} <= set(c["layers"][0])
+    small = [layer["std"] for layer in res["configs"][0]["layers"]]
+    assert small == sorted(small, reverse=True) and small[-1] < 1e-3  # collapsing
+    assert _png(out / "histograms.png")
+    assert "std of the activations per layer" in stdout and "relu + He 2/n" in stdout
+
+
+@pytest.mark.slow
+def test_compare_writes_rows_curves_and_table(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    rc, stdout, _ = _run(["compare", "--activations", "relu,maxout", "--seeds", "2",
+                          "--epochs", "2", "--hidden", "16", "--out", str(out)], capsys)
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [(r["activation"], r["init"]) for r in res["rows"]] == [("relu", "he_normal"),
+                                                                   ("maxout", "he_normal")]
+    for r in res["rows"]:
+        assert {"activation", "init", "val_acc_mean", "val_acc_std", "dead_fraction"} <= set(r)
+        assert len(r["val_acc_per_seed"]) == 2 and len(r["curves"]["val_acc"]) == 2
+        assert 0.0 <= r["dead_fraction"] <= 1.0
+    assert _png(out / "curves.png")
+    assert "val_acc_mean" in stdout and "maxout" in stdout
+
+
+@pytest.mark.slow
+def test_experiment_losses(tmp_path, capsys):
+    out = tmp_path / "losses"
+    rc, stdout, _ = _run(["experiment", "losses", "--epochs", "2", "--seeds", "1",
+                          "--hidden", "16", "--out", str(out)], capsys)
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [r["loss"] for r in res["rows"]] == ["multiclass_hinge_loss", "softmax_cross_entropy"]
+    assert res["config"]["l2"] == 0.0
+    scores = res["scores"]
+    met = [h for s, h in zip(scores["correct_score"], scores["hinge"], strict=True)
+           if s > max(scores["other_scores"]) + 1]
+    assert met and all(h == 0 for h in met)
+    assert _png(out / "scores.png") and _png(out / "curves.png")
+    assert "margin met" in stdout and "cross-entropy" in stdout
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["compare", "--activations", "relu,nope"], "unknown activation 'nope'"),
+    (["compare", "--inits", "bogus"], "Unknown initializer 'bogus'"),
+    (["experiment", "activations", "--seeds", "0"], "--seeds must be >= 1"),
+    (["experiment", "init-depth", "--width", "0"], "--width must be >= 1"),
+    (["diagnose", "--overfit-examples", "0"], "--overfit-examples must be >= 1"),
+])
+def test_bad_flags_one_line_nothing_written(tmp_path, capsys, argv, needle):
+    out = tmp_path / "never"
+    rc, _, err = _run([*argv, "--out", str(out)], capsys)
+    assert rc == 2 and needle in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_every_verb_has_help(capsys):
+    for argv in (["diagnose"], ["gradcheck"], ["compare"], ["experiment"],
+                 ["experiment", "init-depth"], ["experiment", "activations"],
+                 ["experiment", "losses"]):
+        with pytest.raises(SystemExit) as e:
+            main([*argv, "--help"])
+        assert e.value.code == 0
+    assert "--activations" in capsys.readouterr().out
+    assert main(["experiment"]) == 2  # no experiment named: usage on stderr

@@ -1,0 +1,278 @@
+"""jaxnn.diagnostics on constructed cases with known answers."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnn import data, diagnostics, layers, optim, train
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def blobs():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(5, 6)) * 3
+    y = rng.integers(0, 5, size=200).astype(np.int32)
+    x = (centers[y] + rng.normal(size=(200, 6))).astype(np.float32)
+    return data.Dataset(x[:120], y[:120], x[120:160], y[120:160], x[160:], y[160:], 5, "blobs")
+
+
+def _np_forward(params, x, act):
+    """Numpy float64 forward of a plain MLP: [(pre, post)] per hidden layer, and the logits."""
+    h, out = np.asarray(x, np.float64), []
+    names = sorted(params, key=lambda s: int(s.split("_")[1]))
+    for name in names[:-1]:
+        pre = h @ np.asarray(params[name]["w"], np.float64) + np.asarray(params[name]["b"])
+        h = act(pre)
+        out.append((pre, h))
+    last = params[names[-1]]
+    return out, h @ np.asarray(last["w"], np.float64) + np.asarray(last["b"])
+
+
+def test_public_names():
+    assert sorted(diagnostics.__all__) == sorted([
+        "LR_TOO_LOW", "LR_TOO_HIGH", "OVERFITTING", "UNDERFITTING", "DEAD_UNITS",
+        "InitialLossCheck", "OverfitCheck", "LayerStats", "Diagnosis", "initial_loss_check",
+        "overfit_check", "dead_fraction", "saturated_fraction", "layer_stats",
+        "dead_fraction_probe", "dead_fraction_callback", "diagnose"])
+    assert diagnostics.LR_TOO_LOW == "learning rate too low"
+    assert diagnostics.LR_TOO_HIGH == "learning rate too high"
+    assert "more regularization" in diagnostics.OVERFITTING
+    assert diagnostics.UNDERFITTING.startswith("underfitting")
+
+
+# --------------------------------------------------------------------------- unit statistics
+def test_dead_fraction_counts_units_zero_for_every_example():
+    h = np.array([[0.0, 1.0, 0.0, 0.0],
+                  [0.0, 0.0, 2.0, 0.0],
+                  [0.0, 0.0, 0.0, 0.0]], np.float32)
+    # Units 0 and 3 never fire; unit 1 and 2 fire once each.
+    assert float(diagnostics.dead_fraction(h)) == pytest.approx(0.5)
+    assert float(jax.jit(diagnostics.dead_fraction)(h)) == pytest.approx(0.5)
+    # Extra leading axes all count as examples.
+    assert float(diagnostics.dead_fraction(h.reshape(3, 1, 4))) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="batch, units"):
+        diagnostics.dead_fraction(jnp.zeros(4))
+
+
+def test_saturated_fraction_against_numpy():
+    rng = np.random.default_rng(1)
+    pre = rng.normal(size=(50, 20)) * 4
+    t, s = np.tanh(pre), 1 / (1 + np.exp(-pre))
+    assert float(diagnostics.saturated_fraction(t, "tanh")) == pytest.approx(
+        np.mean(np.abs(t) > 0.99), abs=1e-6)
+    assert float(diagnostics.saturated_fraction(s, "sigmoid")) == pytest.approx(
+        np.mean((s < 0.01) | (s > 0.99)), abs=1e-6)
+    assert float(diagnostics.saturated_fraction(t, "tanh", threshold=0.5)) == pytest.approx(
+        np.mean(np.abs(t) > 0.5), abs=1e-6)
+    assert float(diagnostics.saturated_fraction(np.maximum(pre, 0), "relu")) == 0.0
+    assert float(diagnostics.saturated_fraction(t, None)) == 0.0
+    with pytest.raises(ValueError, match="unknown activation"):
+        diagnostics.saturated_fraction(t, "nope")
+
+
+# --------------------------------------------------------------------------- layer_stats
+@pytest.fixture(scope="module")
+def half_dead(blobs):
+    """A [6, 8, 5] ReLU MLP whose hidden units 0-3 are dead on purpose (bias -1000)."""
+    model = layers.mlp([6, 8, 5])
+    params, state = model.init(jax.random.key(3))
+    params["layer_0"]["b"] = params["layer_0"]["b"].at[:4].set(-1000.0)
+    return model, params, state
+
+
+def test_layer_stats_match_numpy_on_a_layer_made_half_dead(blobs, half_dead):
+    model, params, state = half_dead
+    x, y = blobs.x_train[:64], blobs.y_train[:64]
+    stats = diagnostics.layer_stats(model, params, state, x, y, activation="relu",
+                                    keep_activations=True)
+    assert [s.name for s in stats] == ["layer_0", "layer_1"]
+    hidden_np, logits = _np_forward(params, x, lambda z: np.maximum(z, 0))
+    (pre, post), = hidden_np
+    hidden, out = stats
+    assert hidden.dead == pytest.approx(0.5)  # exactly the 4 units made dead
+    assert np.all(hidden.activations[:, :4] == 0)
+    for got, want in ((hidden.pre_mean, pre.mean()), (hidden.pre_std, pre.std()),
+                      (hidden.mean, post.mean()), (hidden.std, post.std())):
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-4)
+    assert out.mean == pytest.approx(logits.mean(), rel=1e-4, abs=1e-5)
+    assert out.std == pytest.approx(logits.std(), rel=1e-4)
+    assert out.dead == 0.0 and hidden.saturated == 0.0
+    assert math.isnan(hidden.update_ratio)  # no optimizer, no updates: not computed
+
+
+def _np_grads(params, x, y, num_classes):
+    """Backprop of mean softmax cross-entropy through relu(x W0 + b0) W1 + b1, in numpy."""
+    (pre, h), = _np_forward(params, x, lambda z: np.maximum(z, 0))[0]
+    logits = _np_forward(params, x, lambda z: np.maximum(z, 0))[1]
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    d_logits = (p - np.eye(num_classes)[y]) / x.shape[0]
+    d_w1 = h.T @ d_logits
+    d_pre = (d_logits @ np.asarray(params["layer_1"]["w"], np.float64).T) * (pre > 0)
+    d_w0 = np.asarray(x, np.float64).T @ d_pre
+    return d_w0, d_w1
+
+
+def test_layer_stats_gradient_norm_and_update_ratio(blobs, half_dead):
+    model, params, state = half_dead
+    x, y = blobs.x_train[:64], blobs.y_train[:64]
+    lr = 0.1
+    stats = diagnostics.layer_stats(model, params, state, x, y, optimizer=optim.sgd(lr))
+    d_w0, d_w1 = _np_grads(params, x, y, 5)
+    assert np.all(d_w0[:, :4] == 0)  # dead units learn nothing
+    for s, g, name in zip(stats, (d_w0, d_w1), ("layer_0", "layer_1"), strict=True):
+        assert s.grad_norm == pytest.approx(np.linalg.norm(g), rel=1e-4)
+        w = np.asarray(params[name]["w"], np.float64)
+        # Plain SGD: the update is -lr * grad, so the ratio is lr * |grad| / |w|.
+        assert s.update_ratio == pytest.approx(lr * np.linalg.norm(g) / np.linalg.norm(w),
+                                               rel=1e-4)
+    # Given updates directly: the ratio is |update| / |w| of those.
+    ups = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
+    stats = diagnostics.layer_stats(model, params, state, x, y, updates=ups)
+    w0 = np.asarray(params["layer_0"]["w"], np.float64)
+    assert stats[0].update_ratio == pytest.approx(1e-3 * math.sqrt(w0.size) / np.linalg.norm(w0),
+                                                  rel=1e-5)
+
+
+def test_layer_stats_sees_saturated_tanh(blobs):
+    model = layers.mlp([6, 16, 5], activation="tanh", init="normal")  # N(0, 0.01): tiny
+    params, state = model.init(jax.random.key(0))
+    x, y = blobs.x_train[:64], blobs.y_train[:64]
+    small = diagnostics.layer_stats(model, params, state, x, y, activation="tanh")[0]
+    params["layer_0"]["w"] = params["layer_0"]["w"] * 1000.0  # N(0, 10): saturating
+    big = diagnostics.layer_stats(model, params, state, x, y, activation="tanh")[0]
+    (pre, post), = _np_forward(params, x, np.tanh)[0]
+    assert small.saturated == 0.0
+    assert big.saturated == pytest.approx(np.mean(np.abs(post) > 0.99), abs=2 / post.size)
+    assert big.saturated > 0.8
+
+
+# --------------------------------------------------------------------------- initial loss
+def test_initial_loss_is_log_c_and_l2_raises_it(blobs):
+    model = layers.mlp([6, 32, 5])
+    check = diagnostics.initial_loss_check(model, blobs, key=jax.random.key(0))
+    assert check.expected == pytest.approx(math.log(5))
+    assert check.measured == pytest.approx(math.log(5), abs=1e-3)
+    assert check.ok
+    assert check.with_l2 > check.measured
+    assert check.as_initialized != pytest.approx(check.measured, abs=1e-3)  # real init: larger
+
+
+def test_initial_hinge_loss_is_c_minus_1(blobs):
+    model = layers.mlp([6, 32, 5], activation="tanh", batch_norm=True)
+    check = diagnostics.initial_loss_check(model, blobs, key=jax.random.key(0),
+                                           loss="multiclass_hinge_loss")
+    assert check.expected == 4.0
+    assert check.measured == pytest.approx(4.0, abs=0.05)
+    assert check.ok
+
+
+def test_initial_loss_check_catches_a_wrong_number_of_classes(blobs):
+    model = layers.mlp([6, 32, 7])  # 7 outputs for 5 classes: starts at log 7, not log 5
+    check = diagnostics.initial_loss_check(model, blobs, key=jax.random.key(0))
+    assert check.measured == pytest.approx(math.log(7), abs=1e-3)
+    assert not check.ok
+
+
+# --------------------------------------------------------------------------- overfit
+def test_overfit_check_fits_20_examples(blobs):
+    model = layers.mlp([6, 32, 5])
+    res = diagnostics.overfit_check(model, blobs, optimizer=optim.momentum(0.1),
+                                    key=jax.random.key(0), epochs=100)
+    assert res.num_examples == 20 and res.epochs == 100
+    assert res.train_acc == 1.0 and res.final_loss < 0.1 and res.ok
+
+
+def test_overfit_check_fails_when_nothing_is_learned(blobs):
+    model = layers.mlp([6, 32, 5])
+    res = diagnostics.overfit_check(model, blobs, optimizer=optim.sgd(1e-7),
+                                    key=jax.random.key(0), epochs=20)
+    assert not res.ok
+    assert res.final_loss == pytest.approx(res.initial_loss, rel=1e-3)
+
+
+# --------------------------------------------------------------------------- diagnose
+def _records(train_loss, train_acc=None, val_acc=None, **extra):
+    n = len(train_loss)
+    train_acc = train_acc or [0.99] * n
+    val_acc = val_acc or [0.97] * n
+    recs = [{"epoch": i + 1, "train_loss": l, "train_acc": a, "val_loss": l, "val_acc": v}
+            for i, (l, a, v) in enumerate(zip(train_loss, train_acc, val_acc, strict=True))]
+    for k, vals in extra.items():
+        for r, v in zip(recs, vals, strict=True):
+            r[k] = v
+    return recs
+
+
+def test_healthy_history_has_no_verdict():
+    d = diagnostics.diagnose(_records([1.2, 0.4, 0.2, 0.1]), initial_loss=2.3)
+    assert d.verdicts == [] and d.ok
+    assert d.gap == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize("losses", [
+    [2.0, 5.0, 50.0, float("nan")],  # exploding to NaN
+    [2.0, 8.0, 7.5],                  # above 3x the initial loss
+    [2.0, 6.0, 2.2],                  # a jump, then back down
+    [2.2, 2.4, 2.6],                  # ends above where it started
+])
+def test_exploding_history_means_learning_rate_too_high(losses):
+    d = diagnostics.diagnose(_records(losses), initial_loss=2.3)
+    assert d.verdicts[0] == "learning rate too high"
+    assert "learning rate too low" not in d.verdicts
+
+
+def test_diverged_fit_history_means_learning_rate_too_high():
+    hist = train.History(records=[], stopped_reason="diverged at epoch 1: train loss nan",
+                         initial_loss=2.3)
+    assert diagnostics.diagnose(hist).verdicts == ["learning rate too high"]
+
+
+def test_flat_history_means_learning_rate_too_low():
+    d = diagnostics.diagnose(_records([2.3020, 2.3015, 2.3011], [0.1] * 3, [0.1] * 3),
+                             initial_loss=2.3026)
+    assert d.verdicts == ["learning rate too low"]  # and not also "underfitting"
+
+
+def test_gap_means_overfitting():
+    d = diagnostics.diagnose(_records([1.0, 0.3, 0.05], [0.8, 0.95, 1.0], [0.7, 0.72, 0.71]),
+                             initial_loss=2.3)
+    assert d.verdicts == [diagnostics.OVERFITTING]
+    assert d.gap == pytest.approx(0.29)
+
+
+def test_both_poor_means_underfitting():
+    d = diagnostics.diagnose(_records([2.0, 1.7, 1.5], [0.4, 0.45, 0.5], [0.4, 0.44, 0.48]),
+                             initial_loss=2.3)
+    assert d.verdicts == [diagnostics.UNDERFITTING]
+
+
+def test_dead_units_tracked_in_the_history_or_given():
+    recs = _records([1.0, 0.5, 0.3], dead_fraction=[0.1, 0.4, 0.6])
+    assert diagnostics.diagnose(recs, initial_loss=2.3).verdicts == [diagnostics.DEAD_UNITS]
+    recs = _records([1.0, 0.5, 0.3])
+    assert diagnostics.diagnose(recs, initial_loss=2.3, dead_fraction=[0.1, 0.2]).ok
+    assert not diagnostics.diagnose(recs, initial_loss=2.3, dead_fraction=[0.5, 0.9]).ok
+
+
+def test_diagnose_takes_a_dict_of_arrays():
+    hist = {"train_loss": np.array([[2.0], [2.1], [9.0]]), "val_acc": np.array([0.1, 0.1, 0.1])}
+    assert diagnostics.diagnose(hist, initial_loss=2.3).verdicts == ["learning rate too high"]
+    with pytest.raises(ValueError, match="one population member"):
+        diagnostics.diagnose({"train_loss": np.ones((3, 2))})
+
+
+def test_dead_fraction_callback_tracks_fit(blobs):
+    model = layers.mlp([6, 16, 5], bias_init=-3.0)  # a negative bias: some units never fire
+    x_probe = blobs.x_val[:32]
+    hist = train.fit(model, blobs, optimizer=optim.sgd(0.01), epochs=2, key=jax.random.key(0),
+                     progress=False, callback=diagnostics.dead_fraction_callback(model, x_probe))
+    assert [("dead_fraction" in r) for r in hist.records] == [True, True]
+    (_, post), = _np_forward(hist.state.params, x_probe, lambda z: np.maximum(z, 0))[0]
+    expected = np.mean(np.all(post == 0, 0))
+    assert 0 < expected < 1
+    assert hist.records[-1]["dead_fraction"] == pytest.approx(expected)
