@@ -167,7 +167,10 @@ def _member_init_fn(model, optimizer, with_weight_decay: bool):
             opt_state = _optim.set_hyperparam(opt_state, "weight_decay", wd)
         return state._replace(opt_state=opt_state)
 
-    return jax.jit(jax.vmap(one))
+    # Not jitted on purpose: eagerly, each random draw's compiled kernel is cached by shape and
+    # reused by every later population (e.g. the groups of a comparison); under jit the whole
+    # initialization would recompile (seconds) for each new model.
+    return jax.vmap(one)
 
 
 @functools.lru_cache(maxsize=16)
