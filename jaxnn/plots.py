@@ -68,22 +68,29 @@ def curves_by_name(curves: Mapping[str, Sequence[float]], path, *, ylabel: str,
 
 
 def histogram_grid(rows: Mapping[str, Sequence[np.ndarray]], path, *, bins: int = 50,
-                   title: str = "") -> str:
+                   title: str = "", share_x: bool = True) -> str:
     """A grid of histograms: one row per named configuration, one panel per layer, mean and std
-    in each panel's title."""
+    in each panel's title. With ``share_x`` the panels of a row share one x-range (the row's
+    overall min and max), so a distribution that collapses or spreads layer by layer shows."""
     plt = _pyplot()
     names = list(rows)
     ncols = max(len(v) for v in rows.values())
     fig, axes = plt.subplots(len(names), ncols, figsize=(1.9 * ncols, 1.6 * len(names)),
                              squeeze=False)
     for i, name in enumerate(names):
+        row = [np.asarray(a, np.float64).ravel() for a in rows[name]]
+        lo = min(float(a.min()) for a in row)
+        hi = max(float(a.max()) for a in row)
+        span = (lo, hi) if hi > lo else (lo - 1.0, hi + 1.0)
         for j in range(ncols):
             ax = axes[i][j]
-            if j >= len(rows[name]):
+            if j >= len(row):
                 ax.axis("off")
                 continue
-            h = np.asarray(rows[name][j], np.float64).ravel()
-            ax.hist(h, bins=bins, color="C0")
+            h = row[j]
+            # np.histogram + stairs: far faster to draw than ax.hist for many panels.
+            counts, edges = np.histogram(h, bins=bins, range=span if share_x else None)
+            ax.stairs(counts, edges, fill=True, color="C0")
             ax.set_title(f"L{j + 1} m={h.mean():.2g} s={h.std():.2g}", fontsize=7)
             ax.tick_params(labelsize=5)
             ax.set_yticks([])
