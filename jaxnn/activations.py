@@ -36,6 +36,8 @@ import numpy as np
 from jax import Array, lax
 from jax.typing import ArrayLike
 
+from jaxnn import _registry
+
 __all__ = [
     "linear",
     "identity",
@@ -358,9 +360,4 @@ def get(name: str | Callable[..., Array]) -> Callable[..., Array]:
     """
     if callable(name):
         return name
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"Unknown activation {name!r}; valid names: {', '.join(_REGISTRY)}."
-        ) from None
+    return _registry.lookup(_REGISTRY, name, "activation")

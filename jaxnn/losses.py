@@ -37,6 +37,8 @@ import numpy as np
 from jax import Array, lax
 from jax.typing import ArrayLike
 
+from jaxnn import _registry
+
 __all__ = [
     "l1_loss",
     "l2_loss",
@@ -406,7 +408,4 @@ def get(name: str | Callable[..., Array]) -> Callable[..., Array]:
     """
     if callable(name):
         return name
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"Unknown loss {name!r}; valid names: {', '.join(_REGISTRY)}.") from None
+    return _registry.lookup(_REGISTRY, name, "loss")

@@ -7,17 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnn import data, diagnostics, layers, optim, train
+from jaxnn import diagnostics, layers, optim, train
 
 
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def blobs():
-    rng = np.random.default_rng(0)
-    centers = rng.normal(size=(5, 6)) * 3
-    y = rng.integers(0, 5, size=200).astype(np.int32)
-    x = (centers[y] + rng.normal(size=(200, 6))).astype(np.float32)
-    return data.Dataset(x[:120], y[:120], x[120:160], y[120:160], x[160:], y[160:], 5, "blobs")
+def blobs(make_blobs):
+    return make_blobs(n=200, classes=5, spread=3, n_train=120, n_val=40)
 
 
 def _np_forward(params, x, act):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnn import data, ensemble, layers, optim, population
+from jaxnn import ensemble, layers, optim, population
 
 
 def _softmax(z):
@@ -71,12 +71,8 @@ def test_shape_errors(z, labels, match):
 
 # --------------------------------------------------------------------------- training
 @pytest.fixture(scope="module")
-def dataset():
-    rng = np.random.default_rng(0)
-    centers = rng.normal(size=(3, 6)) * 1.2  # overlapping blobs: members disagree a little
-    y = rng.integers(0, 3, size=400).astype(np.int32)
-    x = (centers[y] + rng.normal(size=(400, 6))).astype(np.float32)
-    return data.Dataset(x[:200], y[:200], x[200:250], y[200:250], x[250:], y[250:], 3, "blobs")
+def dataset(make_blobs):
+    return make_blobs(n=400, classes=3, spread=1.2, n_train=200, n_val=50)  # overlapping blobs: members disagree a little
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxnn import data, experiments, optim
+from jaxnn import experiments, optim
 
 DEPTH, WIDTH, EXAMPLES = 8, 100, 300  # reduced from 10 x 500 x 1000 for speed
 CONFIGS = {c.label: c for c in experiments.INIT_DEPTH_CONFIGS}
@@ -121,12 +121,8 @@ def test_init_depth_rejects_bad_sizes():
 
 # --------------------------------------------------------------------------- comparisons
 @pytest.fixture(scope="module")
-def blobs():
-    rng = np.random.default_rng(0)
-    centers = rng.normal(size=(3, 6)) * 3
-    y = rng.integers(0, 3, size=200).astype(np.int32)
-    x = (centers[y] + rng.normal(size=(200, 6))).astype(np.float32)
-    return data.Dataset(x[:120], y[:120], x[120:160], y[120:160], x[160:], y[160:], 3, "blobs")
+def blobs(make_blobs):
+    return make_blobs(n=200, classes=3, spread=3, n_train=120, n_val=40)
 
 
 def test_activation_comparison_rows_and_dead_relus(blobs):

@@ -9,16 +9,12 @@ import jax
 import numpy as np
 import pytest
 
-from jaxnn import data, layers, optim, population, search
+from jaxnn import layers, optim, population, search
 
 
 @pytest.fixture(scope="module")
-def dataset():
-    rng = np.random.default_rng(0)
-    centers = rng.normal(size=(3, 6)) * 2
-    y = rng.integers(0, 3, size=160).astype(np.int32)
-    x = (centers[y] + rng.normal(size=(160, 6))).astype(np.float32)
-    return data.Dataset(x[:100], y[:100], x[100:130], y[100:130], x[130:], y[130:], 3, "blobs")
+def dataset(make_blobs):
+    return make_blobs(n=160, classes=3, spread=2, n_train=100, n_val=30)
 
 
 @pytest.fixture(scope="module")
