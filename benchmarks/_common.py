@@ -159,7 +159,8 @@ def measure(
     closure, e.g. to feed a donated buffer back in). The first call of each (compile) and
     ``warmup`` more are not timed. Then rounds run one timed call of each implementation, at
     least ``repeats`` rounds and, if ``min_time`` is set, until the slowest has spent that many
-    seconds (capped at ``max_repeats`` rounds).
+    seconds (capped at ``max_repeats`` rounds). The order within a round rotates from round to
+    round, so no implementation always runs first (after the others' buffers were freed).
     """
     for call in calls.values():
         for _ in range(1 + warmup):
@@ -167,12 +168,14 @@ def measure(
     times: dict[str, list[float]] = {name: [] for name in calls}
     cap = max_repeats or max(repeats, 1000)
     rounds = 0
+    names = list(calls)
     while rounds < repeats or (
         min_time and rounds < cap and max(sum(t) for t in times.values()) < min_time
     ):
-        for name, call in calls.items():
+        k = rounds % len(names)
+        for name in names[k:] + names[:k]:
             t0 = time.perf_counter()
-            block(call())
+            block(calls[name]())
             times[name].append(time.perf_counter() - t0)
         rounds += 1
     return {name: statistics.median(t) for name, t in times.items()}
@@ -221,6 +224,7 @@ def write_results(json_path: str | os.PathLike, machine: dict, rows: list[dict],
     (``.md``). Returns both paths."""
     path = Path(json_path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    machine = {**machine, "loadavg_at_end": [round(v, 2) for v in os.getloadavg()]}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({"machine": machine, "rows": rows, **extra}, indent=1) + "\n")
     os.replace(tmp, path)

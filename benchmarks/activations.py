@@ -19,9 +19,10 @@ jitted, warmed up, ``block_until_ready()``, median of interleaved repeats, in el
   settings are measured by re-running the float32 ``fresh`` measurement (without PyTorch) in a
   subprocess.
 
-Also ``case="dense"``: a dense layer ``act(x @ W + b)`` followed by each activation (gradient with
-respect to ``x``, ``W`` and ``b``), in output elements/s; and ``case="maxout"``: maxout variants on
-the large array and, as layers, maxout with two pieces against ReLU at equal output width.
+Also ``case="dense"``: a dense layer ``act(x @ W + b)`` followed by each activation (backward: the
+gradients with respect to ``x``, ``W`` and ``b`` for a random incoming gradient), in output
+elements/s; ``case="maxout_layer"``: maxout with two pieces against ReLU at equal output width, as
+layers; and ``case="maxout"``: ways to write maxout on the large array.
 
 Rows: ``{"case", "activation", "pass", "impl", "alloc", "malloc", "dtype", "elements",
 "elements_per_s"}`` plus ``vs_jax_nn`` and ``vs_bandwidth`` (ratios to the reference timed
@@ -264,10 +265,13 @@ def dense(s: Settings, names: list[str] | None, *, malloc: str) -> list[dict]:
     from jaxnn import layers
 
     batch, d_in, d_out = s.dense
-    k1, k2 = jax.random.split(jax.random.key(1))
+    k1, k2, k3 = jax.random.split(jax.random.key(1), 3)
     x = jax.random.normal(k1, (batch, d_in), jnp.float32)
     w = jax.random.normal(k2, (d_in, d_out), jnp.float32) / d_in**0.5
     b = jnp.zeros((d_out,), jnp.float32)
+    # The incoming gradient of the backward pass: random, as in training. (With the gradient of
+    # a plain sum it would be all ones and XLA would turn dW = x^T 1 into a cheap reduction.)
+    g = jax.random.normal(k3, (batch, d_out), jnp.float32)
     rows: list[dict] = []
     elements = batch * d_out
     for c in cases(jnp.float32):
@@ -278,8 +282,8 @@ def dense(s: Settings, names: list[str] | None, *, malloc: str) -> list[dict]:
                 fns = {"jaxnn": c.jaxnn, "linear (no activation)": lambda z: z}
                 if c.jax_nn is not None:
                     fns["jax.nn"] = c.jax_nn
-                calls = {k: _jax_call(_dense_fn(f, pass_), (x, w, b), alloc)
-                         for k, f in fns.items()}
+                args = (x, w, b) if pass_ == "fwd" else (x, w, b, g)
+                calls = {k: _jax_call(_dense_fn(f, pass_), args, alloc) for k, f in fns.items()}
                 t = C.measure(calls, repeats=s.repeats, min_time=s.min_time, max_repeats=40)
                 for impl in ("jaxnn", "jax.nn"):
                     if impl in t:
@@ -312,9 +316,11 @@ def dense(s: Settings, names: list[str] | None, *, malloc: str) -> list[dict]:
         for alloc in ("fresh", "fixed"):
             calls = {}
             for name, (f, p) in variants.items():
-                fn = f if pass_ == "fwd" else jax.grad(
-                    lambda p, x, f=f: jnp.sum(f(p, x)), argnums=(0, 1))
-                calls[name] = _jax_call(fn, (p, x), alloc)
+                if pass_ == "fwd":
+                    calls[name] = _jax_call(f, (p, x), alloc)
+                else:
+                    fn = lambda p, x, g, f=f: jax.vjp(f, p, x)[1](g)
+                    calls[name] = _jax_call(fn, (p, x, g), alloc)
             t = C.measure(calls, repeats=s.repeats, min_time=s.min_time, max_repeats=40)
             for name, sec in t.items():
                 rows.append(_row("maxout_layer", name, pass_, "jaxnn", alloc, malloc, "float32",
@@ -325,13 +331,14 @@ def dense(s: Settings, names: list[str] | None, *, malloc: str) -> list[dict]:
 
 
 def _dense_fn(act, pass_):
+    """``act(x @ w + b)``, or its backward pass: ``(dx, dw, db)`` for the incoming gradient
+    ``g``."""
     import jax
-    import jax.numpy as jnp
 
     f = lambda x, w, b: act(x @ w + b)
     if pass_ == "fwd":
         return f
-    return jax.grad(lambda x, w, b: jnp.sum(f(x, w, b)), argnums=(0, 1, 2))
+    return lambda x, w, b, g: jax.vjp(f, x, w, b)[1](g)
 
 
 def maxout_variants(s: Settings, *, malloc: str) -> list[dict]:
@@ -485,8 +492,9 @@ def markdown(machine: dict, rows: list[dict], s: Settings) -> str:
     if dn:
         b, i, o = s.dense
         lines += [f"## Dense layer + activation, float32 (x [{b}, {i}] @ W [{i}, {o}] + b)", "",
-                  "M output elements/s; fwd_bwd = gradient w.r.t. x, W, b. *vs linear*: the same "
-                  "layer without activation over this one (1.0 = the activation is free).", ""]
+                  "M output elements/s; fwd_bwd = forward and backward (gradients w.r.t. x, W, b "
+                  "for a random incoming gradient). *vs linear*: time of the same layer without "
+                  "activation / time of this one (1.0 = the activation is free).", ""]
         table = []
         for act in dict.fromkeys(r["activation"] for r in dn):
             for p in _PASSES:

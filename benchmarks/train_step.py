@@ -37,6 +37,7 @@ if __package__ in (None, ""):  # run as `python benchmarks/train_step.py`
 from benchmarks import _common as C  # noqa: E402
 
 IMPLS = ("jaxnn", "jaxnn_scan", "jax_optax", "flax", "equinox", "torch")
+PEAK_N = 2048  # size of the square matmul that measures XLA's matmul rate
 
 
 class Settings(NamedTuple):
@@ -336,6 +337,17 @@ def measure_all(s: Settings, impls=IMPLS) -> tuple[list[dict], list[str]]:
     return rows, skipped
 
 
+def matmul_peak(n: int) -> float:
+    """GFLOP/s of one jitted float32 ``[n, n] @ [n, n]`` (XLA's matmul rate on this machine)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a).lower(a).compile()
+    t = C.measure({"matmul": lambda: f(a)}, repeats=10, warmup=2)["matmul"]
+    return 2 * n**3 / t / 1e9
+
+
 def matmul_flops_per_example(sizes) -> float:
     """Exact matmul FLOPs of one training example: forward 2mn per layer, backward 4mn (dX and
     dW) except for the first layer, whose dX is not needed (XLA drops it)."""
@@ -345,23 +357,48 @@ def matmul_flops_per_example(sizes) -> float:
     return float(f)
 
 
-def markdown(machine: dict, rows: list[dict], s: Settings, skipped: list[str]) -> str:
+def markdown(machine: dict, rows: list[dict], s: Settings, skipped: list[str],
+             peak: float) -> str:
     flops = matmul_flops_per_example(s.sizes)
     table = [[r["impl"], r["examples_per_s"], r["step_ms"], r["vs_jax_optax"],
-              r["examples_per_s"] * flops / 1e9, r["compile_s"]] for r in rows]
+              r["examples_per_s"] * flops / 1e9, r["examples_per_s"] * flops / 1e9 / peak,
+              r["compile_s"]] for r in rows]
     table = [[c if not isinstance(c, float) else float(f"{c:.3g}") for c in t] for t in table]
     lines = [f"# Training-step throughput: MLP {'-'.join(map(str, s.sizes))}, batch {s.batch}",
              "", f"Machine: {C.machine_line(machine)}", "",
              f"SGD momentum {s.momentum}, softmax cross-entropy, float32. Median of {s.repeats} "
              f"interleaved samples of {s.steps} steps. *vs jax_optax*: examples/s over the "
              "hand-written JAX+optax step; *GFLOP/s*: exact matmul FLOPs "
-             f"({flops / 1e6:.2f} MFLOP per example) per second; *compile_s*: time to the end "
-             "of the first step (jaxnn_scan: the first epoch).", "",
+             f"({flops / 1e6:.2f} MFLOP per example) per second; *of peak*: GFLOP/s over "
+             f"XLA's float32 matmul rate on this machine ({peak:.0f} GFLOP/s, a jitted "
+             f"{PEAK_N}x{PEAK_N} @ {PEAK_N}x{PEAK_N}); *compile_s*: time to the end of the first "
+             "step (jaxnn_scan: the first epoch).", "",
              C.markdown_table(table, ["impl", "examples/s", "ms/step", "vs jax_optax",
-                                      "GFLOP/s", "compile_s"])]
+                                      "GFLOP/s", "of peak", "compile_s"])]
     if skipped:
         lines += ["", f"Not installed (skipped): {', '.join(skipped)}."]
+    tg = targets(rows)
+    if tg:
+        lines += ["", "## Targets", "", C.markdown_table(
+            [[t["target"], float(f"{t['value']:.3g}"), "yes" if t["met"] else "NO"] for t in tg],
+            ["target", "value", "met"])]
     return "\n".join(lines) + "\n"
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    """The issue's training-step targets (those whose implementations ran)."""
+    eps = {r["impl"]: r["examples_per_s"] for r in rows}
+    out = []
+    for impl, need, what in (("jax_optax", 1.0, "jaxnn >= 1.0x the hand-written JAX+optax step"),
+                             ("torch", 2.0, "jaxnn >= 2x PyTorch eager")):
+        if "jaxnn" in eps and impl in eps:
+            v = eps["jaxnn"] / eps[impl]
+            out.append({"target": what, "value": v, "met": v >= need})
+    if "jaxnn" in eps and "jaxnn_scan" in eps:
+        v = eps["jaxnn_scan"] / eps["jaxnn"]
+        out.append({"target": "jaxnn_scan faster than the per-step jaxnn loop", "value": v,
+                    "met": v > 1.0})
+    return out
 
 
 def run(*, quick: bool = False, tiny: bool = False, json_path) -> dict:
@@ -369,9 +406,12 @@ def run(*, quick: bool = False, tiny: bool = False, json_path) -> dict:
     machine = C.machine_info()
     C.log(f"train_step: sizes {s.sizes}, batch {s.batch}, {s.steps} steps x {s.repeats}")
     rows, skipped = measure_all(s)
-    md = markdown(machine, rows, s, skipped)
+    peak = matmul_peak(64 if tiny else PEAK_N)
+    C.log(f"  XLA float32 matmul rate: {peak:.0f} GFLOP/s")
+    md = markdown(machine, rows, s, skipped, peak)
     jpath, mdpath = C.write_results(json_path, machine, rows, md, settings=s._asdict(),
-                                    skipped=skipped)
+                                    skipped=skipped, matmul_peak_gflops=peak,
+                                    targets=targets(rows))
     png = jpath.with_suffix(".png")
     C.bar_chart(png, [{"title": f"MLP {'-'.join(map(str, s.sizes))}, batch {s.batch}, "
                                 f"float32 ({machine['cpu']}, {machine['cores']} cores)",
