@@ -86,9 +86,20 @@ def _version(dist: str) -> str | None:
         return None
 
 
+#: Set (to ``"mallopt"``) by whoever applied the same settings with ``mallopt(3)`` in-process
+#: (e.g. the ``jaxnn`` console script), so that results are labelled correctly.
+MALLOC_MARKER = "JAXNN_MALLOC_APPLIED"
+
+
 def malloc_setting() -> str:
-    """``"tuned"`` when this process started with :data:`MALLOC_ENV`, else ``"default"``."""
-    return "tuned" if all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()) else "default"
+    """How this process's glibc malloc is set up: ``"env"`` (started with :data:`MALLOC_ENV`),
+    ``"mallopt"`` (the same settings applied in-process, see :data:`MALLOC_MARKER`) or
+    ``"default"``."""
+    if all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()):
+        return "env"
+    if os.environ.get(MALLOC_MARKER) == "mallopt":
+        return "mallopt"
+    return "default"
 
 
 def machine_info() -> dict[str, Any]:
@@ -145,15 +156,28 @@ def time_once(call: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
-def measure(
+def measure(calls: dict[str, Callable[[], Any]], **kw) -> dict[str, float]:
+    """Median seconds per call of each callable, timed interleaved (see :func:`measure_rounds`)."""
+    return {name: statistics.median(t) for name, t in measure_rounds(calls, **kw).items()}
+
+
+def paired_ratio(rounds: dict[str, list[float]], num: str, den: str) -> float:
+    """Median over rounds of ``time[num] / time[den]`` measured in the same round: calls timed
+    next to each other see the same machine load, so this ratio is steadier than a ratio of
+    medians on a shared machine."""
+    return statistics.median(a / b for a, b in zip(rounds[num], rounds[den], strict=True))
+
+
+def measure_rounds(
     calls: dict[str, Callable[[], Any]],
     *,
     repeats: int,
     warmup: int = 2,
     min_time: float = 0.0,
     max_repeats: int | None = None,
-) -> dict[str, float]:
-    """Median seconds per call of each callable, timed interleaved.
+) -> dict[str, list[float]]:
+    """Seconds of every timed call of each callable, timed interleaved (one list per callable,
+    one entry per round).
 
     Each ``call()`` runs the work once and returns what to block on (it may update its own
     closure, e.g. to feed a donated buffer back in). The first call of each (compile) and
@@ -178,7 +202,7 @@ def measure(
             block(calls[name]())
             times[name].append(time.perf_counter() - t0)
         rounds += 1
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
 # --------------------------------------------------------------------------- output

@@ -25,8 +25,9 @@ elements/s; ``case="maxout_layer"``: maxout with two pieces against ReLU at equa
 layers; and ``case="maxout"``: ways to write maxout on the large array.
 
 Rows: ``{"case", "activation", "pass", "impl", "alloc", "malloc", "dtype", "elements",
-"elements_per_s"}`` plus ``vs_jax_nn`` and ``vs_bandwidth`` (ratios to the reference timed
-interleaved in the same group) where they apply.
+"elements_per_s"}`` plus, where they apply, ``vs_jax_nn`` and ``vs_bandwidth``: the median over
+rounds of the time ratio to the reference timed next to it in the same round (>1: faster than the
+reference), and ``same_xla_cost``.
 
 Usage::
 
@@ -38,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -216,16 +218,18 @@ def elementwise(s: Settings, names: list[str] | None, *, malloc: str,
                     if c.jax_nn is not None:
                         fns["jax.nn"] = wrap(c.jax_nn)
                     calls = {k: _jax_call(f, (x,), alloc) for k, f in fns.items()}
-                    t = C.measure(calls, repeats=s.repeats, min_time=s.min_time, max_repeats=60)
+                    raw = C.measure_rounds(calls, repeats=s.repeats, min_time=s.min_time,
+                                           max_repeats=60)
+                    t = {k: statistics.median(v) for k, v in raw.items()}
                     bw[pass_].append(t["bandwidth"])
                     same = None
                     if "jax.nn" in fns and alloc == allocs[0]:
                         same = xla_cost(fns["jaxnn"], x) == xla_cost(fns["jax.nn"], x)
                     for impl in ("jaxnn", "jax.nn"):
                         if impl in t:
-                            extra = {"vs_bandwidth": t["bandwidth"] / t[impl]}
+                            extra = {"vs_bandwidth": C.paired_ratio(raw, "bandwidth", impl)}
                             if impl == "jaxnn" and "jax.nn" in t:
-                                extra["vs_jax_nn"] = t["jax.nn"] / t["jaxnn"]
+                                extra["vs_jax_nn"] = C.paired_ratio(raw, "jax.nn", "jaxnn")
                                 if same is not None:
                                     extra["same_xla_cost"] = same
                             rows.append(_row("elementwise", c.name, pass_, impl, alloc, malloc,
@@ -284,12 +288,14 @@ def dense(s: Settings, names: list[str] | None, *, malloc: str) -> list[dict]:
                     fns["jax.nn"] = c.jax_nn
                 args = (x, w, b) if pass_ == "fwd" else (x, w, b, g)
                 calls = {k: _jax_call(_dense_fn(f, pass_), args, alloc) for k, f in fns.items()}
-                t = C.measure(calls, repeats=s.repeats, min_time=s.min_time, max_repeats=40)
+                raw = C.measure_rounds(calls, repeats=s.repeats, min_time=s.min_time,
+                                       max_repeats=40)
+                t = {k: statistics.median(v) for k, v in raw.items()}
                 for impl in ("jaxnn", "jax.nn"):
                     if impl in t:
-                        extra = {"vs_linear": t["linear (no activation)"] / t[impl]}
+                        extra = {"vs_linear": C.paired_ratio(raw, "linear (no activation)", impl)}
                         if impl == "jaxnn" and "jax.nn" in t:
-                            extra["vs_jax_nn"] = t["jax.nn"] / t["jaxnn"]
+                            extra["vs_jax_nn"] = C.paired_ratio(raw, "jax.nn", "jaxnn")
                         rows.append(_row("dense", c.name, pass_, impl, alloc, malloc,
                                          "float32", elements, t[impl], **extra))
                 C.log(f"  dense {alloc:5} {pass_:7} {c.name:10} " + "  ".join(
@@ -321,10 +327,11 @@ def dense(s: Settings, names: list[str] | None, *, malloc: str) -> list[dict]:
                 else:
                     fn = lambda p, x, g, f=f: jax.vjp(f, p, x)[1](g)
                     calls[name] = _jax_call(fn, (p, x, g), alloc)
-            t = C.measure(calls, repeats=s.repeats, min_time=s.min_time, max_repeats=40)
+            raw = C.measure_rounds(calls, repeats=s.repeats, min_time=s.min_time, max_repeats=40)
+            t = {k: statistics.median(v) for k, v in raw.items()}
             for name, sec in t.items():
                 rows.append(_row("maxout_layer", name, pass_, "jaxnn", alloc, malloc, "float32",
-                                 elements, sec, vs_relu=t["relu (Dense)"] / sec))
+                                 elements, sec, vs_relu=C.paired_ratio(raw, "relu (Dense)", name)))
             C.log(f"  layer {alloc:5} {pass_:7} " + "  ".join(
                 f"{k} {elements / v / 1e6:.0f}" for k, v in t.items()) + " M elem/s")
     return rows
@@ -363,10 +370,11 @@ def maxout_variants(s: Settings, *, malloc: str) -> list[dict]:
         for alloc in ("fresh", "fixed"):
             wrap = (lambda f: f) if pass_ == "fwd" else _fwd_bwd
             calls = {k: _jax_call(wrap(f), (x,), alloc) for k, f in variants.items()}
-            t = C.measure(calls, repeats=s.repeats, min_time=s.min_time, max_repeats=40)
+            raw = C.measure_rounds(calls, repeats=s.repeats, min_time=s.min_time, max_repeats=40)
+            t = {k: statistics.median(v) for k, v in raw.items()}
             for name, sec in t.items():
                 rows.append(_row("maxout", "maxout", pass_, name, alloc, malloc, "float32", n,
-                                 sec, vs_jaxnn=t["jaxnn"] / sec))
+                                 sec, vs_jaxnn=C.paired_ratio(raw, "jaxnn", name)))
             C.log(f"  maxout {alloc:5} {pass_:7} " + "  ".join(
                 f"{k} {n / v / 1e9:.2f}" for k, v in t.items()) + " G elem/s")
     return rows
@@ -389,7 +397,7 @@ def _apply_mallopt() -> bool:
 
 
 def _child_env(mode: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in C.MALLOC_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in C.MALLOC_ENV and k != C.MALLOC_MARKER}
     if mode == "env":
         env.update(C.MALLOC_ENV)
     root = str(Path(__file__).resolve().parents[1])
@@ -449,14 +457,16 @@ def _val(rows, key="elements_per_s", **want):
 
 def markdown(machine: dict, rows: list[dict], s: Settings) -> str:
     main = machine["malloc"]
-    other = "env" if main != "env" else "default"
+    others = [m for m in ("default", "env", "mallopt") if m != main]
     lines = [f"# Activation throughput ({s.size:,} elements)", "",
              f"Machine: {C.machine_line(machine)}", "",
              "G elements/s, median of interleaved repeats. *fresh*: a new output array per call; "
              "*fixed*: output written into a donated scratch buffer. *vs jax.nn*: time of "
-             "jax.nn / time of jaxnn (>1 = jaxnn faster), timed interleaved; *of bw*: fraction "
-             "of the bandwidth probe (jitted `x*2`) timed in the same group. "
-             "*env*/*mallopt*: fresh outputs with the glibc malloc settings (see README). "
+             "jax.nn / time of jaxnn (>1 = jaxnn faster), median over rounds of the calls timed "
+             "side by side; *of bw*: the same against the bandwidth probe (jitted `x*2`). "
+             f"This process: malloc {main}. *malloc env*/*mallopt*: fresh outputs with the glibc "
+             "malloc settings given as environment variables / by mallopt(3) "
+             "(benchmarks/README.md). "
              "*same XLA cost*: the compiled jaxnn and jax.nn programs read/write the same bytes "
              "and do the same flops (XLA cost analysis), i.e. the same fused kernel.", ""]
     ew = [r for r in rows if r["case"] == "elementwise"]
@@ -478,14 +488,13 @@ def markdown(machine: dict, rows: list[dict], s: Settings) -> str:
                        {True: "yes", False: "NO"}.get(
                            _val(ew, "same_xla_cost", impl=impl, alloc="fresh", malloc=main, **q))]
                 if dtype == "float32":
-                    row += [_g(_val(ew, impl=impl, alloc="fresh", malloc=other, **q)),
-                            _g(_val(ew, impl=impl, alloc="fresh", malloc="mallopt", **q))]
+                    row += [_g(_val(ew, impl=impl, alloc="fresh", malloc=m, **q)) for m in others]
                 row += [_g(_val(ew, impl="torch", alloc="fresh", malloc=main, **q))]
                 table.append(row)
         heads = ["activation", "pass", "jaxnn fresh", "jax.nn fresh", "vs jax.nn",
                  "jaxnn fixed", "jax.nn fixed", "vs jax.nn", "of bw", "same XLA cost"]
         if dtype == "float32":
-            heads += [f"jaxnn fresh, malloc {other}", "jaxnn fresh, mallopt"]
+            heads += [f"jaxnn fresh, malloc {m}" for m in others]
         heads += ["torch fresh"]
         lines += [C.markdown_table(_fill(table), heads), ""]
     dn = [r for r in rows if r["case"] == "dense"]
@@ -576,9 +585,9 @@ def chart(path: Path, machine: dict, rows: list[dict], s: Settings) -> None:
                             **{"pass": p})) for a in acts]
         series = {"jaxnn fresh": col("jaxnn", "fresh"), "jaxnn fixed": col("jaxnn", "fixed"),
                   "jax.nn fixed": col("jax.nn", "fixed")}
-        other = "env" if main != "env" else "default"
-        if any(v is not None for v in col("jaxnn", "fresh", other)):
-            series[f"jaxnn fresh, malloc {other}"] = col("jaxnn", "fresh", other)
+        for other in (m for m in ("default", "env", "mallopt") if m != main):
+            if any(v is not None for v in col("jaxnn", "fresh", other)):
+                series[f"jaxnn fresh, malloc {other}"] = col("jaxnn", "fresh", other)
         if any(v is not None for v in col("torch", "fresh")):
             series["torch fresh"] = col("torch", "fresh")
         bw = _eps(ew, activation="copy", impl="bandwidth", alloc="fixed", malloc=main,
@@ -598,7 +607,7 @@ def run(*, quick: bool = False, tiny: bool = False, json_path: str | os.PathLike
     s = settings(quick, tiny)
     if tiny and activations is None:
         activations = list(TINY_ACTIVATIONS)
-    malloc = {"tuned": "env"}.get(C.malloc_setting(), "default")
+    malloc = C.malloc_setting()
     machine = C.machine_info()
     C.log(f"activations: {s.size:,} elements, {s.repeats}+ repeats, dtypes {s.dtypes}")
     rows = elementwise(s, activations, malloc=malloc)
@@ -609,7 +618,7 @@ def run(*, quick: bool = False, tiny: bool = False, json_path: str | os.PathLike
         argv = (["--quick"] if quick else []) + (["--tiny"] if tiny else [])
         if activations is not None:
             argv += ["--activations", ",".join(activations)]
-        modes = ["default" if malloc == "env" else "env"] + ([] if tiny else ["mallopt"])
+        modes = [m for m in ("default", "env", "mallopt") if m != malloc][: 1 if tiny else 2]
         for mode in modes:
             rows += run_child(mode, argv)
     md = markdown(machine, rows, s)
