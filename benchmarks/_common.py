@@ -300,10 +300,16 @@ def bar_chart(
         ax.set_xlabel(xlabel)
         ax.set_title(panel.get("title", ""), fontsize=10)
         ax.grid(axis="x", alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+    handles, labels = {}, {}
+    for ax in axes[0]:  # one legend for all panels, below them
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(lab, h)
+    labels = list(handles)
+    fig.legend([handles[k] for k in labels], labels, loc="lower center", fontsize=8,
+               ncol=min(len(labels), 4), frameon=False)
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.03 + 0.025 * ((len(labels) + 3) // 4), 1, 1))
     path = Path(png_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

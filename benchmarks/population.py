@@ -58,8 +58,8 @@ def settings(quick: bool, tiny: bool) -> Settings:
     if tiny:
         return Settings((2,), (16,), 32, 1, (1, 1), 1, train_examples=128)
     if quick:
-        return Settings((1, 8, 32), (64, 64), 32, 2, (2, 10), 1)
-    return Settings((1, 8, 32), (64, 64), 32, 3, (3, 23), 3)
+        return Settings((1, 8, 32), (64, 64), 32, 3, (2, 10), 1)
+    return Settings((1, 8, 32), (64, 64), 32, 10, (3, 23), 3)
 
 
 def _setup(s: Settings):
@@ -239,7 +239,7 @@ def run(*, quick: bool = False, tiny: bool = False, json_path) -> dict:
         "groups": [f"N={n}" for n in s.ns],
         "series": {m: [next(r["examples_per_s"] for r in rows if r["n"] == n and r["mode"] == m)
                        for n in s.ns] for m in MODES}}],
-        xlabel="training examples / s (all members)", log=True,
+        xlabel="training examples / s (all members)",
         suptitle=f"{machine['cpu']}, {machine['cores']} cores, jax {machine['jax']}")
     return {"machine": machine, "rows": rows, "markdown": md,
             "paths": {"json": str(jpath), "markdown": str(mdpath), "png": str(png)}}
