@@ -64,6 +64,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxnn`` console script."""
+    if argv is None:  # the console script: keep freed buffers before JAX allocates any
+        from jaxnn._malloc import apply_fast_malloc
+
+        apply_fast_malloc()
     parser = _build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
