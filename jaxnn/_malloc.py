@@ -28,9 +28,12 @@ MARKER = "JAXNN_MALLOC_APPLIED"
 def apply_fast_malloc() -> bool:
     """Apply the settings with ``mallopt(3)``; ``True`` if glibc accepted all three.
 
-    Does nothing (returns ``False``) off Linux, without glibc, or with ``JAXNN_DEFAULT_MALLOC=1``.
+    Does nothing (returns ``False``) off Linux, without glibc, with ``JAXNN_DEFAULT_MALLOC=1``,
+    or when the user set any ``MALLOC_*`` variable (their choice stands).
     """
     if os.environ.get("JAXNN_DEFAULT_MALLOC") == "1" or not sys.platform.startswith("linux"):
+        return False
+    if any(k.startswith("MALLOC_") for k in os.environ):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt

@@ -124,3 +124,15 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     got = [json.loads(s)["train_loss"] for s in open(run / "metrics.jsonl")]
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     assert json.loads((run / "summary.json").read_text())["epochs_done"] == 6
+
+
+def test_fast_malloc_is_applied_by_the_console_script_only_when_allowed():
+    code = ("import os, jaxnn._malloc as m; print(m.apply_fast_malloc(), "
+            "os.environ.get(m.MARKER))")
+    run = lambda env: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                     env={k: v for k, v in {**os.environ, **env}.items()
+                                          if v is not None}).stdout.split()
+    clean = {k: None for k in os.environ if k.startswith("MALLOC_") or k.startswith("JAXNN_")}
+    assert run(clean) == ["True", "mallopt"]
+    assert run({**clean, "JAXNN_DEFAULT_MALLOC": "1"}) == ["False", "None"]
+    assert run({**clean, "MALLOC_ARENA_MAX": "2"}) == ["False", "None"]
