@@ -33,6 +33,7 @@ def _positive(v):
     return isinstance(v, float | int) and math.isfinite(v) and v > 0
 
 
+@pytest.mark.slow
 def test_activations_benchmark_via_cli(tmp_path):
     # `jaxnn bench` loads benchmarks/activations.py by path and runs it: one run covers both.
     result, stdout = _run(["-m", "jaxnn", "bench", "--out", str(tmp_path)], tmp_path,
@@ -55,6 +56,7 @@ def test_activations_benchmark_via_cli(tmp_path):
     assert any(r["case"] == "dense" for r in rows)
 
 
+@pytest.mark.slow
 def test_train_step_benchmark(tmp_path):
     rows = _run([str(ROOT / "benchmarks" / "train_step.py")], tmp_path, "train_step.json")[0]["rows"]
     impls = {r["impl"] for r in rows}
@@ -64,6 +66,7 @@ def test_train_step_benchmark(tmp_path):
         assert _positive(r["examples_per_s"]) and _positive(r["compile_s"])
 
 
+@pytest.mark.slow
 def test_population_benchmark(tmp_path):
     rows = _run([str(ROOT / "benchmarks" / "population.py")], tmp_path, "population.json")[0]["rows"]
     ns = {r["n"] for r in rows}

@@ -253,10 +253,12 @@ def test_cli_device_flag_errors(flags, message, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------- 8 devices, one process
+@pytest.mark.slow
 def test_child_has_8_devices(eight):
     assert eight["device_count"] == 8
 
 
+@pytest.mark.slow
 def test_train_on_8_devices_equals_1_device(eight):
     assert eight["rc_1"] == 0 and eight["rc_8"] == 0
     assert eight["config_devices_1"] == 1 and eight["config_devices_8"] == 8
@@ -265,6 +267,7 @@ def test_train_on_8_devices_equals_1_device(eight):
     assert eight["loss_8"][1] < eight["loss_8"][0]  # it trained
 
 
+@pytest.mark.slow
 def test_resume_on_another_device_count(eight):
     assert eight["rc_resume_1"] == 0 and eight["rc_resume_8"] == 0
     one, eight_ = eight["resumed_1"], eight["resumed_8"]  # trained on 1 / 8, resumed on 8 / 1
@@ -273,6 +276,7 @@ def test_resume_on_another_device_count(eight):
     np.testing.assert_allclose(eight_[2], one[2], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_batch_size_must_divide_by_devices(eight):
     assert eight["rc_bad_batch"] == 2
     err = eight["bad_batch_err"].strip()
@@ -281,6 +285,7 @@ def test_batch_size_must_divide_by_devices(eight):
     assert "batch size 60 must divide by the number of data shards (8 devices)" in eight["fit_bad"]
 
 
+@pytest.mark.slow
 def test_sharded_step_all_reduces_and_replicates(eight):
     step = eight["step"]
     assert step["batch_spec"] == ["data"]
@@ -289,11 +294,13 @@ def test_sharded_step_all_reduces_and_replicates(eight):
     assert step["count"] == 64
 
 
+@pytest.mark.slow
 def test_epoch_computes_a_slice_of_each_batch_per_device(eight):
     # The hidden layer's forward product is [rows, 8]: 8 rows per device, not the batch's 64.
     assert "8,8" in eight["epoch_dots"] and "64,8" not in eight["epoch_dots"], eight["epoch_dots"]
 
 
+@pytest.mark.slow
 def test_population_sharded_over_8_devices_equals_unsharded(eight):
     assert eight["pop_spec"] == ["pop"] and eight["pop_devices"] == 8
     assert eight["pop_status_8"] == eight["pop_status_None"]
