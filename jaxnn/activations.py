@@ -132,7 +132,7 @@ def sigmoid(x: ArrayLike) -> Array:
     return jax.nn.sigmoid(x)
 
 
-@_via_float32
+# Not via float32: XLA's native 16-bit tanh is faster forward (measured: 0.78x otherwise).
 def tanh(x: ArrayLike) -> Array:
     r"""Hyperbolic tangent: a zero-centred sigmoid, ``tanh(x) = 2 sigmoid(2x) - 1``.
 
