@@ -120,13 +120,6 @@ def _shard(tree, devices: int | None):
     return distributed.shard_population(tree, devices)
 
 
-def _epoch_mean(metrics: _train.StepMetrics):
-    """Example-weighted epoch means per member from stacked step metrics ``[N, steps]``."""
-    w = metrics.count
-    tot = jnp.maximum(jnp.sum(w, axis=-1), 1.0)
-    return jnp.sum(metrics.loss * w, -1) / tot, jnp.sum(metrics.accuracy * w, -1) / tot
-
-
 # Compiled pieces are cached by (model, loss, optimizer, ...) identity, so the stages of a search
 # or repeated calls with the same objects compile once.
 @functools.lru_cache(maxsize=16)
@@ -140,7 +133,7 @@ def _build_epoch(model, loss, optimizer, batch_size: int, factor: float, probe):
         new, metrics = jax.vmap(raw_epoch, in_axes=(0, None, None, None, 0))(
             states, x, y, epoch, l2
         )
-        train_loss, train_acc = _epoch_mean(metrics)
+        train_loss, train_acc = _train.epoch_means(metrics)
         healthy = jnp.isfinite(train_loss) & (train_loss <= factor * initial)
         keep = alive & healthy
 

@@ -54,6 +54,7 @@ __all__ = [
     "make_epoch",
     "make_evaluate",
     "evaluate",
+    "epoch_means",
     "summarize_epoch",
     "is_diverged",
     "fit",
@@ -112,24 +113,23 @@ def init_train_state(
 
 def _scale_weights(params, scale):
     """Multiply the leaves :func:`jaxnn.regularizers.weights` selects by ``scale``."""
-    flags = _weight_flags(params)
+    flags = _reg.weight_mask(params)
     return jax.tree.map(lambda p, f: p * jnp.asarray(scale, p.dtype) if f else p, params, flags)
 
 
-def _weight_flags(params):
-    """A pytree of bools marking the weight leaves (the ones regularization applies to)."""
-    chosen = {id(leaf) for leaf in jax.tree.leaves(_reg.weights(params))}
-    return jax.tree.map(lambda p: id(p) in chosen, params)
+def _masked_sums(loss_fn, logits, batch):
+    """Sum of per-example losses, number correct, and number of real rows (``mask == 1``)."""
+    mask = batch.mask.astype(jnp.float32)
+    loss_sum = jnp.sum(loss_fn(logits, batch.y).astype(jnp.float32) * mask)
+    correct = jnp.sum((jnp.argmax(logits, -1) == batch.y) * mask)
+    return loss_sum, correct, jnp.sum(mask)
 
 
 def _forward_loss(apply, loss_fn, params, model_state, batch, key, l2):
     logits, new_model_state = apply(params, model_state, batch.x, train=True, key=key,
                                     mask=batch.mask)
-    per_example = loss_fn(logits, batch.y)
-    mask = batch.mask.astype(jnp.float32)
-    count = jnp.sum(mask)
-    data_loss = jnp.sum(per_example.astype(jnp.float32) * mask) / jnp.maximum(count, 1.0)
-    correct = jnp.sum((jnp.argmax(logits, -1) == batch.y) * mask)
+    loss_sum, correct, count = _masked_sums(loss_fn, logits, batch)
+    data_loss = loss_sum / jnp.maximum(count, 1.0)
     total = _reg.full_loss(data_loss, params, l2=l2)
     return total, (data_loss, correct, count, new_model_state)
 
@@ -258,24 +258,16 @@ def make_evaluate(apply, loss, *, batch_size: int = 1024):
 
     def run(params, model_state, x, y):
         n = x.shape[0]
-        bs = min(batch_size, n)
-        nb = -(-n // bs)
-        pad = nb * bs - n
-        mask = jnp.concatenate([jnp.ones(n, jnp.float32), jnp.zeros(pad, jnp.float32)])
-        xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
-        yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]) if pad else y
+        # The same fixed-shape, masked batches as training (in order, last one padded).
+        idx, mask = _data.batch_indices(n, min(batch_size, n))
 
-        def body(carry, b):
-            xb, yb, mb = b
-            logits, _ = apply(params, model_state, xb, train=False)
-            per = loss_fn(logits, yb).astype(jnp.float32)
-            correct = (jnp.argmax(logits, -1) == yb) * mb
-            return (carry[0] + jnp.sum(per * mb), carry[1] + jnp.sum(correct)), None
+        def body(carry, im):
+            b = _data.gather_batch(x, y, im[0], im[1])
+            logits, _ = apply(params, model_state, b.x, train=False)
+            loss_sum, correct, _ = _masked_sums(loss_fn, logits, b)
+            return (carry[0] + loss_sum, carry[1] + correct), None
 
-        shaped = lambda a: a.reshape((nb, bs, *a.shape[1:]))
-        (tot, cor), _ = jax.lax.scan(
-            body, (jnp.zeros(()), jnp.zeros(())), (shaped(xp), shaped(yp), shaped(mask))
-        )
+        (tot, cor), _ = jax.lax.scan(body, (jnp.zeros(()), jnp.zeros(())), (idx, mask))
         return EvalResult(tot / n, cor / n)
 
     return jax.jit(run)
@@ -296,16 +288,20 @@ def evaluate(apply, params, model_state, x, y, *, loss="softmax_cross_entropy",
     return _cached_evaluate(apply, loss, batch_size)(params, model_state, x, y)
 
 
+def epoch_means(metrics: StepMetrics) -> tuple[jax.Array, jax.Array]:
+    r"""Example-weighted means over the step axis (the last) of stacked :class:`StepMetrics`:
+    ``(loss, accuracy)``, :math:`\bar\ell = \sum_s n_s \ell_s / \sum_s n_s`. Works under jit and on
+    a population's ``[N, steps]`` metrics."""
+    w = metrics.count
+    total = jnp.maximum(jnp.sum(w, axis=-1), 1.0)
+    return jnp.sum(metrics.loss * w, -1) / total, jnp.sum(metrics.accuracy * w, -1) / total
+
+
 def summarize_epoch(metrics: StepMetrics) -> dict:
-    """Example-weighted means of a stacked epoch of :class:`StepMetrics` (host numbers)."""
-    m = jax.device_get(metrics)
-    count = np.asarray(m.count, np.float64)
-    total = max(count.sum(), 1.0)
-    return {
-        "train_loss": float(np.sum(np.asarray(m.loss, np.float64) * count) / total),
-        "train_acc": float(np.sum(np.asarray(m.accuracy, np.float64) * count) / total),
-        "lr": float(np.asarray(m.learning_rate)[-1]),
-    }
+    """:func:`epoch_means` of one epoch as host numbers, with the last step's learning rate."""
+    loss, acc = epoch_means(metrics)
+    return {"train_loss": float(loss), "train_acc": float(acc),
+            "lr": float(metrics.learning_rate[-1])}
 
 
 def is_diverged(loss: float, initial_loss: float, *, factor: float = 3.0) -> bool:
@@ -356,6 +352,12 @@ def _read_records(path, upto_epoch: int) -> list[dict]:
             if rec.get("epoch", 0) <= upto_epoch:
                 out.append(rec)
     return out
+
+
+def _epochs_since_best(records: list[dict]) -> int:
+    """Epochs since the lowest validation loss so far (0 when the last epoch is the best)."""
+    losses = [r["val_loss"] for r in records]
+    return len(losses) - 1 - int(np.argmin(losses))
 
 
 def _check_data(x, y, name):
@@ -451,12 +453,6 @@ def fit(
 
         bar = tqdm(total=epochs, initial=start_epoch, desc="train", unit="epoch", leave=False)
     stopped_reason = "completed"
-    best_val, since_best = math.inf, 0
-    for r in records:
-        if r["val_loss"] < best_val:
-            best_val, since_best = r["val_loss"], 0
-        else:
-            since_best += 1
     try:
         for epoch in range(start_epoch + 1, epochs + 1):
             t0 = time.perf_counter()
@@ -485,11 +481,7 @@ def fit(
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{rec['train_loss']:.4f}", val_acc=f"{rec['val_acc']:.4f}")
-            if rec["val_loss"] < best_val:
-                best_val, since_best = rec["val_loss"], 0
-            else:
-                since_best += 1
-            if patience is not None and since_best >= patience:
+            if patience is not None and _epochs_since_best(records) >= patience:
                 stopped_reason = f"early stop at epoch {epoch}: no better val loss in {patience}"
                 break
     finally:

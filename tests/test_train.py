@@ -6,7 +6,6 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from jaxnn import data, layers, optim, train
@@ -189,4 +188,15 @@ def test_population_style_vmap_of_the_raw_step(model):
         np.testing.assert_allclose(metrics.total_loss[i], m.total_loss, rtol=1e-5)
         np.testing.assert_allclose(new.params["layer_0"]["w"][i], ref.params["layer_0"]["w"],
                                    rtol=1e-5, atol=1e-6)
-    assert isinstance(opt, optax.GradientTransformation)
+
+
+def test_patience_stops_after_epochs_without_a_better_val_loss(model, dataset):
+    # 10 training examples and a large step: validation loss stops improving quickly.
+    small = dataset._replace(x_train=dataset.x_train[:10], y_train=dataset.y_train[:10])
+    hist = train.fit(model, small, optimizer=optim.adam(0.05), epochs=200, batch_size=10,
+                     key=jax.random.key(0), progress=False, patience=3)
+    assert hist.stopped_reason.startswith("early stop")
+    val = hist["val_loss"]
+    assert len(val) < 200
+    best = int(np.argmin(val))
+    assert best == len(val) - 1 - 3  # exactly `patience` epochs after the best one
