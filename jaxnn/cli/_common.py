@@ -283,11 +283,32 @@ def new_run_dir(out: str | None, verb: str) -> str:
     return path
 
 
+def jsonable(obj):
+    """``obj`` with NamedTuples as dicts, numpy arrays and numbers made plain, and NaN/inf
+    replaced by ``None`` (strict JSON)."""
+    import math
+
+    import numpy as np
+
+    if hasattr(obj, "_asdict"):
+        obj = obj._asdict()
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | np.ndarray):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json(path: str, obj) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
+    """Write ``obj`` as strict JSON (see :func:`jsonable`) atomically (temporary file, then
+    rename)."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
+        json.dump(jsonable(obj), f, indent=2, allow_nan=False)
     os.replace(tmp, path)
 
 

@@ -18,7 +18,6 @@ from jaxnn.cli._common import (
     table,
     write_json,
 )
-from jaxnn.cli._experiment import jsonable
 
 
 def add_parser(sub) -> None:
@@ -85,7 +84,7 @@ def run_diagnose(args) -> int:
     if history.records:
         plots.learning_curves(history.records, os.path.join(out, "curves.png"),
                               title=f"diagnose: {c['optimizer']} lr {c['lr']:g}")
-    write_json(os.path.join(out, "diagnosis.json"), jsonable({
+    write_json(os.path.join(out, "diagnosis.json"), {
         "config": c,
         "initial_loss": init._asdict(),
         "overfit": overfit._asdict(),
@@ -95,7 +94,7 @@ def run_diagnose(args) -> int:
         "reasons": verdict.reasons,
         "training": {"records": history.records, "stopped_reason": history.stopped_reason,
                      "initial_loss": history.initial_loss},
-    }))
+    })
 
     say("")
     say("1. initial loss (weights scaled by "

@@ -91,23 +91,6 @@ def _usage(parser) -> int:
 
 
 # --------------------------------------------------------------------------- helpers
-def jsonable(obj):
-    """``obj`` with numpy numbers made plain and NaN/inf replaced by ``None`` (strict JSON)."""
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def line_panels(panels: list[dict], path: str, *, title: str = "", ncols: int | None = None) -> str:
     """Line-plot panels (``ncols`` per row, default all in one row), each ``{"title", "xlabel", "ylabel", "lines": {label: (x, y)},
     "logy": bool, "hline": y or None}``, saved as one PNG."""
@@ -187,9 +170,9 @@ def run_init_depth(args) -> int:
     plots.histogram_grid(hists, os.path.join(out, "histograms.png"), bins=args.bins,
                          title=f"activations per layer ({args.width} units, "
                                f"{args.examples} unit-Gaussian inputs)")
-    write_json(os.path.join(out, "results.json"), jsonable({
+    write_json(os.path.join(out, "results.json"), {
         "depth": args.depth, "width": args.width, "num_examples": args.examples,
-        "seed": args.seed, "configs": configs}))
+        "seed": args.seed, "configs": configs})
 
     rows = [[i + 1, *[c["layers"][i]["std"] for c in configs]] for i in range(args.depth)]
     print("std of the activations per layer:")
@@ -246,7 +229,7 @@ def run_compare(args) -> int:
     ], os.path.join(out, "curves.png"),
         title=f"{c['dataset']}: hidden {c['hidden']}, {c['optimizer']} lr {c['lr']:g}, "
               f"{args.seeds} seeds")
-    write_json(os.path.join(out, "results.json"), jsonable({
+    write_json(os.path.join(out, "results.json"), {
         "config": {**c, "activations": activations, "inits": inits, "seeds": args.seeds},
         "rows": [{
             "activation": r.activation, "init": r.init, "val_acc_mean": r.val_acc_mean,
@@ -255,7 +238,7 @@ def run_compare(args) -> int:
             "curves": {"val_acc": r.val_acc, "train_loss": r.train_loss,
                        "dead_fraction": r.dead_fraction_curve},
         } for r in rows],
-    }))
+    })
     ranked = sorted(rows, key=lambda r: -r.val_acc_mean if math.isfinite(r.val_acc_mean) else 1)
     print(table([[r.activation, r.init, r.val_acc_mean, r.val_acc_std, r.dead_fraction,
                   _status(r.status)] for r in ranked],
@@ -311,13 +294,13 @@ def run_losses(args) -> int:
          "lines": {name(r): (epochs(r.val_acc), r.val_acc) for r in res.rows}},
     ], os.path.join(out, "curves.png"),
         title=f"{c['dataset']}: hidden {c['hidden']} {c['activation']}, {args.seeds} seeds")
-    write_json(os.path.join(out, "results.json"), jsonable({
+    write_json(os.path.join(out, "results.json"), {
         "config": {**c, "seeds": args.seeds},
         "scores": {"other_scores": list(sw.other_scores), "correct_score": sw.correct_score,
                    "hinge": sw.hinge, "hinge_grad": sw.hinge_grad,
                    "cross_entropy": sw.cross_entropy, "cross_entropy_grad": sw.cross_entropy_grad},
         "rows": [r._asdict() for r in res.rows],
-    }))
+    })
 
     probe = [(-1.0, "violated"), (max(sw.other_scores) + 0.5, "inside the margin"),
              (max(sw.other_scores) + 3.0, "margin met")]
