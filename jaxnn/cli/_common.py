@@ -221,7 +221,7 @@ def _np(a):
     return np.asarray(a)
 
 
-def build(config: dict, *, steps_per_epoch_hint: bool = True) -> Setup:
+def build(config: dict) -> Setup:
     """Load the data and build model and optimizer from a config dict (flags or config.json)."""
     from jaxnn import activations, data, initializers, layers, losses, optim
 
@@ -261,9 +261,10 @@ def build(config: dict, *, steps_per_epoch_hint: bool = True) -> Setup:
                        init=c["init"], bias_init=c["bias_init"], batch_norm=c["batch_norm"],
                        dropout=c["dropout"])
     steps_per_epoch = -(-ds.x_train.shape[0] // min(c["batch_size"], ds.x_train.shape[0]))
-    lr = optim.get_schedule(c["schedule"], c["lr"], total_steps=steps_per_epoch * c["epochs"])
     if c["schedule"] == "constant":
         lr = c["lr"]  # a constant stays a number, so a population can replace it per member
+    else:
+        lr = optim.get_schedule(c["schedule"], c["lr"], total_steps=steps_per_epoch * c["epochs"])
     optimizer = optim.get(c["optimizer"], learning_rate=lr)
     return Setup(c, ds, model, optimizer, c["loss"], hidden)
 
