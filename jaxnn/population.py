@@ -125,9 +125,7 @@ def _shard(tree, devices: int | None):
 @functools.lru_cache(maxsize=16)
 def _build_epoch(model, loss, optimizer, batch_size: int, factor: float, probe):
     raw_epoch = _train.epoch_fn(model.apply, loss, optimizer, batch_size=batch_size)
-    evaluate = _train.make_evaluate(model.apply, loss)
-    # make_evaluate returns a jitted function; vmapping a jitted function is fine inside jit.
-    eval_members = jax.vmap(evaluate, in_axes=(0, 0, None, None))
+    eval_members = _evaluate_members_fn(model.apply, loss)
 
     def run(states, alive, x, y, xv, yv, epoch, l2, initial):
         new, metrics = jax.vmap(raw_epoch, in_axes=(0, None, None, None, 0))(
