@@ -132,7 +132,8 @@ def _build_epoch(model, loss, optimizer, batch_size: int, factor: float, probe):
             states, x, y, epoch, l2
         )
         train_loss, train_acc = _train.epoch_means(metrics)
-        healthy = jnp.isfinite(train_loss) & (train_loss <= factor * initial)
+        finite = jax.vmap(_train.tree_all_finite)(new.params)
+        healthy = ~_train.diverged(train_loss, initial, factor=factor, params_finite=finite)
         keep = alive & healthy
 
         def select(n, o):
@@ -205,7 +206,7 @@ def train_population(
       optimizer: an optimizer from :mod:`jaxnn.optim` (its learning rate is replaced per member;
         default ``momentum``).
       devices: shard the member axis over this many devices (``N`` must divide by it).
-      divergence_factor: the divergence rule of :func:`jaxnn.train.is_diverged`.
+      divergence_factor: the divergence rule of :func:`jaxnn.train.diverged` (loss or parameters).
       patience: freeze a member (status ``"stopped"``) after this many epochs without a better
         validation loss.
       probe: ``probe(params, model_state) -> {name: scalar}`` evaluated for every member after
@@ -241,7 +242,7 @@ def train_population(
     status = np.array(["ok"] * n, dtype=object)
     hist: dict[str, list] = {}
     final = {k: np.full(n, np.nan) for k in ("train_loss", "val_loss", "val_acc")}
-    best_val, since_best = np.full(n, np.inf), np.zeros(n, int)
+    es = _train.early_stopping_init((n,))
     for epoch in range(1, epochs + 1):
         was_alive = np.asarray(alive)
         states, alive, diverged, metrics = run_epoch(
@@ -258,10 +259,8 @@ def train_population(
         for k, v in (("train_loss", tl), ("val_loss", vl), ("val_acc", va)):
             final[k] = np.where(healthy, v, final[k])
         if patience is not None:
-            better = healthy & (vl < best_val)
-            best_val = np.where(better, vl, best_val)
-            since_best = np.where(better, 0, since_best + healthy)
-            stop = healthy & (since_best >= patience)
+            es = _train.early_stopping_update(es, vl, active=healthy)
+            stop = healthy & _train.should_stop_early(es, patience)
             status[stop] = "stopped"
             alive = alive & jnp.asarray(~stop)
         if not np.any(np.asarray(alive)):

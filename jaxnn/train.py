@@ -56,7 +56,13 @@ __all__ = [
     "evaluate",
     "epoch_means",
     "summarize_epoch",
+    "tree_all_finite",
+    "diverged",
     "is_diverged",
+    "EarlyStopping",
+    "early_stopping_init",
+    "early_stopping_update",
+    "should_stop_early",
     "fit",
 ]
 
@@ -304,9 +310,64 @@ def summarize_epoch(metrics: StepMetrics) -> dict:
             "lr": float(metrics.learning_rate[-1])}
 
 
-def is_diverged(loss: float, initial_loss: float, *, factor: float = 3.0) -> bool:
-    """The divergence rule: the loss is NaN/inf or exceeds ``factor`` times the initial loss."""
-    return (not math.isfinite(loss)) or loss > factor * initial_loss
+def tree_all_finite(tree) -> jax.Array:
+    """``True`` when every element of every leaf of ``tree`` is finite (a scalar bool array).
+
+    Under ``vmap`` over a population's member axis it gives one flag per member."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def diverged(loss, initial_loss, *, factor: float = 3.0, params_finite=True) -> jax.Array:
+    r"""The one divergence rule, elementwise (a scalar run or a population's ``[N]`` array):
+
+    .. math:: \text{diverged} = \lnot\text{finite}(L) \lor L > f \cdot L_0
+              \lor \lnot\text{finite}(\theta)
+
+    A NaN/inf loss, a loss above ``factor`` times the initial loss, or non-finite parameters
+    (``params_finite``, e.g. :func:`tree_all_finite` of the new parameters: a loss can stay finite
+    while the weights are NaN, e.g. a hinge loss clipped at 0).
+    """
+    loss = jnp.asarray(loss)
+    return (~jnp.isfinite(loss)) | (loss > factor * jnp.asarray(initial_loss)) | ~jnp.asarray(
+        params_finite, bool)
+
+
+def is_diverged(loss: float, initial_loss: float, *, factor: float = 3.0,
+                params_finite: bool = True) -> bool:
+    """:func:`diverged` of one run as a Python bool."""
+    return bool(diverged(loss, initial_loss, factor=factor, params_finite=params_finite))
+
+
+class EarlyStopping(NamedTuple):
+    """The early-stopping state: the ``best`` validation loss so far and the epochs
+    ``since_best`` (scalars for one run, ``[N]`` arrays for a population)."""
+
+    best: Any
+    since_best: Any
+
+
+def early_stopping_init(shape=()) -> EarlyStopping:
+    """No epoch seen yet: ``best = inf``, ``since_best = 0``."""
+    return EarlyStopping(np.full(shape, np.inf), np.zeros(shape, np.int64))
+
+
+def early_stopping_update(es: EarlyStopping, val_loss, *, active=True) -> EarlyStopping:
+    r"""The one early-stopping rule after an epoch: where ``active`` (the run or member trained
+    this epoch), a validation loss below ``best`` resets the count, otherwise it grows by one.
+    Works on scalars and on a population's arrays (numpy, host side)."""
+    val_loss, active = np.asarray(val_loss, np.float64), np.asarray(active, bool)
+    better = active & (val_loss < es.best)
+    return EarlyStopping(np.where(better, val_loss, es.best),
+                         np.where(better, 0, es.since_best + active))
+
+
+def should_stop_early(es: EarlyStopping, patience: int | None):
+    """``since_best >= patience`` (``False`` everywhere without a patience)."""
+    if patience is None:
+        return np.zeros(np.shape(es.since_best), bool)
+    return np.asarray(es.since_best) >= patience
 
 
 # --------------------------------------------------------------------------- fit
