@@ -106,6 +106,10 @@ class Checkpointer:
         )
         return _data_to_keys(restored.state, template), dict(restored.meta or {})
 
+    def reload(self) -> None:
+        """Re-read the directory (after a step was moved away by hand)."""
+        self._manager.reload()
+
     def close(self) -> None:
         """Finish pending saves and release the manager."""
         self._manager.wait_until_finished()

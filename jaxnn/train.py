@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
-import os
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -46,6 +44,7 @@ __all__ = [
     "StepMetrics",
     "EvalResult",
     "History",
+    "Start",
     "DivergenceError",
     "init_train_state",
     "train_step_fn",
@@ -375,7 +374,8 @@ def should_stop_early(es: EarlyStopping, patience: int | None):
 class History:
     """What :func:`fit` returns: one record per epoch (``epoch``, ``train_loss``, ``train_acc``,
     ``val_loss``, ``val_acc``, ``lr``, ``seconds``), why it stopped, the initial loss and the final
-    :class:`TrainState`. ``history["val_acc"]`` gives one metric as a numpy array."""
+    :class:`TrainState` (the last good one when the run diverged). ``history["val_acc"]`` gives
+    one metric as a numpy array."""
 
     records: list[dict]
     stopped_reason: str
@@ -389,36 +389,20 @@ class History:
     def diverged(self) -> bool:
         return self.stopped_reason.startswith("diverged")
 
-
-def _write_json_atomic(path, obj) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    @property
+    def epochs_done(self) -> int:
+        """The last epoch whose state :attr:`state` is (0 before any healthy epoch)."""
+        return int(self.records[-1]["epoch"]) if self.records else 0
 
 
-def _read_records(path, upto_epoch: int) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    out = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill
-                break
-            if rec.get("epoch", 0) <= upto_epoch:
-                out.append(rec)
-    return out
+class Start(NamedTuple):
+    """Where :func:`fit` continues a run: the ``state`` after ``epoch`` epochs, the run's
+    ``initial_loss`` and the ``records`` of epochs ``1..epoch``."""
 
-
-def _epochs_since_best(records: list[dict]) -> int:
-    """Epochs since the lowest validation loss so far (0 when the last epoch is the best)."""
-    losses = [r["val_loss"] for r in records]
-    return len(losses) - 1 - int(np.argmin(losses))
+    state: TrainState
+    epoch: int
+    initial_loss: float
+    records: list[dict]
 
 
 def _check_data(x, y, name):
@@ -426,6 +410,15 @@ def _check_data(x, y, name):
         raise ValueError(f"{name}: the data set is empty")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"{name}: x has {x.shape[0]} examples but y has {y.shape[0]}")
+
+
+_all_finite = jax.jit(tree_all_finite)
+
+
+def _divergence_reason(epoch, train_loss, initial_loss, params_finite) -> str:
+    what = (f"train loss {train_loss:.4g} (initial {initial_loss:.4g})" if params_finite
+            else "the parameters became NaN/inf")
+    return f"diverged at epoch {epoch}: {what}; the learning rate is probably too high"
 
 
 def fit(
@@ -438,37 +431,44 @@ def fit(
     loss: str | Callable = "softmax_cross_entropy",
     batch_size: int = 64,
     l2: float = 0.0,
-    out_dir: str | os.PathLike | None = None,
-    keep_checkpoints: int = 3,
-    resume: bool = False,
     divergence_factor: float = 3.0,
     patience: int | None = None,
-    progress: bool = True,
-    raise_on_divergence: bool = False,
+    start: Start | None = None,
+    on_start: Callable[[TrainState, float], None] | None = None,
     callback: Callable[[dict, TrainState], None] | None = None,
+    raise_on_divergence: bool = False,
     mesh: jax.sharding.Mesh | None = None,
 ) -> History:
-    """Train ``model`` on ``data`` (a :class:`jaxnn.data.Dataset`) with mini-batch SGD.
+    """Train ``model`` on ``data`` (a :class:`jaxnn.data.Dataset`) with mini-batch SGD: a plain
+    loop over epochs, each one jitted ``lax.scan`` (:func:`make_epoch`) followed by an evaluation
+    on the validation split.
 
-    Each epoch runs in one jitted ``lax.scan`` (:func:`make_epoch`), then the model is evaluated on
-    the validation split. With ``out_dir``: one JSON line per epoch in ``metrics.jsonl`` and an
-    orbax checkpoint per healthy epoch (the last ``keep_checkpoints`` kept); ``resume=True``
-    continues from the latest checkpoint there and repeats exactly what an uninterrupted run would
-    have done. A loss that is NaN/inf or above ``divergence_factor`` times the initial loss stops
-    the run (``stopped_reason`` starts with ``"diverged"``) and keeps the last good checkpoint.
-    ``patience`` stops early after that many epochs without a better validation loss.
+    Stopping: the one divergence rule (:func:`diverged`: NaN/inf loss or parameters, or a loss
+    above ``divergence_factor`` times the initial loss) stops the run and returns the last good
+    state (``stopped_reason`` starts with ``"diverged"``; :class:`DivergenceError` with
+    ``raise_on_divergence``); the one early-stopping rule (:func:`early_stopping_update`) stops
+    after ``patience`` epochs without a better validation loss. A non-finite *initial* loss is a
+    ``ValueError``: the data or the settings are wrong, not the learning rate.
+
+    Hooks: ``on_start(state, initial_loss)`` once before the first epoch; ``callback(record,
+    state)`` after every healthy epoch — :func:`jaxnn.rundir.fit` uses them for checkpoints and
+    ``metrics.jsonl``, the CLI for its progress display. ``start`` (a :class:`Start`) continues a run; since the data
+    order of epoch ``e`` is a pure function of ``(key, e)`` the continued run repeats an
+    uninterrupted one exactly.
 
     ``mesh`` (:func:`jaxnn.distributed.data_mesh`) trains data-parallel: every batch split over
     the mesh's ``"data"`` axis, parameters, optimizer state and the data set replicated; the
     losses equal a one-device run's up to float summation order. The batch size must divide by
-    the number of devices. In a multi-process run every process calls ``fit`` with the same
-    arguments; only process 0 writes ``metrics.jsonl`` and shows the progress bar, and all take
-    part in orbax's checkpoint saves (so ``out_dir`` must be the same shared path everywhere).
+    the number of devices.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if patience is not None and patience < 1:
+        raise ValueError(f"patience must be >= 1 (or None), got {patience}")
+    if not (math.isfinite(divergence_factor) and divergence_factor > 0):
+        raise ValueError(f"divergence_factor must be a positive number, got {divergence_factor}")
     x_train, y_train = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     x_val, y_val = jnp.asarray(data.x_val), jnp.asarray(data.y_val)
     _check_data(x_train, y_train, "training split")
@@ -477,77 +477,57 @@ def fit(
     if mesh is not None:
         _dist.check_batch_size(batch_size, mesh)
 
-    state = init_train_state(model, optimizer, key=key)
+    state = init_train_state(model, optimizer, key=key) if start is None else start.state
     if mesh is not None:
         state, x_train, y_train, x_val, y_val = _dist.replicate(
             (state, x_train, y_train, x_val, y_val), mesh)
-    main = jax.process_index() == 0  # the one process that writes files
-    # No donation here: on divergence the last good state must still be alive to return.
+    # No donation: on divergence the last good state must still be alive to return.
     epoch_step = make_epoch(model.apply, loss, optimizer, batch_size=batch_size, l2=l2,
                             donate=False, mesh=mesh)
-    evaluate_fn = make_evaluate(model.apply, loss)
-
-    ckpt, metrics_path, start_epoch, records = None, None, 0, []
-    initial_loss = None
-    if out_dir is not None:
-        from jaxnn.checkpoint import Checkpointer
-
-        os.makedirs(out_dir, exist_ok=True)
-        metrics_path = os.path.join(out_dir, "metrics.jsonl")
-        ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), max_to_keep=keep_checkpoints)
-        if resume and ckpt.latest_step() is not None:
-            state, meta = ckpt.restore(template=state)
-            start_epoch = int(meta["epoch"])
-            initial_loss = float(meta["initial_loss"])
-            records = _read_records(metrics_path, start_epoch)
-        elif not resume and ckpt.latest_step() is not None:
-            raise ValueError(f"{out_dir} already holds checkpoints; resume it or choose a new --out")
-        if main:  # rewrite: drop epochs past the restored checkpoint
-            with open(metrics_path, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in records)
-    if initial_loss is None:
+    evaluate_fn = _cached_evaluate(model.apply, loss, 1024)
+    if start is None:
         initial_loss = float(evaluate_fn(state.params, state.model_state, x_train, y_train).loss)
+        if not math.isfinite(initial_loss):
+            raise ValueError(
+                f"the initial loss (before any training) is {initial_loss}: the data or the "
+                "settings give a non-finite loss; check the inputs for NaN/inf or huge values, "
+                "the labels, the initializer, the bias init and the L2 strength")
+        records, first = [], 1
+    else:
+        initial_loss, records, first = start.initial_loss, list(start.records), start.epoch + 1
+    history = History(records, "completed", initial_loss, state)
+    es = early_stopping_init()
+    for r in records:
+        es = early_stopping_update(es, r["val_loss"])
+    if on_start is not None:
+        on_start(state, initial_loss)
+    if patience is not None and records and should_stop_early(es, patience):
+        history.stopped_reason = f"early stop at epoch {records[-1]['epoch']}: no better val " \
+                                 f"loss in {patience} epochs"
+        return history
+    for epoch in range(first, epochs + 1):
+        t0 = time.perf_counter()
+        new_state, step_metrics = epoch_step(state, x_train, y_train, jnp.int32(epoch))
+        rec = {"epoch": epoch, **summarize_epoch(step_metrics)}
+        finite = bool(_all_finite(new_state.params))
+        if is_diverged(rec["train_loss"], initial_loss, factor=divergence_factor,
+                       params_finite=finite):
+            history.stopped_reason = _divergence_reason(epoch, rec["train_loss"], initial_loss,
+                                                        finite)
+            if raise_on_divergence:
+                raise DivergenceError(history.stopped_reason)
+            break
+        state = history.state = new_state
+        ev = evaluate_fn(state.params, state.model_state, x_val, y_val)
+        rec["val_loss"], rec["val_acc"] = float(ev.loss), float(ev.accuracy)
+        rec["seconds"] = time.perf_counter() - t0
+        records.append(rec)
+        if callback is not None:
+            callback(rec, state)
+        es = early_stopping_update(es, rec["val_loss"])
+        if should_stop_early(es, patience):
+            history.stopped_reason = (f"early stop at epoch {epoch}: no better val loss in "
+                                      f"{patience} epoch{'s' if patience != 1 else ''}")
+            break
+    return history
 
-    bar = None
-    if progress and main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=epochs, initial=start_epoch, desc="train", unit="epoch", leave=False)
-    stopped_reason = "completed"
-    try:
-        for epoch in range(start_epoch + 1, epochs + 1):
-            t0 = time.perf_counter()
-            new_state, step_metrics = epoch_step(state, x_train, y_train, jnp.int32(epoch))
-            rec = {"epoch": epoch, **summarize_epoch(step_metrics)}
-            if is_diverged(rec["train_loss"], initial_loss, factor=divergence_factor):
-                stopped_reason = (
-                    f"diverged at epoch {epoch}: train loss {rec['train_loss']:.4g} (initial "
-                    f"{initial_loss:.4g}); the learning rate is probably too high"
-                )
-                if raise_on_divergence:
-                    raise DivergenceError(stopped_reason)
-                break
-            state = new_state
-            ev = evaluate_fn(state.params, state.model_state, x_val, y_val)
-            rec["val_loss"], rec["val_acc"] = float(ev.loss), float(ev.accuracy)
-            rec["seconds"] = time.perf_counter() - t0
-            records.append(rec)
-            if metrics_path is not None and main:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-            if ckpt is not None:
-                ckpt.save(epoch, state, {"epoch": epoch, "initial_loss": initial_loss})
-            if callback is not None:
-                callback(rec, state)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{rec['train_loss']:.4f}", val_acc=f"{rec['val_acc']:.4f}")
-            if patience is not None and _epochs_since_best(records) >= patience:
-                stopped_reason = f"early stop at epoch {epoch}: no better val loss in {patience}"
-                break
-    finally:
-        if bar is not None:
-            bar.close()
-        if ckpt is not None:
-            ckpt.close()
-    return History(records, stopped_reason, initial_loss, state)

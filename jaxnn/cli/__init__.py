@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 __all__ = ["main", "CLIError", "VERBS"]
@@ -32,9 +33,57 @@ class CLIError(Exception):
     """A user error: printed as one line on stderr, exit status 2."""
 
 
+#: Placeholders a help line may hold, filled from the registries when help is shown (so
+#: ``jaxnn --help`` lists exactly the names the library accepts, and plain parsing stays free of
+#: the JAX import the registries need).
+REGISTRY_PLACEHOLDERS = {
+    "{activations}": ("jaxnn.activations", "names"),
+    "{losses}": ("jaxnn.losses", "names"),
+    "{initializers}": ("jaxnn.initializers", "names"),
+    "{optimizers}": ("jaxnn.optim", "names"),
+    "{schedules}": ("jaxnn.optim", "schedule_names"),
+    "{preprocessors}": ("jaxnn.preprocessing", "names"),
+}
+
+
+def registry_names(placeholder: str) -> list[str]:
+    """The names behind one of :data:`REGISTRY_PLACEHOLDERS`."""
+    module, fn = REGISTRY_PLACEHOLDERS[placeholder]
+    return list(getattr(importlib.import_module(module), fn)())
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help that shows every option's default: ``(default: X)`` is appended to each help line
+    that does not state its default already (switches show ``on``/``off``), and registry
+    placeholders (:data:`REGISTRY_PLACEHOLDERS`) become the registry's names."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        for placeholder in REGISTRY_PLACEHOLDERS:
+            if placeholder in text:
+                text = text.replace(placeholder, ", ".join(registry_names(placeholder)))
+        if (not action.option_strings or action.default is argparse.SUPPRESS
+                or "default" in text.lower()):
+            return text
+        if isinstance(action.default, bool) and action.nargs == 0:
+            shown = "on" if action.default else "off"
+        elif action.default is None:
+            shown = "not set"
+        else:
+            shown = "%(default)s"
+        return f"{text} (default: {shown})" if text else f"(default: {shown})"
+
+
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, as argparse does, but without the usage dump
-        sys.stderr.write(f"jaxnn: error: {message}\n")
+    """argparse with jaxnn's help format and its one-line errors: ``jaxnn VERB: error: ...``,
+    exit status 2, no usage dump."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(2)
 
 
@@ -62,23 +111,81 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _verb_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The innermost parser ``args`` went through (``jaxnn experiment losses`` -> its parser)."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, subs[0].dest, None) if subs else None
+        if name not in (subs[0].choices if subs else {}):
+            return parser
+        parser = subs[0].choices[name]
+
+
+def _os_error_message(e: OSError, args) -> str:
+    """One sentence for a failed file operation, naming the flag whose path it was."""
+    path = e.filename
+    if path is None:
+        return str(e).strip() or type(e).__name__
+    path = os.fspath(path)
+    flag = None
+    for dest, value in sorted(vars(args).items()):
+        if isinstance(value, str) and value and not dest.startswith("_"):
+            v = os.path.normpath(value)
+            if os.path.normpath(path) == v or os.path.normpath(path).startswith(v + os.sep):
+                flag = "--" + dest.replace("_", "-") if dest != "run_dir" else "RUN_DIR"
+                break
+    what = e.strerror or type(e).__name__
+    where = f"{flag} {path!r}" if flag else repr(path)
+    return f"cannot use {where}: {what[0].lower()}{what[1:]}"
+
+
+def _close_runs() -> None:
+    """Release the run directories this process opened; one that an error left without any file
+    of its own is removed (nothing is written half-way)."""
+    from jaxnn.cli import _common
+
+    while _common.OPEN_RUNS:
+        _common.OPEN_RUNS.pop().abandon()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``jaxnn`` console script."""
-    if argv is None:  # the console script: keep freed buffers before JAX allocates any
+    """Entry point of the ``jaxnn`` console script (``argv=None``: ``sys.argv``).
+
+    Run as the console script, it first keeps freed buffers in the process
+    (:mod:`jaxnn._malloc`) and turns on JAX's persistent compilation cache
+    (:mod:`jaxnn._startup`). A user error prints one line, ``jaxnn VERB: error: ...``, and
+    returns 2; no verb (or no experiment) prints the help on stderr and returns 2.
+    """
+    console = argv is None
+    if console:  # keep freed buffers before JAX allocates any
         from jaxnn._malloc import apply_fast_malloc
 
         apply_fast_malloc()
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    verb_parser = _verb_parser(parser, args)
+    if extra:
+        verb_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
+        verb_parser.print_help(sys.stderr)
+        sys.stderr.write(f"{verb_parser.prog}: error: choose one of the commands listed above\n")
+        return 2
+    if console:
+        from jaxnn._startup import enable_compile_cache
+
+        enable_compile_cache()
     try:
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        finally:
+            _close_runs()
     except KeyboardInterrupt:
-        sys.stderr.write("jaxnn: interrupted\n")
+        sys.stderr.write(f"{verb_parser.prog}: interrupted\n")
         return 130
-    except (CLIError, ValueError, FileNotFoundError, NotADirectoryError) as e:
+    except (CLIError, ValueError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        sys.stderr.write(f"jaxnn {args.verb}: error: {msg}\n")
+        sys.stderr.write(f"{verb_parser.prog}: error: {msg}\n")
+        return 2
+    except OSError as e:
+        sys.stderr.write(f"{verb_parser.prog}: error: {_os_error_message(e, args)}\n")
         return 2

@@ -5,9 +5,7 @@ written, so a bad flag leaves no run directory behind."""
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import time
+import math
 from typing import Any, NamedTuple
 
 from jaxnn.cli import CLIError
@@ -20,33 +18,87 @@ TRAIN_FLAGS = (
 
 
 def add_train_flags(p: argparse.ArgumentParser, *, epochs: int = 30, lr: float = 0.05) -> None:
-    """Every choice of a training run as a flag (defaults train the digits MLP well)."""
+    """Every choice of a training run as a flag (defaults train the digits MLP well); ``epochs``
+    and ``lr`` are the verb's own defaults. Help lines list the registries' names (placeholders
+    filled when help is shown) and every default."""
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="digits",
-                   help="digits (embedded, default) | mnist | cifar10 | path to a .npz with x, y")
-    g.add_argument("--data-dir", default=None, help="directory holding the mnist/cifar10 files")
+                   help="digits (embedded) | mnist | cifar10 | path to a .npz "
+                        "with x, y")
+    g.add_argument("--data-dir", default=None,
+                   help="directory of the downloaded datasets (default: $JAXNN_DATA, else "
+                        "~/.cache/jaxnn)")
     g.add_argument("--preprocess", default="standardize",
-                   help="none | center | standardize | pca:K | whiten | zca | mean_image | "
-                        "per_channel_mean (default: standardize)")
+                   help="fitted on the training split: one of {preprocessors}; pca:K keeps K "
+                        "components")
     g = p.add_argument_group("model")
-    g.add_argument("--hidden", default="128,64", help="hidden layer widths, e.g. 128,64")
-    g.add_argument("--activation", default="relu", help="relu, leaky_relu, tanh, maxout, ...")
-    g.add_argument("--init", default="he_normal", help="weight initializer (he_normal, ...)")
-    g.add_argument("--bias-init", type=float, default=0.0, help="initial bias (0.01: positive)")
+    g.add_argument("--hidden", default="128,64", help="hidden layer widths, comma-separated")
+    g.add_argument("--activation", default="relu", help="hidden activation: {activations}")
+    g.add_argument("--init", default="he_normal", help="weight initializer: {initializers}")
+    g.add_argument("--bias-init", type=float, default=0.0,
+                   help="initial bias (0.01: the slightly positive ReLU bias)")
     g.add_argument("--batch-norm", action="store_true", help="batch norm before each activation")
     g.add_argument("--dropout", type=float, default=0.0, help="drop probability after activations")
     g = p.add_argument_group("training")
     g.add_argument("--loss", default="softmax_cross_entropy",
-                   help="softmax_cross_entropy | multiclass_hinge_loss")
-    g.add_argument("--optimizer", default="momentum",
-                   help="sgd | momentum | nesterov | adagrad | rmsprop | adam | adamw")
-    g.add_argument("--lr", type=float, default=lr, help=f"learning rate (default {lr})")
-    g.add_argument("--schedule", default="constant",
-                   help="constant | step_decay | exponential_decay | cosine | warmup_cosine")
+                   help="{losses} (losses of targets shaped like the scores train on one-hot "
+                        "labels)")
+    g.add_argument("--optimizer", default="momentum", help="{optimizers}")
+    g.add_argument("--lr", type=float, default=lr, help="learning rate")
+    g.add_argument("--schedule", default="constant", help="learning-rate schedule: {schedules}")
     g.add_argument("--l2", type=float, default=1e-3, help="L2 regularization strength")
-    g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--epochs", type=int, default=epochs)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch-size", type=int, default=64, help="examples per mini-batch")
+    g.add_argument("--epochs", type=int, default=epochs, help="passes over the training split")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seeds the initialization, the data order and dropout")
+
+
+def label_loss(name: str):
+    """``--loss NAME`` as a loss of ``(scores [batch, C], integer labels [batch])``: the name
+    itself when the registry's loss takes class labels, else that loss applied to one-hot
+    labels (losses of targets shaped like the scores: l2, mse, sigmoid_binary_cross_entropy, ...).
+    Which of the two is found by calling the loss once on a tiny batch."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxnn import losses
+
+    if name not in losses.names():
+        raise CLIError(f"--loss: unknown {name!r}; valid: {', '.join(losses.names())}")
+    fn = losses.get(name)
+    scores, labels = jnp.zeros((2, 3), jnp.float32), jnp.asarray([0, 2], jnp.int32)
+
+    def on_one_hot(scores, labels):
+        return fn(scores, jax.nn.one_hot(labels, scores.shape[-1], dtype=scores.dtype))
+
+    for candidate in (fn, on_one_hot):
+        try:
+            if jnp.shape(candidate(scores, labels)) == (2,):
+                return name if candidate is fn else on_one_hot
+        except (ValueError, TypeError):
+            pass
+    raise CLIError(f"--loss {name}: takes neither class labels nor one-hot targets, so it "
+                   f"cannot train a classifier")
+
+
+def check_initializer(name: str) -> None:
+    """``--init NAME`` names an initializer that needs no options, else a :class:`CLIError`."""
+    from jaxnn import initializers
+
+    if name not in initializers.names():
+        raise CLIError(f"--init: unknown {name!r}; valid: {', '.join(initializers.names())}")
+    try:
+        initializers.get(name)
+    except (ValueError, TypeError):
+        usable = []
+        for n in initializers.names():
+            try:
+                initializers.get(n)
+                usable.append(n)
+            except (ValueError, TypeError):
+                pass
+        raise CLIError(f"--init: {name!r} needs arguments the command line does not take; "
+                       f"choose one of {', '.join(usable)}") from None
 
 
 def _devices_arg(text: str):
@@ -210,7 +262,10 @@ def _preprocess(data, spec: str):
         pre = preprocessing.get(name, **kw)
     except (ValueError, TypeError) as e:
         raise CLIError(f"--preprocess {spec!r}: {e}") from None
-    st = pre.fit(data.x_train)  # fitted on the training split only
+    try:
+        st = pre.fit(data.x_train)  # fitted on the training split only
+    except ValueError as e:
+        raise CLIError(f"--preprocess {spec}: {e}") from None
     return data._replace(**{f"x_{s}": _np(pre.transform(st, getattr(data, f"x_{s}")))
                             for s in ("train", "val", "test")})
 
@@ -223,9 +278,9 @@ def _np(a):
 
 def build(config: dict) -> Setup:
     """Load the data and build model and optimizer from a config dict (flags or config.json)."""
-    from jaxnn import activations, data, initializers, layers, losses, optim
+    from jaxnn import activations, data, layers, optim
 
-    c = dict(config)
+    c = check_config(dict(config))
     hidden = parse_hidden(c["hidden"])
     for flag, lo in (("batch_size", 1), ("epochs", 1)):
         if int(c[flag]) < lo:
@@ -236,14 +291,11 @@ def build(config: dict) -> Setup:
         raise CLIError(f"--l2 must be >= 0, got {c['l2']}")
     if not 0 <= c["dropout"] < 1:
         raise CLIError(f"--dropout is a drop probability in [0, 1), got {c['dropout']}")
-    if c["activation"] != "maxout" and c["activation"] not in activations.names():
+    if c["activation"] not in activations.names():
         raise CLIError(f"--activation: unknown {c['activation']!r}; valid: "
-                       f"{', '.join([*activations.names(), 'maxout'])}")
-    if c["loss"] not in ("softmax_cross_entropy", "multiclass_hinge_loss"):
-        raise CLIError(f"--loss: expected softmax_cross_entropy or multiclass_hinge_loss, "
-                       f"got {c['loss']!r}")
-    losses.get(c["loss"])
-    initializers.get(c["init"])
+                       f"{', '.join(activations.names())}")
+    loss = label_loss(c["loss"])
+    check_initializer(c["init"])
     if c["optimizer"] not in optim.names():
         raise CLIError(f"--optimizer: unknown {c['optimizer']!r}; valid: {', '.join(optim.names())}")
     if c["schedule"] not in optim.schedule_names():
@@ -266,51 +318,114 @@ def build(config: dict) -> Setup:
     else:
         lr = optim.get_schedule(c["schedule"], c["lr"], total_steps=steps_per_epoch * c["epochs"])
     optimizer = optim.get(c["optimizer"], learning_rate=lr)
-    return Setup(c, ds, model, optimizer, c["loss"], hidden)
+    return Setup(c, ds, model, optimizer, loss, hidden)
 
 
-def new_run_dir(out: str | None, verb: str) -> str:
-    """The run directory to create: ``out`` or ``runs/<verb>-<time>``; refuses a directory that
-    already holds a run."""
-    path = out or os.path.join("runs", f"{verb}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise CLIError(f"--out {path!r} exists and is not a directory")
-    if os.path.isdir(path) and any(
-        os.path.exists(os.path.join(path, f))
-        for f in ("config.json", "checkpoints", "results.json", "summary.json", "diagnosis.json")
-    ):
-        raise CLIError(f"--out {path!r} already holds a run; choose another directory "
-                       "(or `jaxnn resume` it)")
-    return path
+#: Run directories created by this process; the CLI abandons those left empty by an error.
+OPEN_RUNS: list = []
+
+
+def new_run_dir(out: str | None, verb: str, *, main: bool = True):
+    """Create and lock the run directory of a new run (``out``, or ``runs/<verb>-<time>`` made
+    atomically), checked writable before any data is loaded. Returns a
+    :class:`jaxnn.rundir.RunDir`; use it as a context manager so that a run failing before it
+    writes anything leaves no directory behind."""
+    from jaxnn import rundir
+
+    try:
+        run = rundir.RunDir.create(out, prefix=verb, main=main)
+        OPEN_RUNS.append(run)
+        return run
+    except rundir.RunDirError as e:
+        raise CLIError(f"--out: {e}" if out is not None else str(e)) from None
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _config_types() -> dict[str, tuple[Any, bool]]:
+    """``{key: (type, may_be_none)}`` of every key in :data:`TRAIN_FLAGS`, read off the parser
+    (so a flag added to :func:`add_train_flags` is checked too)."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_train_flags(p)
+    out = {}
+    for a in p._actions:
+        if a.dest not in TRAIN_FLAGS:
+            continue
+        if isinstance(a, argparse._StoreTrueAction | argparse._StoreFalseAction):
+            out[a.dest] = (bool, False)
+        else:
+            out[a.dest] = (a.type or str, a.default is None)
+    return out
+
+
+#: Keys a train run adds to its config besides the flags: (type, may be None).
+_EXTRA_KEYS = {"keep_checkpoints": (int, False), "patience": (int, True), "devices": (int, True)}
+
+
+def check_config(config: dict, *, source: str | None = None) -> dict:
+    """Check a run's config before anything runs: every key present with a value of its flag's
+    type, numbers finite. ``source`` is the file it came from (``config.json``), named in the
+    error with the key; without it the error names the flag. Returns the config."""
+    if not isinstance(config, dict):
+        raise CLIError(f"{source}: expected a JSON object")
+
+    def where(k):
+        return f"{source}: key {k!r}" if source else _flag(k)
+
+    types = {**_config_types(), **(_EXTRA_KEYS if source else {})}
+    if source:
+        missing = [k for k in types if k not in config and k not in _EXTRA_KEYS]
+        if missing:
+            raise CLIError(f"{source}: missing key {missing[0]!r} (is this a `jaxnn train` "
+                           "run directory?)")
+        unknown = sorted(set(config) - set(types) - {"split_seed"})
+        if unknown:
+            raise CLIError(f"{source}: unknown key {unknown[0]!r}")
+    for k, (typ, may_be_none) in types.items():
+        if k not in config:
+            continue
+        v = config[k]
+        if v is None:
+            if may_be_none:
+                continue
+            raise CLIError(f"{where(k)}: expected a value, got null")
+        if typ is bool:
+            ok = isinstance(v, bool)
+        elif typ is int:
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif typ is float:
+            ok = isinstance(v, int | float) and not isinstance(v, bool)
+        elif typ is str:
+            ok = isinstance(v, str)
+        else:  # a custom argparse type: it must accept the value's text
+            try:
+                typ(str(v))
+                ok = not isinstance(v, dict | list)
+            except (argparse.ArgumentTypeError, TypeError, ValueError):
+                ok = False
+        if not ok:
+            name = {int: "an integer", float: "a number", bool: "true or false",
+                    str: "a string"}.get(typ, "a valid value")
+            raise CLIError(f"{where(k)}: expected {name}, got {v!r}")
+        if typ is float and not math.isfinite(v):
+            raise CLIError(f"{where(k)} must be a finite number, got {v}")
+    return config
 
 
 def jsonable(obj):
-    """``obj`` with NamedTuples as dicts, numpy arrays and numbers made plain, and NaN/inf
-    replaced by ``None`` (strict JSON)."""
-    import math
+    """``obj`` as strict JSON values (NamedTuples as dicts, numpy plain, NaN/inf as ``None``)."""
+    from jaxnn import rundir
 
-    import numpy as np
-
-    if hasattr(obj, "_asdict"):
-        obj = obj._asdict()
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple | np.ndarray):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+    return rundir._jsonable(obj)
 
 
-def write_json(path: str, obj) -> None:
-    """Write ``obj`` as strict JSON (see :func:`jsonable`) atomically (temporary file, then
-    rename)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(jsonable(obj), f, indent=2, allow_nan=False)
-    os.replace(tmp, path)
+def write_json(path, obj) -> None:
+    """Write ``obj`` as strict JSON atomically (:func:`jaxnn.rundir.write_json_atomic`)."""
+    from jaxnn import rundir
+
+    rundir.write_json_atomic(path, obj)
 
 
 def table(rows: list[list], headers: list[str]) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 
 from jaxnn.cli import CLIError
@@ -11,16 +9,19 @@ from jaxnn.cli._common import (
     add_device_flags,
     add_train_flags,
     build,
+    check_config,
     config_from_args,
     new_run_dir,
     setup_devices,
     table,
-    write_json,
 )
+
+#: Up to this many epochs the final table shows every epoch; beyond, the first and last few.
+FULL_TABLE_EPOCHS = 40
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train an MLP (default: the embedded digits data)",
+    p = sub.add_parser("train", help="train a network (default: an MLP on the embedded digits)",
                        description="Train a network with mini-batch SGD and write a run "
                                    "directory: config.json, metrics.jsonl, checkpoints/, "
                                    "summary.json and curves.png. With --devices N every batch "
@@ -28,62 +29,83 @@ def add_parser(sub) -> None:
                                    "the run spans several processes/hosts.")
     add_train_flags(p)
     add_device_flags(p)
-    p.add_argument("--out", default=None, help="run directory (default runs/train-<time>)")
-    p.add_argument("--keep-checkpoints", type=int, default=3, help="checkpoints kept (last N)")
-    p.add_argument("--patience", type=int, default=None,
-                   help="stop after this many epochs without a better validation loss")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default=None,
+                   help="run directory (default: runs/train-<date>-<time>, a new one)")
+    g.add_argument("--keep-checkpoints", type=int, default=3,
+                   help="checkpoints kept, the newest N (default: %(default)s)")
+    g.add_argument("--patience", type=int, default=None,
+                   help="stop after this many epochs without a better validation loss "
+                        "(default: never)")
+    _add_output_flags(g)
     p.set_defaults(func=run_train)
 
     r = sub.add_parser("resume", help="continue an interrupted `jaxnn train` run",
-                       description="Continue a run from its latest checkpoint; the remaining "
-                                   "epochs are exactly those of an uninterrupted run.")
+                       description="Continue a run from its newest checkpoint that restores; "
+                                   "the remaining epochs are exactly those of an uninterrupted "
+                                   "run.")
     r.add_argument("run_dir", help="the run directory of an interrupted `jaxnn train`")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_output_flags(r)
     add_device_flags(r)
     r.set_defaults(func=run_resume)
+
+
+def _add_output_flags(g) -> None:
+    g.add_argument("--quiet", action="store_true",
+                   help="no progress (the final table and errors are still printed)")
+    g.add_argument("--no-progress", action="store_true", help="same as --quiet")
 
 
 def run_train(args) -> int:
     config = config_from_args(args)
     config["keep_checkpoints"] = args.keep_checkpoints
     config["patience"] = args.patience
+    check_config(config)
     if args.keep_checkpoints < 1:
         raise CLIError(f"--keep-checkpoints must be >= 1, got {args.keep_checkpoints}")
+    if args.patience is not None and args.patience < 1:
+        raise CLIError(f"--patience must be >= 1 (or left out), got {args.patience}")
     if args.coordinator is not None and args.out is None:
         raise CLIError("a multi-process run needs --out: the same run directory in every process")
     dev = setup_devices(args, batch_size=config["batch_size"])  # before any other JAX call
     config["devices"] = dev.count
-    setup = build(config)  # validates everything and loads the data before writing anything
-    _check_effective_batch(setup, dev)
-    run_dir = new_run_dir(args.out, "train")  # every process checks before process 0 writes
-    _barrier(dev, "jaxnn: run directory checked")
-    if dev.main:
-        os.makedirs(run_dir, exist_ok=True)
-        write_json(os.path.join(run_dir, "config.json"), config)
-    return _fit_and_report(setup, run_dir, resume=False, progress=not args.no_progress, dev=dev)
+    # The run directory is created, locked and checked writable before any data is loaded; it
+    # is removed again if anything below fails before the run writes its first file.
+    with new_run_dir(args.out, "train", main=dev.main) as run:
+        _barrier(dev, "jaxnn: run directory checked")
+        setup = build(config)
+        _check_effective_batch(setup, dev)
+        return _fit_and_report(setup, run, resume=False, args=args, dev=dev)
 
 
 def run_resume(args) -> int:
-    run_dir = args.run_dir
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
-        raise CLIError(f"{run_dir!r} is not a jaxnn run directory (no config.json)")
+    from jaxnn import rundir
+
     try:
-        with open(path) as f:
-            config = json.load(f)
-    except json.JSONDecodeError as e:
-        raise CLIError(f"{path}: not valid JSON ({e.msg})") from None
-    if os.path.exists(os.path.join(run_dir, "summary.json")):
-        print(f"{run_dir}: already finished (summary.json exists); nothing to do")
-        return 0
-    # The saved device count unless --devices says otherwise (the numbers do not depend on it).
-    dev = setup_devices(args, batch_size=int(config["batch_size"]),
-                        default=config.get("devices", 1) if args.coordinator is None else None)
-    config["devices"] = dev.count
-    setup = build(config)
-    _check_effective_batch(setup, dev)
-    return _fit_and_report(setup, run_dir, resume=True, progress=not args.no_progress, dev=dev)
+        run = rundir.RunDir.open(args.run_dir)
+    except rundir.RunDirError as e:
+        raise CLIError(str(e)) from None
+    with run:
+        path = run.file("config.json")
+        try:
+            config = check_config(run.read_json("config.json"), source=path)
+        except rundir.RunDirError as e:
+            raise CLIError(str(e)) from None
+        if run.exists("summary.json"):
+            print(f"{run.path}: already finished (summary.json exists); nothing to do")
+            return 0
+        # The saved device count unless --devices says otherwise (the numbers do not depend
+        # on it); config.json records what this run uses.
+        dev = setup_devices(args, batch_size=int(config["batch_size"]),
+                            default=config.get("devices", 1) if args.coordinator is None else None)
+        try:
+            setup = build(config)
+        except CLIError as e:
+            raise CLIError(f"{path}: {e}") from None
+        _check_effective_batch(setup, dev)
+        if config.get("devices") != dev.count:
+            run.write_json("config.json", {**config, "devices": dev.count})
+        return _fit_and_report(setup, run, resume=True, args=args, dev=dev)
 
 
 def _check_effective_batch(setup, dev) -> None:
@@ -102,18 +124,79 @@ def _barrier(dev, name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def _fit_and_report(setup, run_dir: str, *, resume: bool, progress: bool, dev) -> int:
+class _Progress:
+    """The CLI's view of training: a tqdm bar on a terminal, one flushed line per epoch when
+    stderr is not a terminal (a pipe, a log file, nohup, SLURM), nothing with ``--quiet``."""
+
+    def __init__(self, *, total: int, quiet: bool, enabled: bool):
+        self.total, self.bar, self.lines = total, None, False
+        if quiet or not enabled:
+            return
+        if sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc="train", unit="epoch", leave=False)
+        else:
+            self.lines = True
+
+    def start(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.n = done
+            self.bar.refresh()
+
+    def __call__(self, rec: dict, state=None) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{rec['train_loss']:.4f}", val_acc=f"{rec['val_acc']:.4f}")
+        elif self.lines:
+            sys.stderr.write(
+                f"epoch {rec['epoch']}/{self.total}  train_loss {rec['train_loss']:.4f}  "
+                f"train_acc {rec['train_acc']:.4f}  val_loss {rec['val_loss']:.4f}  "
+                f"val_acc {rec['val_acc']:.4f}  ({rec['seconds']:.3f} s)\n")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(f"jaxnn: {message}\n")
+    sys.stderr.flush()
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _fit_and_report(setup, run, *, resume: bool, args, dev) -> int:
     import jax
 
-    from jaxnn import distributed, plots, train
+    from jaxnn import distributed, plots, rundir, train
 
     c = setup.config
-    history = train.fit(
-        setup.model, setup.data, optimizer=setup.optimizer, epochs=c["epochs"],
-        key=jax.random.key(c["seed"]), loss=setup.loss, batch_size=c["batch_size"], l2=c["l2"],
-        out_dir=run_dir, keep_checkpoints=c.get("keep_checkpoints", 3), resume=resume,
-        patience=c.get("patience"), progress=progress and sys.stderr.isatty(), mesh=dev.mesh,
-    )
+    quiet = getattr(args, "quiet", False) or getattr(args, "no_progress", False)
+    progress = _Progress(total=c["epochs"], quiet=quiet, enabled=dev.main)
+    progress_started = []
+
+    def on_epoch(rec, state):
+        if not progress_started:
+            progress.start(rec["epoch"] - 1)
+            progress_started.append(True)
+        progress(rec)
+
+    try:
+        history = rundir.fit(
+            run, setup.model, setup.data, optimizer=setup.optimizer, epochs=c["epochs"],
+            key=jax.random.key(c["seed"]), loss=setup.loss, batch_size=c["batch_size"],
+            l2=c["l2"], keep_checkpoints=c.get("keep_checkpoints", 3), resume=resume,
+            patience=c.get("patience"), mesh=dev.mesh, config=None if resume else c,
+            callback=on_epoch, notify=_say if dev.main else None,
+        )
+    except rundir.RunDirError as e:
+        raise CLIError(str(e)) from None
+    finally:
+        progress.close()
     state = history.state
     x_test, y_test = setup.data.x_test, setup.data.y_test
     if dev.mesh is not None:
@@ -122,29 +205,41 @@ def _fit_and_report(setup, run_dir: str, *, resume: bool, progress: bool, dev) -
                           loss=setup.loss)
     if not dev.main:  # only process 0 writes and prints
         return 1 if history.diverged else 0
+    records = history.records
     summary = {
         "test_acc": float(test.accuracy),
         "test_loss": float(test.loss),
-        "epochs_done": len(history.records),
+        "epochs_done": history.epochs_done,
         "stopped_reason": history.stopped_reason,
         "initial_loss": history.initial_loss,
-        "final_train_loss": history.records[-1]["train_loss"] if history.records else None,
-        "final_val_acc": history.records[-1]["val_acc"] if history.records else None,
+        "final_train_loss": records[-1]["train_loss"] if records else None,
+        "final_val_acc": records[-1]["val_acc"] if records else None,
     }
-    if history.records:
-        plots.learning_curves(history.records, os.path.join(run_dir, "curves.png"),
+    if records:
+        plots.learning_curves(records, run.file("curves.png"),
                               title=f"{c['dataset']}: {c['hidden']} {c['activation']}")
-    write_json(os.path.join(run_dir, "summary.json"), summary)
+    run.write_json("summary.json", summary)
 
-    rows = [[r["epoch"], r["train_loss"], r["train_acc"], r["val_loss"], r["val_acc"]]
-            for r in history.records]
-    shown = rows if len(rows) <= 8 else rows[:3] + [["...", "", "", "", ""]] + rows[-4:]
-    print(table(shown, ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]))
-    print(f"test accuracy {summary['test_acc']:.4f}  test loss {summary['test_loss']:.4f}  "
-          f"({summary['epochs_done']} epochs, {history.stopped_reason})")
-    print(f"run directory: {run_dir}")
+    if records:
+        rows = [[r["epoch"], r["train_loss"], r["train_acc"], r["val_loss"], r["val_acc"]]
+                for r in records]
+        elided = len(rows) > FULL_TABLE_EPOCHS
+        shown = rows if not elided else rows[:3] + [["...", "", "", "", ""]] + rows[-4:]
+        print(table(shown, ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]))
+        if elided:
+            print(f"(every epoch: {run.file('metrics.jsonl')})")
     if history.diverged:
-        sys.stderr.write(f"jaxnn train: {history.stopped_reason}; the last good checkpoint is "
-                         f"kept in {os.path.join(run_dir, 'checkpoints')}\n")
+        good = history.epochs_done
+        print(f"{history.stopped_reason}")
+        print(f"test accuracy {summary['test_acc']:.4f}  test loss {summary['test_loss']:.4f}  "
+              f"(of the last good state: {'the initial parameters' if good == 0 else ''}"
+              f"{'epoch ' + str(good) if good else ''})")
+        print(f"run directory: {run.path}")
+        sys.stderr.write(f"jaxnn {'resume' if resume else 'train'}: {history.stopped_reason}; "
+                         f"the last good state (epoch {good}) is kept in "
+                         f"{run.file('checkpoints')}\n")
         return 1
+    print(f"test accuracy {summary['test_acc']:.4f}  test loss {summary['test_loss']:.4f}  "
+          f"({_plural(history.epochs_done, 'epoch')}, {history.stopped_reason})")
+    print(f"run directory: {run.path}")
     return 0

@@ -1,0 +1,566 @@
+"""The run directory: the one owner of everything a run writes.
+
+A run directory holds ``config.json``, ``metrics.jsonl`` (one JSON object per epoch),
+``checkpoints/`` (orbax), ``summary.json`` and plots. This module is the only code that writes
+them, and it keeps four promises:
+
+- **One process per run.** :class:`RunDir` holds an exclusive ``fcntl.flock`` on ``RUN/.lock``
+  for the whole run; the OS releases it when the process exits, even on ``kill -9``. A second
+  process gets :class:`RunInUseError` ("RUN is in use by process P").
+- **Nothing half-written.** Every JSON file is written to a temporary file and renamed
+  (:func:`write_json_atomic`); ``metrics.jsonl`` grows by appended whole lines and is otherwise
+  rewritten atomically. A new run directory is created atomically (``os.mkdir``; a default name
+  that is taken gets a ``-2``, ``-3``, ... suffix) and probed for writability before any data is
+  loaded; :meth:`RunDir.abandon` removes it again if the run fails before writing anything.
+- **Nothing intact lost.** Each checkpoint carries the metric records up to its epoch, so
+  ``metrics.jsonl`` can be rebuilt; a garbled line is skipped (and reported), never a reason to
+  drop the lines after it; resume falls back to the newest checkpoint that restores, moving a
+  corrupt one aside to ``corrupt-checkpoints/``.
+- **Resume repeats the uninterrupted run.** :func:`fit` continues from the restored state; since
+  the data order and dropout keys are pure functions of ``(key, epoch, step)``, every later
+  epoch's loss is the one an uninterrupted run gets.
+
+Example::
+
+    with RunDir.create("runs/exp1") as run:
+        history = fit(run, model, data, optimizer=opt, epochs=10, key=jax.random.key(0),
+                      config={"lr": 0.1})
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from jaxnn import train as _train
+from jaxnn.checkpoint import Checkpointer
+
+__all__ = [
+    "RunDirError",
+    "RunInUseError",
+    "RunDir",
+    "Restored",
+    "write_json_atomic",
+    "read_json",
+    "read_metrics",
+    "fit",
+    "RUN_FILES",
+]
+
+#: Files whose presence marks a directory as holding a run.
+RUN_FILES = ("config.json", "checkpoints", "metrics.jsonl", "results.json", "summary.json",
+             "diagnosis.json")
+_LOCK = ".lock"
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used: not writable, holding another run, corrupt files."""
+
+
+class RunInUseError(RunDirError):
+    """Another live process holds the run directory's lock."""
+
+
+def _jsonable(obj):
+    """``obj`` made strict JSON: NamedTuples as dicts, numpy values plain, NaN/inf as ``None``."""
+    if hasattr(obj, "_asdict"):
+        obj = obj._asdict()
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | np.ndarray):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as strict JSON to ``path``: a temporary file in the same directory, flushed
+    to disk, then renamed over ``path`` (readers see the old file or the new one, never half)."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(_jsonable(obj), f, indent=2, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def _write_text_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """A JSON object from ``path``; a missing file, invalid JSON or a non-object is a
+    :class:`RunDirError` naming the file."""
+    path = os.fspath(path)
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except FileNotFoundError:
+        raise RunDirError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        msg = getattr(e, "msg", str(e))
+        raise RunDirError(f"{path}: not valid JSON ({msg})") from None
+    if not isinstance(obj, dict):
+        raise RunDirError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def read_metrics(path: str | os.PathLike) -> tuple[list[dict], list[int]]:
+    """The intact records of a ``metrics.jsonl`` and the line numbers (1-based) that were garbled
+    and skipped. A record is intact when it is a JSON object with an integer ``epoch`` >= 1; the
+    last record of an epoch wins. Records come back sorted by epoch."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        return [], []
+    by_epoch, bad = {}, []
+    with open(path, errors="replace") as f:
+        for i, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                bad.append(i)
+                continue
+            ep = rec.get("epoch") if isinstance(rec, dict) else None
+            if not isinstance(ep, int) or isinstance(ep, bool) or ep < 1:
+                bad.append(i)
+                continue
+            by_epoch[ep] = rec
+    return [by_epoch[e] for e in sorted(by_epoch)], bad
+
+
+def _holds_run(path: str) -> bool:
+    return any(os.path.exists(os.path.join(path, f)) for f in RUN_FILES)
+
+
+def _os_reason(e: OSError) -> str:
+    return e.strerror or type(e).__name__
+
+
+class Restored(NamedTuple):
+    """What :meth:`RunDir.restore` found: the restored ``state`` and checkpoint ``metadata`` (both
+    ``None`` when there is no usable checkpoint), its ``step``, and ``skipped``: one
+    ``(step, reason)`` per newer checkpoint that did not restore."""
+
+    state: Any
+    metadata: dict | None
+    step: int | None
+    skipped: list[tuple[int, str]]
+
+
+class RunDir:
+    """A run directory held by this process (see the module docstring).
+
+    Build one with :meth:`create` (a new run) or :meth:`open` (an existing run, e.g. to resume).
+    In a multi-process run only process 0 (``main=True``) locks and writes files; the others only
+    take part in checkpoint saves. Use as a context manager: leaving it releases the lock, and
+    leaving it with an exception before anything was written removes a directory it created.
+    """
+
+    def __init__(self, path: str, *, main: bool = True, created: bool = False):
+        self.path = os.fspath(path)
+        self.main = main
+        self.created = created
+        self._lock_fd: int | None = None
+        self._written = False
+        self._file_epochs: set[int] = set()
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def __str__(self) -> str:
+        return self.path
+
+    def __repr__(self) -> str:
+        return f"RunDir({self.path!r})"
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def create(cls, path: str | os.PathLike | None = None, *, prefix: str = "run",
+               root: str | os.PathLike = "runs", main: bool = True) -> RunDir:
+        """A directory for a new run, locked and checked writable.
+
+        With ``path`` the directory may exist but must not hold a run; without it the name is
+        ``root/prefix-YYYYmmdd-HHMMSS``, created atomically with a numeric suffix if taken.
+        Errors (:class:`RunDirError`) name the path and why it cannot be used."""
+        if not main:
+            return cls(os.fspath(path), main=False)
+        if path is None:
+            path, created = cls._make_default(os.fspath(root), prefix), True
+        else:
+            path, created = os.fspath(path), False
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise RunDirError(f"{path} exists and is not a directory")
+            if not os.path.isdir(path):
+                try:
+                    os.makedirs(path)
+                    created = True
+                except FileExistsError:
+                    pass  # made by someone else meanwhile: the lock below decides
+                except OSError as e:
+                    raise RunDirError(f"cannot create the run directory {path}: "
+                                      f"{_os_reason(e)}") from None
+        run = cls(path, main=True, created=created)
+        try:
+            run._probe_writable()
+            run._acquire_lock()
+            if _holds_run(path):
+                raise RunDirError(f"{path} already holds a run; choose another directory "
+                                  "(or resume it)")
+        except BaseException:
+            run._cleanup()
+            raise
+        return run
+
+    @staticmethod
+    def _make_default(root: str, prefix: str) -> str:
+        try:
+            os.makedirs(root, exist_ok=True)
+        except OSError as e:
+            raise RunDirError(f"cannot create {root}: {_os_reason(e)}") from None
+        base = os.path.join(root, f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}")
+        for i in range(1, 10_000):
+            path = base if i == 1 else f"{base}-{i}"
+            try:
+                os.mkdir(path)  # atomic: exactly one process gets each name
+                return path
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise RunDirError(f"cannot create the run directory {path}: "
+                                  f"{_os_reason(e)}") from None
+        raise RunDirError(f"cannot find a free run directory name under {root}")
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, main: bool = True) -> RunDir:
+        """An existing run directory (holding ``config.json``), locked for this process."""
+        path = os.fspath(path)
+        if not os.path.isdir(path):
+            raise RunDirError(f"{path} is not a directory")
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise RunDirError(f"{path} is not a jaxnn run directory (no config.json)")
+        run = cls(path, main=main)
+        if main:
+            run._probe_writable()
+            run._acquire_lock()
+            run._written = True  # an existing run is never removed
+        return run
+
+    def _probe_writable(self) -> None:
+        probe = os.path.join(self.path, f".probe-{os.getpid()}")
+        try:
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as e:
+            raise RunDirError(f"cannot write in the run directory {self.path}: "
+                              f"{_os_reason(e)}") from None
+
+    def _acquire_lock(self) -> None:
+        lock_path = os.path.join(self.path, _LOCK)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunDirError(f"cannot write in the run directory {self.path}: "
+                              f"{_os_reason(e)}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunDirError(f"cannot lock the run directory {self.path}: "
+                                  f"{_os_reason(e)}") from None
+            pid = _read_pid(lock_path)
+            who = f"process {pid}" if pid else "another process"
+            raise RunInUseError(f"{self.path} is in use by {who}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    # ------------------------------------------------------------------ closing
+    def close(self) -> None:
+        """Release the lock (the lock file stays; it is not a sign of a live process)."""
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def abandon(self) -> None:
+        """Undo :meth:`create` when the run failed before writing anything: remove the lock file
+        and, if this process created the directory and it is now empty, the directory."""
+        if self._written:
+            self.close()
+            return
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        self.close()
+        if not self.main:
+            return
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(self.path, _LOCK))
+        if self.created:
+            with contextlib.suppress(OSError):
+                os.rmdir(self.path)  # only if empty: nothing of anybody's is removed
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and not self._written:
+            self.abandon()
+        else:
+            self.close()
+
+    # ------------------------------------------------------------------ files
+    def file(self, name: str) -> str:
+        """The path of ``name`` inside the run directory."""
+        return os.path.join(self.path, name)
+
+    def exists(self, name: str) -> bool:
+        return os.path.exists(self.file(name))
+
+    def write_json(self, name: str, obj: Any) -> None:
+        """Write ``name`` atomically as strict JSON (process 0 only)."""
+        if self.main:
+            write_json_atomic(self.file(name), obj)
+            self._written = True
+
+    def read_json(self, name: str) -> dict:
+        """:func:`read_json` of ``name`` in this directory."""
+        return read_json(self.file(name))
+
+    def mark_written(self) -> None:
+        """Say that the run has written something of its own (a plot, say): from now on a
+        failure keeps the directory."""
+        self._written = True
+
+    # ------------------------------------------------------------------ metrics
+    def read_metrics(self) -> tuple[list[dict], list[int]]:
+        """:func:`read_metrics` of ``metrics.jsonl``."""
+        return read_metrics(self.file("metrics.jsonl"))
+
+    def write_metrics(self, records: list[dict]) -> None:
+        """Replace ``metrics.jsonl`` atomically by ``records`` (sorted by epoch)."""
+        if not self.main:
+            return
+        records = sorted(records, key=lambda r: r["epoch"])
+        _write_text_atomic(self.file("metrics.jsonl"),
+                           "".join(json.dumps(_jsonable(r)) + "\n" for r in records))
+        self._file_epochs = {r["epoch"] for r in records}
+        self._written = True
+
+    def record_epoch(self, rec: dict, file_records: list[dict] | None = None) -> None:
+        """Add one epoch's record: appended as one whole line, or, when ``metrics.jsonl`` already
+        holds that epoch (a rerun after a fallback), an atomic rewrite replacing it."""
+        if not self.main:
+            return
+        if rec["epoch"] in self._file_epochs or (self._file_epochs and
+                                                 rec["epoch"] < max(self._file_epochs)):
+            records, _ = self.read_metrics()
+            self.write_metrics([r for r in records if r["epoch"] != rec["epoch"]] + [rec])
+            return
+        with open(self.file("metrics.jsonl"), "a") as f:
+            f.write(json.dumps(_jsonable(rec)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._file_epochs.add(rec["epoch"])
+        self._written = True
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpointer(self, *, keep: int = 3) -> Checkpointer:
+        """The orbax :class:`~jaxnn.checkpoint.Checkpointer` of ``checkpoints/``."""
+        ckpt = Checkpointer(self.file("checkpoints"), max_to_keep=keep)
+        self._written = True
+        return ckpt
+
+    def restore(self, ckpt: Checkpointer, *, template: Any,
+                check: Callable[[Any, dict], str | None] | None = None) -> Restored:
+        """Restore the newest checkpoint that restores (and passes ``check(state, meta)``, which
+        returns a reason to reject it or ``None``); each newer one that fails is moved to
+        ``corrupt-checkpoints/`` and listed in ``skipped``."""
+        skipped = []
+        for step in sorted(ckpt.all_steps(), reverse=True):
+            try:
+                state, meta = ckpt.restore(template=template, step=step)
+                reason = check(state, meta) if check is not None else None
+            except Exception as e:  # orbax raises many types for a damaged directory
+                reason = _short_reason(e)
+            if reason is None:
+                return Restored(state, meta, step, skipped)
+            skipped.append((step, reason))
+            self._set_aside(ckpt, step)
+        return Restored(None, None, None, skipped)
+
+    def _set_aside(self, ckpt: Checkpointer, step: int) -> None:
+        if not self.main:
+            return
+        src = os.path.join(ckpt.directory, str(step))
+        dst_dir = self.file("corrupt-checkpoints")
+        os.makedirs(dst_dir, exist_ok=True)
+        dst = os.path.join(dst_dir, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        if os.path.exists(src):
+            shutil.move(src, dst)
+        ckpt.reload()
+
+
+def _read_pid(lock_path: str) -> int | None:
+    try:
+        with open(lock_path) as f:
+            return int(f.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def _short_reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(e).__name__}: {first[:160]}" if first else type(e).__name__
+
+
+# ---------------------------------------------------------------------- fit in a run directory
+def _check_meta(meta: dict, epochs: int) -> str | None:
+    """A reason to reject checkpoint metadata, or ``None``."""
+    ep, l0, recs = meta.get("epoch"), meta.get("initial_loss"), meta.get("records")
+    if not isinstance(ep, int) or ep < 0:
+        return f"metadata 'epoch' is {ep!r}, expected an integer >= 0"
+    if not isinstance(l0, int | float) or not math.isfinite(l0):
+        return f"metadata 'initial_loss' is {l0!r}, expected a finite number"
+    if not isinstance(recs, list) or [r.get("epoch") for r in recs if isinstance(r, dict)] != \
+            list(range(1, ep + 1)):
+        return "metadata 'records' do not list epochs 1..epoch"
+    return None
+
+
+def _tree_finite(state) -> bool:
+    return bool(_train.tree_all_finite(state.params))
+
+
+def fit(
+    run: RunDir,
+    model,
+    data,
+    *,
+    optimizer,
+    epochs: int,
+    key: jax.Array,
+    resume: bool = False,
+    keep_checkpoints: int = 3,
+    config: dict | None = None,
+    callback: Callable[[dict, Any], None] | None = None,
+    notify: Callable[[str], None] | None = None,
+    **fit_kw,
+) -> _train.History:
+    """:func:`jaxnn.train.fit` inside a run directory.
+
+    Saves a checkpoint of the initial state (epoch 0) and one after every healthy epoch (the last
+    ``keep_checkpoints`` kept), each carrying the metric records so far, then appends the epoch's
+    line to ``metrics.jsonl``. ``config`` is written to ``config.json`` once the initial loss is
+    known to be finite (a run refused at the start writes nothing). With ``resume=True`` it
+    continues from the newest checkpoint that restores; ``metrics.jsonl`` is rebuilt from the
+    intact lines and the checkpoint's records. ``notify(message)`` receives one line per event
+    worth telling the user (a skipped checkpoint, garbled metrics lines). Other keywords go to
+    :func:`jaxnn.train.fit`.
+    """
+    if keep_checkpoints < 1:
+        raise ValueError(f"keep_checkpoints must be >= 1, got {keep_checkpoints}")
+    say = notify or (lambda _msg: None)
+    ckpts, start, initial, records = [], None, [], []
+    try:
+        if resume:
+            ckpts.append(run.checkpointer(keep=keep_checkpoints))
+            start = _resume_point(run, ckpts[0], model, optimizer, key, epochs, say)
+        elif run.exists("checkpoints") and os.listdir(run.file("checkpoints")):
+            raise RunDirError(f"{run.path} already holds checkpoints; resume it or choose "
+                              "another directory")
+
+        if start is not None:
+            records.extend(start.records)
+
+        def on_start(state, initial_loss):
+            # Nothing is written before the run is known to start: a refused run leaves no trace.
+            initial.append(initial_loss)
+            if config is not None and not resume:
+                run.write_json("config.json", config)
+            if not ckpts:
+                ckpts.append(run.checkpointer(keep=keep_checkpoints))
+            if start is None:  # the initial state: the last good checkpoint of a run that
+                # diverges in its first epoch, and a resume point before epoch 1
+                ckpts[0].save(0, state, {"epoch": 0, "initial_loss": initial_loss,
+                                         "records": []})
+
+        def on_epoch(rec, state):
+            records.append(rec)
+            ckpts[0].save(rec["epoch"], state, {"epoch": rec["epoch"], "initial_loss": initial[0],
+                                            "records": _jsonable(records)})
+            run.record_epoch(rec)
+            if callback is not None:
+                callback(rec, state)
+
+        return _train.fit(model, data, optimizer=optimizer, epochs=epochs, key=key, start=start,
+                          on_start=on_start, callback=on_epoch, **fit_kw)
+    finally:
+        for ckpt in ckpts:
+            ckpt.close()
+
+
+def _resume_point(run, ckpt, model, optimizer, key, epochs, say):
+    """The :class:`jaxnn.train.Start` to continue from, and ``metrics.jsonl`` rebuilt."""
+    template = _train.init_train_state(model, optimizer, key=key)
+    found = run.restore(ckpt, template=template,
+                        check=lambda st, meta: _check_meta(meta, epochs) or (
+                            None if _tree_finite(st) else "parameters are not finite"))
+    for step, reason in found.skipped:
+        say(f"skipped checkpoint {step} ({reason}); moved to corrupt-checkpoints/")
+    file_records, bad = run.read_metrics()
+    if bad:
+        say(f"skipped {len(bad)} garbled line(s) of metrics.jsonl (line "
+            f"{', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''})")
+    if found.state is None:
+        if found.skipped:
+            raise RunDirError(f"{run.path}: no checkpoint restores (newest: checkpoint "
+                              f"{found.skipped[0][0]}: {found.skipped[0][1]})")
+        run.write_metrics(file_records)  # no checkpoint yet: start again from the beginning
+        return None
+    meta = found.metadata
+    kept = {r["epoch"]: r for r in file_records}
+    for r in meta["records"]:
+        kept.setdefault(r["epoch"], r)  # the checkpoint restores lines lost from the file
+    if bad or len(kept) != len(file_records):
+        run.write_metrics(list(kept.values()))
+    else:
+        run._file_epochs = set(kept)
+    return _train.Start(found.state, int(meta["epoch"]), float(meta["initial_loss"]),
+                        list(meta["records"]))
