@@ -30,7 +30,6 @@ def add_parser(sub) -> None:
         description="Reproduce the curriculum's demonstrations. Each writes results.json and "
                     "PNG plots into --out and prints a table.")
     ex = e.add_subparsers(dest="experiment", metavar="EXPERIMENT", parser_class=type(e))
-    e.set_defaults(func=lambda args: _usage(e))
 
     d = ex.add_parser(
         "init-depth", help="activations through a deep net for five (activation, init) pairs",
@@ -83,11 +82,6 @@ def add_parser(sub) -> None:
     # cross-entropy model's keep growing.
     add_train_flags(lo, epochs=8, lr=0.01)
     lo.set_defaults(func=run_losses, l2=0.0)
-
-
-def _usage(parser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
 
 
 # --------------------------------------------------------------------------- helpers
