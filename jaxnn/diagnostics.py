@@ -364,7 +364,7 @@ def overfit_check(
     n = int(x.shape[0])
     tiny = data._replace(x_train=x, y_train=y, x_val=x, y_val=y)
     history = _train.fit(model, tiny, optimizer=optimizer, epochs=epochs, key=key, loss=loss,
-                         batch_size=batch_size or n, l2=0.0, progress=False)
+                         batch_size=batch_size or n, l2=0.0)
     st = history.state
     ev = _train.evaluate(model.apply, st.params, st.model_state, x, y, loss=loss)
     final_loss, acc = float(ev.loss), float(ev.accuracy)

@@ -326,11 +326,13 @@ class RunDir:
         self._cleanup()
 
     def _cleanup(self) -> None:
+        held = self._lock_fd is not None
         self.close()
         if not self.main:
             return
-        with contextlib.suppress(OSError):
-            os.remove(os.path.join(self.path, _LOCK))
+        if held:  # never the lock file of another live process
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(self.path, _LOCK))
         if self.created:
             with contextlib.suppress(OSError):
                 os.rmdir(self.path)  # only if empty: nothing of anybody's is removed

@@ -266,7 +266,7 @@ def test_dead_fraction_callback_tracks_fit(blobs):
     model = layers.mlp([6, 16, 5], bias_init=-3.0)  # a negative bias: some units never fire
     x_probe = blobs.x_val[:32]
     hist = train.fit(model, blobs, optimizer=optim.sgd(0.01), epochs=2, key=jax.random.key(0),
-                     progress=False, callback=diagnostics.dead_fraction_callback(model, x_probe))
+                     callback=diagnostics.dead_fraction_callback(model, x_probe))
     assert [("dead_fraction" in r) for r in hist.records] == [True, True]
     (_, post), = _np_forward(hist.state.params, x_probe, lambda z: np.maximum(z, 0))[0]
     expected = np.mean(np.all(post == 0, 0))

@@ -108,7 +108,7 @@ out["pop_spec"] = list(jax.tree.leaves(pops[8].params)[0].sharding.spec)
 out["pop_devices"] = len(jax.tree.leaves(pops[8].params)[0].sharding.device_set)
 try:
     train.fit(model, ds, optimizer=optim.sgd(0.1), epochs=1, key=jax.random.key(0),
-              batch_size=60, progress=False, mesh=distributed.data_mesh(8))
+              batch_size=60, mesh=distributed.data_mesh(8))
     out["fit_bad"] = ""
 except ValueError as e:
     out["fit_bad"] = str(e)

@@ -59,7 +59,7 @@ def test_member_equals_population_of_one(dataset, model, result, i):
 def test_member_equals_fit_with_the_same_settings(dataset, model, result):
     # Member 0 (seed 3, l2 0, scale 1) is fit() with key fold_in(key, 3).
     hist = train.fit(model, dataset, optimizer=optim.momentum(0.02), epochs=3, batch_size=32,
-                     key=jax.random.fold_in(jax.random.key(1), 3), progress=False)
+                     key=jax.random.fold_in(jax.random.key(1), 3))
     np.testing.assert_allclose(hist["train_loss"], result.history["train_loss"][:, 0], rtol=2e-5)
 
 

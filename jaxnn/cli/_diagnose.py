@@ -71,7 +71,7 @@ def run_diagnose(args) -> int:
         x_probe, y_probe = data.x_train[:args.probe_examples], data.y_train[:args.probe_examples]
     history = train.fit(
         model, data, optimizer=setup.optimizer, epochs=c["epochs"], key=key, loss=setup.loss,
-        batch_size=c["batch_size"], l2=c["l2"], progress=False,
+        batch_size=c["batch_size"], l2=c["l2"],
         callback=diagnostics.dead_fraction_callback(model, x_probe))
     st = history.state
     layers = diagnostics.layer_stats(

@@ -1,0 +1,257 @@
+"""jaxnn.rundir: the lock, atomic files, metrics that lose nothing intact, checkpoint fallback, and
+resume equal to an uninterrupted run."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jaxnn import layers, optim, rundir, train
+
+
+@pytest.fixture(scope="module")
+def dataset(make_blobs):
+    return make_blobs(n=150, classes=3, spread=3.0, n_train=90, n_val=30)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return layers.mlp([6, 16, 3], dropout=0.2, batch_norm=True)
+
+
+KW = dict(batch_size=32, key=jax.random.key(7), l2=1e-3)
+
+
+def _opt():
+    return optim.momentum(0.05)
+
+
+@pytest.fixture(scope="module")
+def full(model, dataset):
+    """An uninterrupted 4-epoch run: the reference every resumed run must repeat."""
+    return train.fit(model, dataset, optimizer=_opt(), epochs=4, **KW)
+
+
+def _run(path, model, dataset, *, epochs, resume=False, messages=None, **kw):
+    run = rundir.RunDir.open(path) if resume else rundir.RunDir.create(path)
+    with run:
+        return rundir.fit(run, model, dataset, optimizer=_opt(), epochs=epochs, resume=resume,
+                          notify=None if messages is None else messages.append,
+                          config={"note": "test"}, **KW, **kw)
+
+
+def _lines(path):
+    return [json.loads(s) for s in open(os.path.join(path, "metrics.jsonl"))]
+
+
+# --------------------------------------------------------------------------- lock
+def test_a_second_holder_is_refused_with_the_pid(tmp_path):
+    path = tmp_path / "r"
+    with rundir.RunDir.create(path):
+        with pytest.raises(rundir.RunInUseError, match=f"in use by process {os.getpid()}"):
+            rundir.RunDir.create(path)
+        (path / "config.json").write_text("{}")
+        with pytest.raises(rundir.RunInUseError):
+            rundir.RunDir.open(path)
+    with rundir.RunDir.open(path):  # released on close
+        pass
+
+
+def test_the_lock_dies_with_its_process(tmp_path):
+    """kill -9 of the holder: the OS releases the flock, the next process gets the run."""
+    path = tmp_path / "r"
+    code = ("import sys, time; from jaxnn import rundir; r = rundir.RunDir.create(sys.argv[1]);"
+            "print('locked', flush=True); time.sleep(60)")
+    p = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE,
+                         text=True)
+    try:
+        assert p.stdout.readline().strip() == "locked"
+        with pytest.raises(rundir.RunInUseError, match=f"process {p.pid}"):
+            rundir.RunDir.create(path)
+    finally:
+        p.kill()
+        p.wait()
+    with rundir.RunDir.create(path):
+        pass
+
+
+def test_default_names_are_unique_within_one_second(tmp_path, monkeypatch):
+    monkeypatch.setattr(time, "strftime", lambda fmt: "20260101-000000")
+    runs = [rundir.RunDir.create(None, prefix="train", root=tmp_path) for _ in range(3)]
+    names = [os.path.basename(r.path) for r in runs]
+    assert names == ["train-20260101-000000", "train-20260101-000000-2",
+                     "train-20260101-000000-3"]
+    for r in runs:
+        r.close()
+
+
+def test_unwritable_places_are_refused_before_anything(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(rundir.RunDirError, match="not a directory"):
+        rundir.RunDir.create(blocker)
+    with pytest.raises(rundir.RunDirError, match="cannot create"):
+        rundir.RunDir.create(blocker / "sub")
+    if os.path.isdir("/proc/self"):
+        with pytest.raises(rundir.RunDirError, match="cannot"):
+            rundir.RunDir.create("/proc/self/jaxnn-run")
+    if os.geteuid() != 0:  # root writes through permission bits
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        with pytest.raises(rundir.RunDirError, match="cannot"):
+            rundir.RunDir.create(ro / "run")
+
+
+def test_a_run_failing_before_its_first_write_leaves_nothing(tmp_path):
+    path = tmp_path / "new"
+    with pytest.raises(RuntimeError), rundir.RunDir.create(path):
+        raise RuntimeError("failed while loading data")
+    assert not path.exists()
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("the user's")
+    with pytest.raises(RuntimeError), rundir.RunDir.create(existing):
+        raise RuntimeError
+    assert sorted(os.listdir(existing)) == ["notes.txt"]
+
+
+def test_a_directory_holding_a_run_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(rundir.RunDirError, match="already holds a run"):
+        rundir.RunDir.create(tmp_path)
+
+
+# --------------------------------------------------------------------------- files
+def test_atomic_json_keeps_the_old_file_when_a_write_fails(tmp_path):
+    path = tmp_path / "a.json"
+    rundir.write_json_atomic(path, {"x": 1, "nan": float("nan")})
+    assert json.loads(path.read_text()) == {"x": 1, "nan": None}
+    with pytest.raises(TypeError):
+        rundir.write_json_atomic(path, {"x": object()})
+    assert json.loads(path.read_text()) == {"x": 1, "nan": None}
+    assert os.listdir(tmp_path) == ["a.json"]
+
+
+@pytest.mark.parametrize("text,what", [("{\"foo\": 1", "not valid JSON"), ("[1]", "JSON object"),
+                                       ("", "not valid JSON")])
+def test_read_json_names_the_file(tmp_path, text, what):
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    with pytest.raises(rundir.RunDirError, match=what) as e:
+        rundir.read_json(path)
+    assert str(path) in str(e.value)
+
+
+def test_a_garbled_metrics_line_is_skipped_not_a_cut(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1, "a": 1}\n{"epoch": 2, "a"\n{"epoch": 3, "a": 3}\n[4]\n'
+                    '{"epoch": 4, "a": 4}\n{"ep')
+    records, bad = rundir.read_metrics(path)
+    assert [r["epoch"] for r in records] == [1, 3, 4]
+    assert bad == [2, 4, 6]
+
+
+# --------------------------------------------------------------------------- fit and resume
+def test_fit_writes_config_metrics_and_checkpoints(model, dataset, full, tmp_path):
+    hist = _run(tmp_path / "r", model, dataset, epochs=4)
+    np.testing.assert_allclose(hist["train_loss"], full["train_loss"], rtol=1e-6)
+    assert json.loads((tmp_path / "r" / "config.json").read_text()) == {"note": "test"}
+    assert [r["epoch"] for r in _lines(tmp_path / "r")] == [1, 2, 3, 4]
+    steps = sorted(int(s) for s in os.listdir(tmp_path / "r" / "checkpoints") if s.isdigit())
+    assert steps == [2, 3, 4]  # the newest three of 0..4
+
+
+def test_resume_repeats_the_uninterrupted_run(model, dataset, full, tmp_path):
+    path = tmp_path / "r"
+    _run(path, model, dataset, epochs=2)
+    resumed = _run(path, model, dataset, epochs=4, resume=True)
+    np.testing.assert_allclose(resumed["train_loss"], full["train_loss"], rtol=1e-6)
+    np.testing.assert_allclose(resumed["val_loss"], full["val_loss"], rtol=1e-6)
+    assert [r["epoch"] for r in _lines(path)] == [1, 2, 3, 4]
+
+
+def test_resume_keeps_every_intact_line_and_rebuilds_lost_ones(model, dataset, full, tmp_path):
+    path = tmp_path / "r"
+    _run(path, model, dataset, epochs=3)
+    lines = (path / "metrics.jsonl").read_text().splitlines()
+    # epoch 2's line garbled in the middle; epoch 3's intact after it.
+    (path / "metrics.jsonl").write_text(lines[0] + "\n" + lines[1][:17] + "\n" + lines[2] + "\n")
+    messages = []
+    resumed = _run(path, model, dataset, epochs=4, resume=True, messages=messages)
+    got = _lines(path)
+    assert [r["epoch"] for r in got] == [1, 2, 3, 4]
+    assert got[2] == json.loads(lines[2])  # the intact line after the garbled one survives
+    assert any("garbled" in m for m in messages)
+    np.testing.assert_allclose(resumed["train_loss"], full["train_loss"], rtol=1e-6)
+
+
+def test_an_emptied_metrics_file_is_rebuilt_from_the_checkpoint(model, dataset, tmp_path):
+    path = tmp_path / "r"
+    _run(path, model, dataset, epochs=3)
+    before = _lines(path)
+    (path / "metrics.jsonl").write_text("")  # a kill during a non-atomic rewrite
+    resumed = _run(path, model, dataset, epochs=4, resume=True)
+    assert _lines(path)[:3] == before
+    assert resumed.epochs_done == 4 and len(resumed.records) == 4
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete", "meta"])
+def test_a_corrupt_newest_checkpoint_falls_back(model, dataset, full, tmp_path, damage):
+    path = tmp_path / "r"
+    _run(path, model, dataset, epochs=3)
+    newest = path / "checkpoints" / "3"
+    for root, _dirs, files in os.walk(newest):
+        for f in files:
+            p = os.path.join(root, f)
+            if damage == "delete":
+                os.remove(p)
+            elif damage == "truncate" or f.endswith(".json") or "meta" in root:
+                with open(p, "r+b") as fh:
+                    fh.truncate(max(0, os.path.getsize(p) // 3))
+    messages = []
+    resumed = _run(path, model, dataset, epochs=4, resume=True, messages=messages)
+    skipped = [m for m in messages if m.startswith("skipped checkpoint")]
+    assert len(skipped) == 1 and "checkpoint 3" in skipped[0]
+    np.testing.assert_allclose(resumed["train_loss"], full["train_loss"], rtol=1e-6)
+    assert [r["epoch"] for r in _lines(path)] == [1, 2, 3, 4]
+    assert os.listdir(path / "corrupt-checkpoints")
+
+
+def test_no_restorable_checkpoint_is_a_clear_error(model, dataset, tmp_path):
+    path = tmp_path / "r"
+    _run(path, model, dataset, epochs=2, keep_checkpoints=1)
+    for root, _dirs, files in os.walk(path / "checkpoints"):
+        for f in files:
+            os.remove(os.path.join(root, f))
+    with pytest.raises(rundir.RunDirError, match="no checkpoint restores"):
+        _run(path, model, dataset, epochs=4, resume=True)
+
+
+def test_a_refused_start_writes_nothing(model, dataset, tmp_path):
+    huge = dataset._replace(x_train=np.full_like(dataset.x_train, 3e38))
+    with pytest.raises(ValueError, match="initial loss"):
+        _run(tmp_path / "r", model, huge, epochs=2)
+    assert not (tmp_path / "r").exists()
+
+
+def test_divergence_in_epoch_one_keeps_the_initial_state(model, dataset, tmp_path):
+    path = tmp_path / "r"
+    with rundir.RunDir.create(path) as run:
+        hist = rundir.fit(run, model, dataset, optimizer=optim.sgd(1e20), epochs=3,
+                          loss="multiclass_hinge_loss", **KW)
+    assert hist.diverged and hist.epochs_done == 0
+    assert os.listdir(path / "checkpoints") == ["0"]
+    from jaxnn.checkpoint import Checkpointer
+
+    with Checkpointer(path / "checkpoints") as ck:
+        state, meta = ck.restore(template=hist.state)
+    assert meta["epoch"] == 0
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(hist.state.params),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
