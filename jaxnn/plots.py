@@ -32,11 +32,21 @@ def _save(fig, path) -> str:
     return path
 
 
-def learning_curves(records: Sequence[Mapping], path, *, title: str = "") -> str:
+def learning_curves(records: Sequence[Mapping], path, *, title: str = "", note: str = "") -> str:
     """Loss (left) and accuracy (right) per epoch, train and validation, from ``metrics.jsonl``
-    records (``epoch``, ``train_loss``, ``val_loss``, ``train_acc``, ``val_acc``)."""
+    records (``epoch``, ``train_loss``, ``val_loss``, ``train_acc``, ``val_acc``). ``note`` (e.g.
+    why the run stopped) is written under the title; with no records the panels say so, so a run
+    that diverged in its first epoch still gets a plot that explains itself."""
     plt = _pyplot()
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 3.8))
+    if not records:
+        for ax in (ax_l, ax_a):
+            ax.text(0.5, 0.5, "no healthy epoch to plot", ha="center", va="center",
+                    transform=ax.transAxes, color="0.4")
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if note:
+        fig.text(0.5, -0.02, note, ha="center", va="top", fontsize=9, wrap=True)
     ep = [r["epoch"] for r in records]
     for key, label in (("train_loss", "train"), ("val_loss", "val")):
         ax_l.plot(ep, [r[key] for r in records], marker=".", label=label)
@@ -46,7 +56,8 @@ def learning_curves(records: Sequence[Mapping], path, *, title: str = "") -> str
     ax_a.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax_l, ax_a):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if records:
+            ax.legend()
     if title:
         fig.suptitle(title)
     return _save(fig, path)

@@ -28,16 +28,46 @@ def add_parser(sub) -> None:
                     "epochs while tracking dead ReLUs, measure every layer (activation mean/"
                     "std, saturated and dead fractions, gradient norm, update/weight ratio) and "
                     "give plain-words verdicts (learning rate too low/high, overfitting, "
-                    "underfitting, dead ReLUs). Writes diagnosis.json and curves.png.")
-    p.add_argument("--out", default=None, help="output directory (default runs/diagnose-<time>)")
+                    "underfitting, dead ReLUs). Writes diagnosis.json and curves.png (the "
+                    "learning curves, or the reason there are none when the first epoch "
+                    "diverged).")
+    p.add_argument("--out", default=None,
+                   help="output directory (default: runs/diagnose-<date>-<time>)")
     p.add_argument("--overfit-examples", type=int, default=20,
-                   help="training examples for the overfit check (default 20)")
+                   help="training examples for the overfit check")
     p.add_argument("--overfit-epochs", type=int, default=200,
-                   help="full-batch epochs of the overfit check (default 200)")
+                   help="full-batch epochs of the overfit check")
     p.add_argument("--probe-examples", type=int, default=256,
-                   help="validation examples for layer statistics and dead units (default 256)")
+                   help="validation examples for layer statistics and dead units")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files into OUT/tensorboard: per-epoch "
+                        "losses, accuracies, update/weight ratios, dead and saturated fractions, "
+                        "activation and gradient histograms (needs jaxnn[tensorboard])")
     add_train_flags(p, epochs=5)
     p.set_defaults(func=run_diagnose)
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _written(run_dir) -> None:
+    """Tell the run directory that this run has written a file of its own (keep it on error)."""
+    mark = getattr(run_dir, "mark_written", None)
+    if mark is not None:
+        mark()
+
+
+def require_tensorboard() -> None:
+    """A one-line :class:`CLIError` when the optional tensorboardX is not installed."""
+    from jaxnn.cli import CLIError
+    from jaxnn.tensorboard import require_tensorboardx
+
+    try:
+        require_tensorboardx()
+    except ModuleNotFoundError as e:
+        raise CLIError(f"--tensorboard: {e}") from None
 
 
 def _check(flag: str, value: int) -> None:
@@ -54,6 +84,8 @@ def run_diagnose(args) -> int:
 
     for flag in ("overfit_examples", "overfit_epochs", "probe_examples"):
         _check(flag.replace("_", "-"), getattr(args, flag))
+    if args.tensorboard:
+        require_tensorboard()
     setup = build(config_from_args(args))
     out = new_run_dir(args.out, "diagnose")
     c, data, model = setup.config, setup.data, setup.model
@@ -69,10 +101,24 @@ def run_diagnose(args) -> int:
     x_probe, y_probe = data.x_val[:args.probe_examples], data.y_val[:args.probe_examples]
     if x_probe.shape[0] == 0:
         x_probe, y_probe = data.x_train[:args.probe_examples], data.y_train[:args.probe_examples]
-    history = train.fit(
-        model, data, optimizer=setup.optimizer, epochs=c["epochs"], key=key, loss=setup.loss,
-        batch_size=c["batch_size"], l2=c["l2"],
-        callback=diagnostics.dead_fraction_callback(model, x_probe))
+    callbacks = [diagnostics.dead_fraction_callback(model, x_probe)]
+    on_start = None
+    if args.tensorboard:
+        from jaxnn.tensorboard import TensorBoardCallback
+
+        tb = TensorBoardCallback(out, model, x_probe, y_probe, loss=setup.loss, l2=c["l2"],
+                                 optimizer=setup.optimizer, activation=c["activation"])
+        callbacks.append(tb)
+        on_start = tb.on_start
+        _written(out)
+    try:
+        history = train.fit(
+            model, data, optimizer=setup.optimizer, epochs=c["epochs"], key=key,
+            loss=setup.loss, batch_size=c["batch_size"], l2=c["l2"], on_start=on_start,
+            callback=lambda rec, state: [cb(rec, state) for cb in callbacks])
+    finally:
+        if args.tensorboard:
+            tb.close()
     st = history.state
     layers = diagnostics.layer_stats(
         model, st.params, st.model_state, x_probe, y_probe, loss=setup.loss,
@@ -81,9 +127,10 @@ def run_diagnose(args) -> int:
     verdict = diagnostics.diagnose(history)
 
     os.makedirs(out, exist_ok=True)
-    if history.records:
-        plots.learning_curves(history.records, os.path.join(out, "curves.png"),
-                              title=f"diagnose: {c['optimizer']} lr {c['lr']:g}")
+    plots.learning_curves(history.records, os.path.join(out, "curves.png"),
+                          title=f"diagnose: {c['optimizer']} lr {c['lr']:g}",
+                          note=history.stopped_reason if history.diverged else "")
+    _written(out)
     write_json(os.path.join(out, "diagnosis.json"), {
         "config": c,
         "initial_loss": init._asdict(),
@@ -102,12 +149,12 @@ def run_diagnose(args) -> int:
         f"{init.expected:.4f}  [{'ok' if init.ok else 'CHECK'}]")
     say(f"   with L2 {init.l2:g}: {init.with_l2:.4f} ({'raised' if init.with_l2 > init.measured else 'NOT raised'}); "
         f"as initialized: {init.as_initialized:.4f}")
-    say(f"2. overfit {overfit.num_examples} examples, {overfit.epochs} healthy epochs: loss "
+    say(f"2. overfit {overfit.num_examples} examples, {_count(overfit.epochs, 'healthy epoch')}: loss "
         f"{overfit.final_loss:.4g}, accuracy {overfit.train_acc:.3f}  "
         f"[{'ok' if overfit.ok else 'FAILED: a bug in the pipeline, or the learning rate'}]"
         + ("" if overfit.stopped_reason == "completed" else f" ({overfit.stopped_reason})"))
     last = history.records[-1] if history.records else None
-    say(f"3. training {len(history.records)}/{c['epochs']} epochs: {history.stopped_reason}"
+    say(f"3. training {len(history.records)}/{_count(c['epochs'], 'epoch')}: {history.stopped_reason}"
         + (f"; train loss {history.initial_loss:.4g} -> {last['train_loss']:.4g}, train acc "
            f"{last['train_acc']:.3f}, val acc {last['val_acc']:.3f}, dead "
            f"{last['dead_fraction']:.3f}" if last else ""))

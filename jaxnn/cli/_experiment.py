@@ -7,6 +7,7 @@ initializers, each group a population over seeds) under two names.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import sys
@@ -15,13 +16,12 @@ from jaxnn.cli import CLIError
 from jaxnn.cli._common import (
     add_train_flags,
     build,
+    check_initializer,
     config_from_args,
     new_run_dir,
     table,
     write_json,
 )
-
-_ALL_ACTIVATIONS = "relu,leaky_relu,elu,tanh,sigmoid,swish,maxout"
 
 
 def add_parser(sub) -> None:
@@ -39,12 +39,13 @@ def add_parser(sub) -> None:
                     "(per-layer mean, std, saturated and dead fractions) and histograms.png "
                     "(one row per configuration, one panel per layer); prints the per-layer "
                     "std table.")
-    d.add_argument("--depth", type=int, default=10, help="layers (default 10)")
-    d.add_argument("--width", type=int, default=500, help="units per layer (default 500)")
-    d.add_argument("--examples", type=int, default=1000, help="input examples (default 1000)")
-    d.add_argument("--bins", type=int, default=50, help="histogram bins (default 50)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--out", default=None, help="output directory (default runs/init-depth-<time>)")
+    d.add_argument("--depth", type=int, default=10, help="layers")
+    d.add_argument("--width", type=int, default=500, help="units per layer")
+    d.add_argument("--examples", type=int, default=1000, help="input examples")
+    d.add_argument("--bins", type=int, default=50, help="histogram bins")
+    d.add_argument("--seed", type=int, default=0, help="seeds the inputs and the weights")
+    d.add_argument("--out", default=None,
+                   help="output directory (default: runs/init-depth-<date>-<time>)")
     d.set_defaults(func=run_init_depth)
 
     for parent, name in ((ex, "activations"), (sub, "compare")):
@@ -55,16 +56,21 @@ def add_parser(sub) -> None:
                         "vmapped population over --seeds seeds. Writes results.json (rows: "
                         "activation, init, mean and spread of the final validation accuracy, "
                         "dead-ReLU fraction, learning curves) and curves.png; prints the "
-                        "table. The train flags --activation and --init are replaced by "
-                        "--activations and --inits.")
-        c.add_argument("--activations", default=_ALL_ACTIVATIONS,
-                       help=f"comma-separated activations (default {_ALL_ACTIVATIONS})")
-        c.add_argument("--inits", default="he_normal",
+                        "table. --activation NAME and --init NAME are --activations NAME and "
+                        "--inits NAME.")
+        c.add_argument("--activations", default=None,
+                       help="comma-separated activations (default: {compared_activations})")
+        c.add_argument("--inits", default=None,
                        help="comma-separated initializers, e.g. lecun_normal,he_normal "
-                            "(default he_normal)")
-        c.add_argument("--seeds", type=int, default=2, help="seeds per group (default 2)")
-        c.add_argument("--out", default=None, help=f"output directory (default runs/{name}-<time>)")
+                            "(default: he_normal)")
+        c.add_argument("--seeds", type=int, default=2, help="seeds per group")
+        c.add_argument("--out", default=None,
+                       help=f"output directory (default: runs/{name}-<date>-<time>)")
         add_train_flags(c, epochs=5)
+        _replace_flag(c, "activation", default=None,
+                      help="compare this one activation (the same as --activations NAME)")
+        _replace_flag(c, "init", default=None,
+                      help="compare with this one initializer (the same as --inits NAME)")
         c.set_defaults(func=run_compare, verb_name=name)
 
     lo = ex.add_parser(
@@ -73,15 +79,24 @@ def add_parser(sub) -> None:
                     "the correct class's score grows: hinge is exactly 0 once the margins are "
                     "met, cross-entropy always wants more) and in training (the same model, "
                     "data and seeds, once per loss; margins tracked on training examples). "
-                    "Writes results.json, scores.png and curves.png. --loss is ignored: both "
-                    "losses are trained; --l2 defaults to 0 here.")
-    lo.add_argument("--seeds", type=int, default=2, help="seeds per loss (default 2)")
-    lo.add_argument("--out", default=None, help="output directory (default runs/losses-<time>)")
+                    "Writes results.json, scores.png and curves.png. Both losses are trained, "
+                    "so there is no --loss; --l2 defaults to 0 here.")
+    lo.add_argument("--seeds", type=int, default=2, help="seeds per loss")
+    lo.add_argument("--out", default=None,
+                    help="output directory (default: runs/losses-<date>-<time>)")
     # A gentle learning rate and no regularization by default, so the difference shows: the
     # hinge model's margins stop growing once met (with L2 they even shrink back), the
     # cross-entropy model's keep growing.
     add_train_flags(lo, epochs=8, lr=0.01)
+    _replace_flag(lo, "loss", default=None, help=argparse.SUPPRESS)  # given: refused
     lo.set_defaults(func=run_losses, l2=0.0)
+
+
+def _replace_flag(parser, dest: str, *, default, help: str) -> None:
+    """Give the flag with destination ``dest`` (added by ``add_train_flags``) a verb-specific
+    meaning: a new default and help line."""
+    (action,) = [a for a in parser._actions if a.dest == dest]
+    action.default, action.help = default, help
 
 
 # --------------------------------------------------------------------------- helpers
@@ -127,6 +142,23 @@ def _names(text: str, flag: str) -> list[str]:
     if not names:
         raise CLIError(f"{flag} needs at least one name")
     return names
+
+
+def _one_or_list(args, one: str, many: str, default: str) -> list[str]:
+    """The names of ``--MANY a,b`` or ``--ONE a`` (not both), else ``default``."""
+    a, b = getattr(args, one), getattr(args, many)
+    if a is not None and b is not None:
+        raise CLIError(f"give --{many} or --{one}, not both")
+    if a is not None:
+        return _names(a, f"--{one}")
+    return _names(default if b is None else b, f"--{many}")
+
+
+def _known(names: list[str], valid, flag: str) -> None:
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise CLIError(f"{flag}: unknown {', '.join(map(repr, unknown))}; valid: "
+                       f"{', '.join(valid)}")
 
 
 def _check_positive(**flags) -> None:
@@ -184,15 +216,22 @@ def run_init_depth(args) -> int:
 def run_compare(args) -> int:
     import jax
 
-    from jaxnn import experiments
+    from jaxnn import activations as activation_registry
+    from jaxnn import experiments, initializers
 
-    activations = _names(args.activations, "--activations")
-    inits = _names(args.inits, "--inits")
+    activations = _one_or_list(args, "activation", "activations",
+                               ",".join(experiments.ACTIVATIONS))
+    inits = _one_or_list(args, "init", "inits", "he_normal")
+    _known(activations, activation_registry.names(), "--activations")
+    _known(inits, initializers.names(), "--inits")
+    for name in inits:
+        check_initializer(name)
     _check_positive(seeds=args.seeds)
-    setup = build(config_from_args(args))  # validates the train flags and loads the data
-    # Nothing is written before activation_comparison has checked the names (a ValueError).
+    # The train flags are validated with the first pair (the groups build their own models).
+    config = {**config_from_args(args), "activation": activations[0], "init": inits[0]}
+    setup = build(config)  # validates the train flags and loads the data
     out = new_run_dir(args.out, args.verb_name)
-    c = setup.config
+    c = {k: v for k, v in setup.config.items() if k not in ("activation", "init")}
 
     done = []
 
@@ -215,7 +254,7 @@ def run_compare(args) -> int:
     line_panels([
         {"title": "validation accuracy (mean over seeds)", "xlabel": "epoch",
          "ylabel": "val_acc", "lines": {label(r): (epochs(r.val_acc), r.val_acc) for r in rows}},
-        {"title": "training loss", "xlabel": "epoch", "ylabel": setup.loss, "logy": True,
+        {"title": "training loss", "xlabel": "epoch", "ylabel": c["loss"], "logy": True,
          "lines": {label(r): (epochs(r.train_loss), r.train_loss) for r in rows}},
         {"title": "dead hidden units", "xlabel": "epoch", "ylabel": "fraction dead",
          "lines": {label(r): (epochs(r.dead_fraction_curve), r.dead_fraction_curve)
@@ -253,10 +292,13 @@ def run_losses(args) -> int:
 
     from jaxnn import experiments
 
+    if args.loss is not None:
+        raise CLIError("--loss: this experiment trains both multiclass_hinge_loss and "
+                       "softmax_cross_entropy; leave --loss out")
     _check_positive(seeds=args.seeds)
-    setup = build(config_from_args(args))
+    setup = build({**config_from_args(args), "loss": "softmax_cross_entropy"})
     out = new_run_dir(args.out, "losses")
-    c = setup.config
+    c = {k: v for k, v in setup.config.items() if k != "loss"}
     res = experiments.loss_comparison(
         setup.data, key=jax.random.key(c["seed"]), epochs=c["epochs"], seeds=args.seeds,
         hidden=setup.hidden, activation=c["activation"], init=c["init"], learning_rate=c["lr"],
