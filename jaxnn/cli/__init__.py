@@ -43,13 +43,15 @@ REGISTRY_PLACEHOLDERS = {
     "{optimizers}": ("jaxnn.optim", "names"),
     "{schedules}": ("jaxnn.optim", "schedule_names"),
     "{preprocessors}": ("jaxnn.preprocessing", "names"),
+    "{compared_activations}": ("jaxnn.experiments", "ACTIVATIONS"),
 }
 
 
 def registry_names(placeholder: str) -> list[str]:
     """The names behind one of :data:`REGISTRY_PLACEHOLDERS`."""
-    module, fn = REGISTRY_PLACEHOLDERS[placeholder]
-    return list(getattr(importlib.import_module(module), fn)())
+    module, attr = REGISTRY_PLACEHOLDERS[placeholder]
+    names = getattr(importlib.import_module(module), attr)
+    return list(names() if callable(names) else names)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
