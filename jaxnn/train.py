@@ -209,6 +209,7 @@ def epoch_fn(
     *,
     batch_size: int,
     mesh: jax.sharding.Mesh | None = None,
+    augment: _data.Augment | None = None,
 ):
     """The un-jitted epoch ``epoch(state, x, y, epoch, l2) -> (state, StepMetrics[steps])``:
     shuffle by ``(state.key, epoch)``, cut fixed-shape batches, and scan the step over them.
@@ -216,21 +217,35 @@ def epoch_fn(
     With a ``mesh`` each gathered batch is constrained to ``P("data")`` (each device computes
     its ``batch_size / D`` rows; ``x``, ``y`` and the state are expected replicated), which
     leaves the numbers those of one device up to float summation order.
+
+    With ``augment`` (a :class:`jaxnn.data.Augment`, e.g. ``parse_augment("crop:4,flip")``) each
+    gathered batch of images ``x [n, H, W, C]`` is randomly cropped and flipped on device by
+    :func:`jaxnn.data.augment`, with the key ``augment_key(fold_in(state.key, 2), epoch, i)`` for
+    step ``i`` of the epoch: a pure function of (key, epoch, step), so a resumed run is identical.
     """
     step = train_step_fn(apply, loss, optimizer)
     if mesh is not None:
         _dist.check_batch_size(batch_size, mesh)
+    augment = _data.parse_augment(augment)
 
     def run(state: TrainState, x, y, epoch, l2):
         data_key = jax.random.fold_in(state.key, _DATA_STREAM)
         idx, mask = _data.batch_indices(x.shape[0], batch_size, key=data_key, epoch=epoch)
+        if augment is not None:
+            _data.check_augment(augment, x.shape)
+            aug_key = jax.random.fold_in(state.key, 2)  # stream 2 (0: data order, 1: dropout)
 
-        def body(s, im):
+        def body(s, ims):
             # Gather each batch inside the scan: no permuted copy of the whole data set.
+            i, im = ims
             batch = _dist.constrain_batch(_data.gather_batch(x, y, im[0], im[1]), mesh)
+            if augment is not None:
+                k = _data.augment_key(aug_key, epoch, i)
+                batch = batch._replace(x=_data.augment(batch.x, key=k, crop=augment.crop,
+                                                       flip=augment.flip))
             return step(s, batch, l2)
 
-        return jax.lax.scan(body, state, (idx, mask))
+        return jax.lax.scan(body, state, (jnp.arange(idx.shape[0]), (idx, mask)))
 
     return run
 
@@ -244,14 +259,16 @@ def make_epoch(
     l2: float = 0.0,
     donate: bool = True,
     mesh: jax.sharding.Mesh | None = None,
+    augment: _data.Augment | None = None,
 ):
     """A jitted ``epoch(state, x, y, epoch) -> (state, StepMetrics)`` running a whole shuffled epoch
     inside one ``lax.scan`` (metrics stacked per step). Compiles once per data shape.
 
     With a ``mesh`` the epoch is data-parallel (see :func:`epoch_fn`); place ``state``, ``x`` and
-    ``y`` with :func:`jaxnn.distributed.replicate`. Every output is replicated.
+    ``y`` with :func:`jaxnn.distributed.replicate`. Every output is replicated. ``augment``: crop
+    and flip image batches on device (see :func:`epoch_fn`).
     """
-    run = epoch_fn(apply, loss, optimizer, batch_size=batch_size, mesh=mesh)
+    run = epoch_fn(apply, loss, optimizer, batch_size=batch_size, mesh=mesh, augment=augment)
     epoch = lambda state, x, y, e: run(state, x, y, e, l2)
     return _jit(epoch, mesh, donate)
 
