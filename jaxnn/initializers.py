@@ -1,9 +1,12 @@
 r"""Weight initializers, with the :mod:`jax.nn.initializers` calling convention exactly.
 
 An *initializer* is ``init(key, shape, dtype=jnp.float32) -> Array``. :func:`zeros` and :func:`ones`
-are initializers; everything else is a *factory* returning one. Every initializer delegates to
-:mod:`jax.nn.initializers`, so **for the same key the values equal jax's** (the one difference: our
-default ``dtype`` is always float32, where jax's follows the x64 flag).
+are initializers; everything else is a *factory* returning one. The factories take jax's
+arguments, in jax's order, down to the last one, ``dtype`` (the default dtype of the initializer
+they return, e.g. ``he_normal(dtype=jnp.bfloat16)``), so jaxnn is a drop-in for
+:mod:`jax.nn.initializers`. Every initializer delegates to jax, so **for the same key, shape and
+dtype the values equal jax's** (the one difference: an unset ``dtype`` means float32, where jax's
+follows the x64 flag).
 
 Fans are computed as in jax: for a dense ``[fan_in, fan_out]`` matrix, ``fan_in = shape[-2]`` and
 ``fan_out = shape[-1]``; for a convolution kernel ``[h, w, c_in, c_out]`` each is multiplied by the
@@ -73,31 +76,36 @@ _MODES = ("fan_in", "fan_out", "fan_avg", "fan_geo_avg")
 _DISTRIBUTIONS = ("truncated_normal", "normal", "uniform")
 
 
-def _wrap(jax_init: Callable[..., Array], doc: str, *, upcast_16bit: bool = False) -> Initializer:
-    """Give a jax initializer our float32 default dtype (and a docstring). With
-    ``upcast_16bit``, 16-bit dtypes are sampled in float32 and rounded (for QR, which has no
-    16-bit kernels)."""
+def _wrap(
+    jax_init: Callable[..., Array], dtype: Any, doc: str, *, upcast_16bit: bool = False
+) -> Initializer:
+    """Give a jax initializer our default dtype (the factory's ``dtype``, float32 when ``None``)
+    and a docstring. With ``upcast_16bit``, 16-bit dtypes are sampled in float32 and rounded (for
+    QR, which has no 16-bit kernels)."""
+    default = jnp.float32 if dtype is None else dtype
 
-    def init(key: Array, shape: Sequence[int], dtype: Any = jnp.float32, out_sharding=None):
+    def init(key: Array, shape: Sequence[int], dtype: Any = default, out_sharding=None):
+        dtype = default if dtype is None else dtype
         if upcast_16bit and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
             return init(key, shape, jnp.float32, out_sharding).astype(dtype)
-        if out_sharding is None:
-            return jax_init(key, shape, dtype)
         return jax_init(key, shape, dtype, out_sharding=out_sharding)
 
     init.__doc__ = doc
     return init
 
 
-def _check_nonnegative(fn: str, arg: str, value: Any) -> None:
-    """ValueError for a negative (concrete) value; traced values (a vmapped population) pass."""
+def _check_scale(fn: str, arg: str, value: Any) -> None:
+    """ValueError for a negative or non-finite (concrete) value; traced values (a vmapped
+    population) pass."""
     if isinstance(value, jax.core.Tracer):
         return
     try:
-        bad = bool(np.any(np.asarray(value) < 0))
-    except TypeError:
+        v = np.asarray(value, np.float64)
+    except (TypeError, ValueError):
         raise ValueError(f"{fn}: `{arg}` must be a non-negative number, got {value!r}.") from None
-    if bad:
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"{fn}: `{arg}` must be finite, got {value!r}.")
+    if np.any(v < 0):
         raise ValueError(f"{fn}: `{arg}` must be non-negative, got {value!r}.")
 
 
@@ -119,17 +127,17 @@ def ones(key: Array, shape: Sequence[int], dtype: Any = jnp.float32, out_shardin
     return jax.nn.initializers.ones(key, shape, dtype, out_sharding=out_sharding)
 
 
-def constant(value: Any) -> Initializer:
+def constant(value: Any, dtype: Any = None) -> Initializer:
     """Factory: every entry equals ``value`` (e.g. ``constant(0.01)``, the "slightly positive
     ReLU bias").
 
     >>> constant(0.5)(jax.random.key(0), (2,))
     Array([0.5, 0.5], dtype=float32)
     """
-    return _wrap(jax.nn.initializers.constant(value), f"Constant initializer: all {value!r}.")
+    return _wrap(jax.nn.initializers.constant(value), dtype, f"Constant initializer: all {value!r}.")
 
 
-def normal(stddev: Any = 1e-2) -> Initializer:
+def normal(stddev: Any = 1e-2, dtype: Any = None) -> Initializer:
     r"""Factory: i.i.d. :math:`\mathcal N(0, \sigma^2)` with :math:`\sigma` = ``stddev``.
 
     .. math:: W_{ij} \sim \mathcal N(0, \sigma^2), \qquad \operatorname{Var}(W_{ij}) = \sigma^2
@@ -138,16 +146,16 @@ def normal(stddev: Any = 1e-2) -> Initializer:
     tanh nets); ``normal(1.0)`` is "big random numbers" (tanh units saturate).
 
     Raises:
-      ValueError: if ``stddev`` is negative.
+      ValueError: if ``stddev`` is negative or not finite.
 
     >>> normal(1.0)(jax.random.key(0), (1000,)).std() > 0.9
     Array(True, dtype=bool)
     """
-    _check_nonnegative("normal", "stddev", stddev)
-    return _wrap(jax.nn.initializers.normal(stddev), f"N(0, {stddev!r}**2) initializer.")
+    _check_scale("normal", "stddev", stddev)
+    return _wrap(jax.nn.initializers.normal(stddev), dtype, f"N(0, {stddev!r}**2) initializer.")
 
 
-def uniform(scale: Any = 1e-2) -> Initializer:
+def uniform(scale: Any = 1e-2, dtype: Any = None) -> Initializer:
     r"""Factory: i.i.d. uniform on :math:`[0, s)` with :math:`s` = ``scale`` (as in jax).
 
     .. math:: W_{ij} \sim U[0, s), \qquad \mathbb E = s/2, \quad \operatorname{Var} = s^2/12
@@ -156,13 +164,13 @@ def uniform(scale: Any = 1e-2) -> Initializer:
     definition); for a zero-mean uniform use ``variance_scaling(..., distribution="uniform")``.
 
     Raises:
-      ValueError: if ``scale`` is negative.
+      ValueError: if ``scale`` is negative or not finite.
 
     >>> float(uniform(1.0)(jax.random.key(0), (1000,)).min()) >= 0.0
     True
     """
-    _check_nonnegative("uniform", "scale", scale)
-    return _wrap(jax.nn.initializers.uniform(scale), f"U[0, {scale!r}) initializer.")
+    _check_scale("uniform", "scale", scale)
+    return _wrap(jax.nn.initializers.uniform(scale), dtype, f"U[0, {scale!r}) initializer.")
 
 
 def variance_scaling(
@@ -172,6 +180,7 @@ def variance_scaling(
     in_axis: int | Sequence[int] = -2,
     out_axis: int | Sequence[int] = -1,
     batch_axis: int | Sequence[int] = (),
+    dtype: Any = None,
 ) -> Initializer:
     r"""Factory: zero-mean weights whose variance is ``scale / n`` for a fan ``n``.
 
@@ -185,15 +194,17 @@ def variance_scaling(
     ``in_axis`` / ``out_axis`` / ``batch_axis`` say which axes are the fans, as in
     :func:`jax.nn.initializers.variance_scaling`.
 
+    ``dtype`` is the returned initializer's default dtype (``None``: float32).
+
     Raises:
-      ValueError: for a negative ``scale`` or an unknown ``mode`` / ``distribution`` (checked
-        here, when the factory is called, not at the first use).
+      ValueError: for a negative or non-finite ``scale`` or an unknown ``mode`` /
+        ``distribution`` (checked here, when the factory is called, not at the first use).
 
     >>> init = variance_scaling(2.0, "fan_in", "normal")
     >>> abs(float(init(jax.random.key(0), (200, 300)).var()) * 200 - 2.0) < 0.1
     True
     """
-    _check_nonnegative("variance_scaling", "scale", scale)
+    _check_scale("variance_scaling", "scale", scale)
     if mode not in _MODES:
         raise ValueError(
             f"variance_scaling: invalid `mode` {mode!r}; expected one of {', '.join(_MODES)}."
@@ -206,10 +217,16 @@ def variance_scaling(
     jax_init = jax.nn.initializers.variance_scaling(
         scale, mode, distribution, in_axis=in_axis, out_axis=out_axis, batch_axis=batch_axis
     )
-    return _wrap(jax_init, f"variance_scaling({scale!r}, {mode!r}, {distribution!r}) initializer.")
+    return _wrap(jax_init, dtype,
+                 f"variance_scaling({scale!r}, {mode!r}, {distribution!r}) initializer.")
 
 
-def lecun_normal(in_axis=-2, out_axis=-1, batch_axis=()) -> Initializer:
+def lecun_normal(
+    in_axis: int | Sequence[int] = -2,
+    out_axis: int | Sequence[int] = -1,
+    batch_axis: int | Sequence[int] = (),
+    dtype: Any = None,
+) -> Initializer:
     r"""Factory: LeCun normal, :math:`\operatorname{Var}(W) = 1/n_\text{in}` (truncated normal).
 
     The curriculum's "Xavier" initialization, ``w = randn(n_in, n_out) / sqrt(n_in)``: keeps the
@@ -219,20 +236,32 @@ def lecun_normal(in_axis=-2, out_axis=-1, batch_axis=()) -> Initializer:
     >>> lecun_normal()(jax.random.key(0), (3, 2)).shape
     (3, 2)
     """
-    return variance_scaling(1.0, "fan_in", "truncated_normal", in_axis, out_axis, batch_axis)
+    return variance_scaling(1.0, "fan_in", "truncated_normal", in_axis, out_axis, batch_axis,
+                            dtype)
 
 
-def lecun_uniform(in_axis=-2, out_axis=-1, batch_axis=()) -> Initializer:
+def lecun_uniform(
+    in_axis: int | Sequence[int] = -2,
+    out_axis: int | Sequence[int] = -1,
+    batch_axis: int | Sequence[int] = (),
+    dtype: Any = None,
+) -> Initializer:
     r"""Factory: LeCun uniform, :math:`\operatorname{Var}(W) = 1/n_\text{in}`, uniform on
     :math:`\pm\sqrt{3/n_\text{in}}`. ``= variance_scaling(1.0, "fan_in", "uniform")``.
 
     >>> lecun_uniform()(jax.random.key(0), (3, 2)).shape
     (3, 2)
     """
-    return variance_scaling(1.0, "fan_in", "uniform", in_axis, out_axis, batch_axis)
+    return variance_scaling(1.0, "fan_in", "uniform", in_axis, out_axis, batch_axis,
+                            dtype)
 
 
-def glorot_normal(in_axis=-2, out_axis=-1, batch_axis=()) -> Initializer:
+def glorot_normal(
+    in_axis: int | Sequence[int] = -2,
+    out_axis: int | Sequence[int] = -1,
+    batch_axis: int | Sequence[int] = (),
+    dtype: Any = None,
+) -> Initializer:
     r"""Factory: Glorot/Xavier normal (Glorot & Bengio 2010),
     :math:`\operatorname{Var}(W) = 2/(n_\text{in} + n_\text{out})` (truncated normal).
 
@@ -241,10 +270,16 @@ def glorot_normal(in_axis=-2, out_axis=-1, batch_axis=()) -> Initializer:
     >>> glorot_normal()(jax.random.key(0), (3, 2)).shape
     (3, 2)
     """
-    return variance_scaling(1.0, "fan_avg", "truncated_normal", in_axis, out_axis, batch_axis)
+    return variance_scaling(1.0, "fan_avg", "truncated_normal", in_axis, out_axis, batch_axis,
+                            dtype)
 
 
-def glorot_uniform(in_axis=-2, out_axis=-1, batch_axis=()) -> Initializer:
+def glorot_uniform(
+    in_axis: int | Sequence[int] = -2,
+    out_axis: int | Sequence[int] = -1,
+    batch_axis: int | Sequence[int] = (),
+    dtype: Any = None,
+) -> Initializer:
     r"""Factory: Glorot/Xavier uniform,
     :math:`\operatorname{Var}(W) = 2/(n_\text{in}+n_\text{out})`, uniform on
     :math:`\pm\sqrt{6/(n_\text{in}+n_\text{out})}`. Alias :func:`xavier_uniform`.
@@ -252,10 +287,16 @@ def glorot_uniform(in_axis=-2, out_axis=-1, batch_axis=()) -> Initializer:
     >>> glorot_uniform()(jax.random.key(0), (3, 2)).shape
     (3, 2)
     """
-    return variance_scaling(1.0, "fan_avg", "uniform", in_axis, out_axis, batch_axis)
+    return variance_scaling(1.0, "fan_avg", "uniform", in_axis, out_axis, batch_axis,
+                            dtype)
 
 
-def he_normal(in_axis=-2, out_axis=-1, batch_axis=()) -> Initializer:
+def he_normal(
+    in_axis: int | Sequence[int] = -2,
+    out_axis: int | Sequence[int] = -1,
+    batch_axis: int | Sequence[int] = (),
+    dtype: Any = None,
+) -> Initializer:
     r"""Factory: He/Kaiming normal (He et al. 2015), :math:`\operatorname{Var}(W) = 2/n_\text{in}`
     (truncated normal).
 
@@ -266,17 +307,24 @@ def he_normal(in_axis=-2, out_axis=-1, batch_axis=()) -> Initializer:
     >>> he_normal()(jax.random.key(0), (3, 2)).shape
     (3, 2)
     """
-    return variance_scaling(2.0, "fan_in", "truncated_normal", in_axis, out_axis, batch_axis)
+    return variance_scaling(2.0, "fan_in", "truncated_normal", in_axis, out_axis, batch_axis,
+                            dtype)
 
 
-def he_uniform(in_axis=-2, out_axis=-1, batch_axis=()) -> Initializer:
+def he_uniform(
+    in_axis: int | Sequence[int] = -2,
+    out_axis: int | Sequence[int] = -1,
+    batch_axis: int | Sequence[int] = (),
+    dtype: Any = None,
+) -> Initializer:
     r"""Factory: He/Kaiming uniform, :math:`\operatorname{Var}(W) = 2/n_\text{in}`, uniform on
     :math:`\pm\sqrt{6/n_\text{in}}`. Alias :func:`kaiming_uniform`.
 
     >>> he_uniform()(jax.random.key(0), (3, 2)).shape
     (3, 2)
     """
-    return variance_scaling(2.0, "fan_in", "uniform", in_axis, out_axis, batch_axis)
+    return variance_scaling(2.0, "fan_in", "uniform", in_axis, out_axis, batch_axis,
+                            dtype)
 
 
 xavier_normal = glorot_normal
@@ -285,7 +333,7 @@ kaiming_normal = he_normal
 kaiming_uniform = he_uniform
 
 
-def orthogonal(scale: Any = 1.0, column_axis: int = -1) -> Initializer:
+def orthogonal(scale: Any = 1.0, column_axis: int = -1, dtype: Any = None) -> Initializer:
     r"""Factory: a (scaled) uniformly random orthogonal matrix (Saxe et al. 2014).
 
     .. math:: W = s\,Q, \quad Q^\top Q = I \text{ (or } Q Q^\top = I \text{ if wide)}
@@ -295,15 +343,15 @@ def orthogonal(scale: Any = 1.0, column_axis: int = -1) -> Initializer:
     float16 the matrix is computed in float32 and rounded (jax's own raises: no 16-bit QR).
 
     Raises:
-      ValueError: if ``scale`` is negative.
+      ValueError: if ``scale`` is negative or not finite.
 
     >>> q = orthogonal()(jax.random.key(0), (4, 4))
     >>> bool(jnp.allclose(q.T @ q, jnp.eye(4), atol=1e-5))
     True
     """
-    _check_nonnegative("orthogonal", "scale", scale)
+    _check_scale("orthogonal", "scale", scale)
     jax_init = jax.nn.initializers.orthogonal(scale, column_axis=column_axis)
-    return _wrap(jax_init, f"orthogonal(scale={scale!r}) initializer.", upcast_16bit=True)
+    return _wrap(jax_init, dtype, f"orthogonal(scale={scale!r}) initializer.", upcast_16bit=True)
 
 
 # Name -> (object, is_factory).

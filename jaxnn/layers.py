@@ -1,146 +1,342 @@
-"""Layers and models as init/apply pairs of pure functions (no hidden state).
+r"""Layers as init/apply pairs of pure functions (stax's idea, with state).
 
 Every layer is a :class:`Layer` ``(init, apply)``::
 
-    params, state = layer.init(key, in_features)
+    output_shape, params, state = layer.init(key, input_shape)
     y, state = layer.apply(params, state, x, train=True, key=key, mask=None)
 
-``params`` are the trainable leaves (weights ``w``, biases ``b``, norm scales ``gamma``/``beta``,
-PReLU slopes ``alpha``; :func:`jaxnn.regularizers.weights` picks ``w``), ``state`` the
-non-trainable ones (batch-norm running averages). ``mask`` (``[batch]``, 1 for real rows, 0 for
-padding) lets batch norm ignore the padded rows of a ragged last batch, so a training step compiles
-once. :func:`mlp` strings layers into a multilayer perceptron and returns a :class:`Model`.
+``input_shape`` excludes the batch axis (``(features,)`` for vectors, ``(height, width,
+channels)`` for NHWC images), so :func:`jaxnn.models.serial` can fold any layers: each ``init``
+says what shape comes out. ``params`` are the trainable leaves (weights ``w``, biases ``b``, norm
+scales ``gamma``/``beta``, PReLU slopes ``alpha``; :func:`jaxnn.regularizers.weights` picks
+``w``), ``state`` the non-trainable ones (batch-norm running averages). ``mask`` (``[batch]``, 1
+for real rows, 0 for padding) lets batch norm ignore the padded rows of a ragged last batch, so a
+training step compiles once.
+
+Layers: :func:`Dense`, :func:`Conv2D` (NHWC inputs, HWIO kernels), :func:`MaxPool`,
+:func:`AvgPool`, :func:`Flatten`, :func:`BatchNorm`, :func:`LayerNorm`, :func:`Dropout`,
+:func:`Activation` (any :mod:`jaxnn.activations` name; ``prelu`` with a learnable slope) and
+:func:`Maxout`. The builders (``serial``, ``mlp``, ``convnet``, ``Model``) live in
+:mod:`jaxnn.models` and are re-exported here.
+
+Example::
+
+    from jaxnn.layers import Conv2D, Activation, MaxPool, Flatten, Dense, serial
+    model = serial(Conv2D(32), Activation("relu"), MaxPool(), Flatten(), Dense(10),
+                   input_shape=(28, 28, 1))
+    params, state = model.init(jax.random.key(0))
+    logits, state = model.apply(params, state, x)            # x: [batch, 28, 28, 1]
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import inspect
+import math
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxnn import activations as _act
 from jaxnn import initializers as _init
 
 __all__ = [
     "Layer",
-    "Model",
     "LayerActivations",
     "Dense",
-    "Maxout",
+    "Conv2D",
+    "MaxPool",
+    "AvgPool",
+    "Flatten",
     "BatchNorm",
     "LayerNorm",
     "Dropout",
-    "mlp",
+    "Activation",
+    "Maxout",
+    # builders, defined in jaxnn.models (resolved on first use by __getattr__ below)
+    "Model",  # noqa: F822
+    "serial",  # noqa: F822
+    "mlp",  # noqa: F822
+    "convnet",  # noqa: F822
+    "parse_arch",  # noqa: F822
+    "ArchItem",  # noqa: F822
 ]
 
-
-class Layer(NamedTuple):
-    """A layer: ``init(key, in_features) -> (params, state)`` and
-    ``apply(params, state, x, *, train=False, key=None, mask=None) -> (y, state)``."""
-
-    init: Callable[..., tuple[Any, Any]]
-    apply: Callable[..., tuple[jax.Array, Any]]
+Shape = tuple[int, ...]
 
 
 class LayerActivations(NamedTuple):
-    """What one hidden layer computed: ``pre`` (input of the nonlinearity) and ``post`` (its
-    output), each ``[batch, units]``."""
+    """What one nonlinearity computed: ``pre`` (its input) and ``post`` (its output), each
+    ``[batch, ..., units]`` (``[batch, height, width, channels]`` after a convolution)."""
 
     pre: jax.Array
     post: jax.Array
 
 
-class Model(NamedTuple):
-    """A model: ``init(key) -> (params, state)``;
-    ``apply(params, state, x, *, train=False, key=None, mask=None) -> (outputs, state)``;
-    ``trace(...)`` is ``apply`` that also returns one :class:`LayerActivations` per hidden layer
-    (for diagnostics: dead units, saturation, activation statistics)."""
+class Layer(NamedTuple):
+    """A layer: a pair of pure functions and what :func:`jaxnn.models.serial` needs to know.
 
-    init: Callable[..., tuple[Any, Any]]
+    Attributes:
+      init: ``init(key, input_shape) -> (output_shape, params, state)``; shapes exclude the
+        batch axis.
+      apply: ``apply(params, state, x, *, train=False, key=None, mask=None) -> (y, state)``.
+      name: the key of the layer's params and state inside its model layer (``"bn"``,
+        ``"alpha"``, ...); unused for weighted layers, whose params are the model layer's own.
+      weighted: the layer holds a weight matrix or kernel (``Dense``, ``Conv2D``, ``Maxout``);
+        in a model each weighted layer starts a new model layer ``"layer_<i>"``.
+      trace: for nonlinearities: ``apply`` that also returns the :class:`LayerActivations`
+        (``trace(...) -> (y, state, LayerActivations)``); ``None`` for other layers.
+      activation: the nonlinearity's :mod:`jaxnn.activations` name (for diagnostics), if any.
+    """
+
+    init: Callable[..., tuple[Shape, Any, Any]]
     apply: Callable[..., tuple[jax.Array, Any]]
-    trace: Callable[..., tuple[jax.Array, Any, list[LayerActivations]]]
+    name: str = "layer"
+    weighted: bool = False
+    trace: Callable[..., tuple[jax.Array, Any, LayerActivations]] | None = None
+    activation: str | None = None
 
 
-def _initializer(init):
+# --------------------------------------------------------------------------- helpers
+def _initializer(init: Any, arg: str) -> Callable[..., jax.Array]:
     """An initializer from a name, a number (constant) or an ``init(key, shape, dtype)``."""
     if isinstance(init, str):
         return _init.get(init)
-    if isinstance(init, int | float):
+    if isinstance(init, int | float) and not isinstance(init, bool):
         return _init.constant(float(init))
     if callable(init):
         return init
-    raise ValueError(f"init must be a name, a number or an initializer, got {init!r}")
+    raise ValueError(f"`{arg}` must be an initializer name, a number or an initializer, "
+                     f"got {init!r}")
 
 
-def _check_features(x, expected: int, what: str) -> None:
-    if x.ndim < 1 or x.shape[-1] != expected:
-        raise ValueError(f"{what}: x must have {expected} features on its last axis, got {x.shape}")
+def _shape(input_shape: Any, layer: str, *, rank: int | None = None) -> Shape:
+    """``input_shape`` as a tuple of positive ints (an int ``n`` means ``(n,)``)."""
+    if isinstance(input_shape, int):
+        input_shape = (input_shape,)
+    try:
+        shape = tuple(int(d) for d in input_shape)
+    except TypeError:
+        raise ValueError(f"{layer}: input_shape must be a tuple of sizes (without the batch "
+                         f"axis), got {input_shape!r}") from None
+    if not shape or min(shape) < 1:
+        raise ValueError(f"{layer}: input_shape must be non-empty positive sizes, got {shape}")
+    if rank is not None and len(shape) != rank:
+        what = "(height, width, channels)" if rank == 3 else f"rank {rank}"
+        raise ValueError(f"{layer}: needs inputs of shape {what} (without the batch axis), got "
+                         f"{shape}; images are NHWC")
+    return shape
+
+
+def _pair(v: Any, arg: str) -> tuple[int, int]:
+    """An int or a pair of ints, each >= 1."""
+    pair = (v, v) if isinstance(v, int) else tuple(v)
+    if len(pair) != 2 or not all(isinstance(p, int) and p >= 1 for p in pair):
+        raise ValueError(f"`{arg}` must be a positive int or a pair of them, got {v!r}")
+    return pair  # type: ignore[return-value]
+
+
+def _padding(padding: Any) -> str | tuple[tuple[int, int], ...]:
+    if isinstance(padding, str):
+        if padding.upper() not in ("SAME", "VALID"):
+            raise ValueError(f"`padding` must be 'SAME', 'VALID' or ((top, bottom), (left, "
+                             f"right)), got {padding!r}")
+        return padding.upper()
+    try:
+        pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    except (TypeError, ValueError):
+        pads = ()
+    if len(pads) != 2:
+        raise ValueError(f"`padding` must be 'SAME', 'VALID' or ((top, bottom), (left, right)), "
+                         f"got {padding!r}")
+    return pads
+
+
+def _check_input(x, shape: Shape, layer: str) -> None:
+    """x is ``[batch, *shape]`` (eager and traced: shapes are static)."""
+    if tuple(x.shape[1:]) != tuple(shape):
+        dims = ", ".join(str(d) for d in shape)
+        raise ValueError(f"{layer}: x must have shape [batch, {dims}], got {tuple(x.shape)}")
+
+
+def _out_shape(fn: Callable, shape: Shape, dtype=jnp.float32) -> Shape:
+    """The shape (without batch axis) ``fn`` gives for a ``[1, *shape]`` input (no compute)."""
+    return tuple(jax.eval_shape(fn, jax.ShapeDtypeStruct((1, *shape), dtype)).shape[1:])
 
 
 # --------------------------------------------------------------------------- Dense
 def Dense(
-    out_features: int,
+    features: int,
     *,
-    w_init: Any = "he_normal",
-    b_init: Any = 0.0,
+    init: Any = "he_normal",
+    bias_init: Any = 0.0,
     use_bias: bool = True,
-    dtype=jnp.float32,
+    dtype: Any = jnp.float32,
 ) -> Layer:
-    r"""Affine layer :math:`y = x W + b` with ``W: [in, out]``.
+    r"""Affine layer :math:`y = x W + b` with ``W: [in, features]`` on the last axis.
 
-    ``w_init``/``b_init`` are initializer names, numbers or initializers (``b_init=0.01`` is the
-    "slightly positive ReLU bias").
+    ``init`` / ``bias_init`` are initializer names, numbers (constants) or initializers
+    (``bias_init=0.01`` is the "slightly positive ReLU bias"). ``W`` is drawn with the first half
+    of ``jax.random.split(key)``, ``b`` with the second. Inputs ``[batch, ..., in]`` work: the
+    map applies to the last axis. The output keeps ``x``'s dtype.
     """
-    if out_features < 1:
-        raise ValueError(f"out_features must be >= 1, got {out_features}")
-    w_init, b_init = _initializer(w_init), _initializer(b_init)
+    if int(features) < 1:
+        raise ValueError(f"Dense: `features` must be >= 1, got {features}")
+    w_init, b_init = _initializer(init, "init"), _initializer(bias_init, "bias_init")
 
-    def init(key, in_features):
+    def init_fn(key, input_shape):
+        shape = _shape(input_shape, "Dense")
         wkey, bkey = jax.random.split(key)
-        params = {"w": w_init(wkey, (in_features, out_features), dtype)}
+        params = {"w": w_init(wkey, (shape[-1], features), dtype)}
         if use_bias:
-            params["b"] = b_init(bkey, (out_features,), dtype)
-        return params, {}
+            params["b"] = b_init(bkey, (features,), dtype)
+        return (*shape[:-1], features), params, {}
 
     def apply(params, state, x, *, train=False, key=None, mask=None):
-        _check_features(x, params["w"].shape[0], "Dense")
+        x = jnp.asarray(x)
+        n_in = params["w"].shape[0]
+        if x.ndim < 2 or x.shape[-1] != n_in:
+            raise ValueError(f"Dense: x must have {n_in} features on its last axis, got "
+                             f"{tuple(x.shape)}")
         y = x @ params["w"].astype(x.dtype)
         if use_bias:
             y = y + params["b"].astype(x.dtype)
         return y, state
 
-    return Layer(init, apply)
+    return Layer(init_fn, apply, name="dense", weighted=True)
 
 
-# --------------------------------------------------------------------------- Maxout
-def Maxout(
-    out_features: int, num_pieces: int = 2, *, w_init: Any = "glorot_normal", b_init: Any = 0.0
+# --------------------------------------------------------------------------- Conv2D
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+
+def Conv2D(
+    features: int,
+    kernel_size: int | Sequence[int] = 3,
+    *,
+    strides: int | Sequence[int] = 1,
+    padding: Any = "SAME",
+    init: Any = "he_normal",
+    bias_init: Any = 0.0,
+    use_bias: bool = True,
+    dtype: Any = jnp.float32,
 ) -> Layer:
-    r"""Maxout layer: :math:`y_j = \max_i (x W_i + b_i)_j` over ``num_pieces`` affine pieces.
+    r"""2-D convolution of NHWC images with an HWIO kernel (the flax/lax convention).
 
-    The pieces share one weight matrix ``w: [in, num_pieces * out]`` laid out piece-major
-    (columns ``i*out:(i+1)*out`` are piece ``i``), so the forward pass is one matmul and a
-    pairwise ``maximum`` of contiguous slices — faster forward and backward than a reduction over
-    a reshaped axis. At ties the gradient goes to the lowest piece.
+    .. math:: y_{n,i,j,o} = b_o + \sum_{u,v,c} x_{n,\,s_h i + u - p_h,\,s_w j + v - p_w,\,c}
+        \, W_{u,v,c,o}
+
+    (cross-correlation, as every deep-learning library computes it), by
+    :func:`jax.lax.conv_general_dilated`. ``padding`` is ``"SAME"`` (output
+    :math:`\lceil H/s \rceil`), ``"VALID"`` (:math:`\lfloor (H-k)/s \rfloor + 1`) or explicit
+    ``((top, bottom), (left, right))``. The kernel ``[kh, kw, c_in, features]`` is drawn by
+    ``init`` with jax's fans for conv kernels: ``fan_in = kh * kw * c_in``,
+    ``fan_out = kh * kw * features`` (He: :math:`\operatorname{Var}(W) = 2 / (k_h k_w c_{in})`).
     """
-    if num_pieces < 1:
-        raise ValueError(f"num_pieces must be >= 1, got {num_pieces}")
-    dense = Dense(out_features * num_pieces, w_init=w_init, b_init=b_init)
+    if int(features) < 1:
+        raise ValueError(f"Conv2D: `features` must be >= 1, got {features}")
+    kh, kw = _pair(kernel_size, "kernel_size")
+    window_strides = _pair(strides, "strides")
+    pad = _padding(padding)
+    w_init, b_init = _initializer(init, "init"), _initializer(bias_init, "bias_init")
+
+    def conv(x, w):
+        return lax.conv_general_dilated(x, w.astype(x.dtype), window_strides, pad,
+                                        dimension_numbers=_DIMENSION_NUMBERS)
+
+    def init_fn(key, input_shape):
+        shape = _shape(input_shape, "Conv2D", rank=3)
+        wkey, bkey = jax.random.split(key)
+        params = {"w": w_init(wkey, (kh, kw, shape[-1], features), dtype)}
+        if use_bias:
+            params["b"] = b_init(bkey, (features,), dtype)
+        out = _out_shape(lambda x: conv(x, jnp.zeros((kh, kw, shape[-1], features))), shape)
+        return out, params, {}
 
     def apply(params, state, x, *, train=False, key=None, mask=None):
-        z, state = dense.apply(params, state, x)
-        return _max_pieces(z, num_pieces, out_features), state
+        x = jnp.asarray(x)
+        c_in = params["w"].shape[2]
+        if x.ndim != 4 or x.shape[-1] != c_in:
+            raise ValueError(f"Conv2D: x must have shape [batch, height, width, {c_in}] (NHWC), "
+                             f"got {tuple(x.shape)}")
+        y = conv(x, params["w"])
+        if use_bias:
+            y = y + params["b"].astype(x.dtype)
+        return y, state
 
-    return Layer(dense.init, apply)
+    return Layer(init_fn, apply, name="conv", weighted=True)
 
 
-def _max_pieces(z, num_pieces: int, width: int):
-    y = z[..., :width]
-    for i in range(1, num_pieces):
-        y = jnp.maximum(y, z[..., i * width : (i + 1) * width])
-    return y
+# --------------------------------------------------------------------------- pooling
+def _pool_layer(kind: str, window, strides, padding) -> Layer:
+    wh, ww = _pair(window, "window")
+    sh, sw = _pair(window if strides is None else strides, "strides")
+    pad = _padding(padding)
+    dims, steps = (1, wh, ww, 1), (1, sh, sw, 1)
+    layer = "MaxPool" if kind == "max" else "AvgPool"
+    pads = pad if isinstance(pad, str) else ((0, 0), *pad, (0, 0))
+
+    def pool(x):
+        if kind == "max":
+            return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, dims, steps, pads)
+        total = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, dims, steps, pads)
+        if pads == "VALID":
+            return total / jnp.array(wh * ww, x.dtype)
+        # Padded windows average over their real entries only.
+        ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
+        return total / lax.reduce_window(ones, jnp.array(0, x.dtype), lax.add, dims, steps, pads)
+
+    def init_fn(key, input_shape):
+        shape = _shape(input_shape, layer, rank=3)
+        return _out_shape(pool, shape), {}, {}
+
+    def apply(params, state, x, *, train=False, key=None, mask=None):
+        x = jnp.asarray(x)
+        if x.ndim != 4:
+            raise ValueError(f"{layer}: x must be [batch, height, width, channels] (NHWC), got "
+                             f"{tuple(x.shape)}")
+        return pool(x), state
+
+    return Layer(init_fn, apply, name="pool")
+
+
+def MaxPool(window: int | Sequence[int] = 2, strides: int | Sequence[int] | None = None, *,
+            padding: Any = "VALID") -> Layer:
+    r"""Max pooling over ``window`` (``kh x kw``) on NHWC images, per channel:
+    :math:`y_{n,i,j,c} = \max_{u<k_h, v<k_w} x_{n, s_h i + u, s_w j + v, c}`.
+
+    ``strides`` defaults to ``window`` (non-overlapping windows). The gradient goes to the
+    maximal entry of each window.
+    """
+    return _pool_layer("max", window, strides, padding)
+
+
+def AvgPool(window: int | Sequence[int] = 2, strides: int | Sequence[int] | None = None, *,
+            padding: Any = "VALID") -> Layer:
+    r"""Average pooling over ``window`` on NHWC images, per channel:
+    :math:`y_{n,i,j,c} = \frac{1}{k_h k_w} \sum_{u<k_h, v<k_w} x_{n, s_h i + u, s_w j + v, c}`.
+
+    ``strides`` defaults to ``window``. With ``padding="SAME"`` a window that overlaps the
+    border averages over its real entries only.
+    """
+    return _pool_layer("avg", window, strides, padding)
+
+
+def Flatten() -> Layer:
+    """Flatten every axis but the batch axis: ``[batch, h, w, c] -> [batch, h * w * c]``
+    (row-major, as ``reshape``)."""
+
+    def init_fn(key, input_shape):
+        return (math.prod(_shape(input_shape, "Flatten")),), {}, {}
+
+    def apply(params, state, x, *, train=False, key=None, mask=None):
+        x = jnp.asarray(x)
+        return x.reshape(x.shape[0], -1), state
+
+    return Layer(init_fn, apply, name="flatten")
 
 
 # --------------------------------------------------------------------------- normalization
@@ -150,41 +346,55 @@ def _stat_dtype(x):
 
 
 def _masked_moments(x, mask):
-    """Mean and (biased) variance over the batch axis in >= float32, counting only ``mask == 1``."""
+    """Per channel (last axis): mean, biased variance and the number of entries averaged, over
+    every other axis in >= float32, counting only the rows with ``mask == 1``."""
     x32 = x.astype(_stat_dtype(x))
+    axes = tuple(range(x.ndim - 1))
+    per_row = math.prod(x.shape[1:-1])  # positions per example (1 for [N, F])
     if mask is None:
-        mean = jnp.mean(x32, axis=0)
-        var = jnp.mean(jnp.square(x32 - mean), axis=0)
-        return mean, var
+        mean = jnp.mean(x32, axis=axes)
+        var = jnp.mean(jnp.square(x32 - mean), axis=axes)
+        return mean, var, jnp.asarray(x.shape[0] * per_row, x32.dtype)
     m = mask.astype(x32.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
-    n = jnp.maximum(jnp.sum(m), 1.0)
-    mean = jnp.sum(x32 * m, axis=0) / n
-    var = jnp.sum(jnp.square(x32 - mean) * m, axis=0) / n
-    return mean, var
+    n = jnp.sum(m) * per_row
+    denom = jnp.maximum(n, 1.0)
+    mean = jnp.sum(x32 * m, axis=axes) / denom
+    var = jnp.sum(jnp.square(x32 - mean) * m, axis=axes) / denom
+    return mean, var, n
 
 
 def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5) -> Layer:
-    r"""Batch normalization over the batch axis (features on the last axis).
+    r"""Batch normalization per feature (the last axis), over every other axis.
 
-    Training: :math:`\hat x = (x - \mu_B)/\sqrt{\sigma_B^2 + \epsilon}`,
-    :math:`y = \gamma \hat x + \beta` with the batch mean/variance (biased), and the running
+    On ``[N, F]`` the statistics are over the batch; on NHWC images ``[N, H, W, C]`` they are per
+    channel over ``N, H, W`` (every position of every example), as for a convolution. Training:
+    :math:`\hat x = (x - \mu_B)/\sqrt{\sigma_B^2 + \epsilon}`, :math:`y = \gamma \hat x + \beta`
+    with the batch mean/variance (biased) of the rows with ``mask == 1``, and the running
     averages updated as :math:`r \leftarrow m\,r + (1-m)\,\mu_B` (the variance with the unbiased
-    batch estimate, as PyTorch does). Evaluation uses the running averages. ``gamma``/``beta``
-    start at 1 and 0; statistics are computed in float32 and the output keeps ``x``'s dtype.
+    batch estimate, :math:`\sigma_B^2\, n/(n-1)`, as PyTorch does). Evaluation uses the running
+    averages. ``gamma``/``beta`` start at 1 and 0; statistics are computed in at least float32 and
+    the output keeps ``x``'s dtype. Place it after the affine/conv layer and before the
+    nonlinearity.
     """
     if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        raise ValueError(f"BatchNorm: `momentum` must be in [0, 1), got {momentum}")
+    if not eps > 0:
+        raise ValueError(f"BatchNorm: `eps` must be positive, got {eps}")
 
-    def init(key, in_features):
-        params = {"gamma": jnp.ones((in_features,)), "beta": jnp.zeros((in_features,))}
-        state = {"mean": jnp.zeros((in_features,)), "var": jnp.ones((in_features,))}
-        return params, state
+    def init_fn(key, input_shape):
+        shape = _shape(input_shape, "BatchNorm")
+        c = shape[-1]
+        params = {"gamma": jnp.ones((c,)), "beta": jnp.zeros((c,))}
+        return shape, params, {"mean": jnp.zeros((c,)), "var": jnp.ones((c,))}
 
     def apply(params, state, x, *, train=False, key=None, mask=None):
-        _check_features(x, params["gamma"].shape[0], "BatchNorm")
+        x = jnp.asarray(x)
+        c = params["gamma"].shape[0]
+        if x.ndim < 2 or x.shape[-1] != c:
+            raise ValueError(f"BatchNorm: x must have {c} features on its last axis, got "
+                             f"{tuple(x.shape)}")
         if train:
-            mean, var = _masked_moments(x, mask)
-            n = x.shape[0] if mask is None else jnp.sum(mask.astype(jnp.float32))
+            mean, var, n = _masked_moments(x, mask)
             unbiased = var * n / jnp.maximum(n - 1.0, 1.0)
             state = {
                 "mean": momentum * state["mean"] + (1.0 - momentum) * mean,
@@ -192,29 +402,37 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5) -> Layer:
             }
         else:
             mean, var = state["mean"], state["var"]
-        x_hat = (x.astype(_stat_dtype(x)) - mean) * jax.lax.rsqrt(var + eps)
+        x_hat = (x.astype(_stat_dtype(x)) - mean) * lax.rsqrt(var + eps)
         y = params["gamma"] * x_hat + params["beta"]
         return y.astype(x.dtype), state
 
-    return Layer(init, apply)
+    return Layer(init_fn, apply, name="bn")
 
 
 def LayerNorm(*, eps: float = 1e-5) -> Layer:
-    r"""Layer normalization over the feature axis, per example:
-    :math:`y = \gamma (x - \mu)/\sqrt{\sigma^2 + \epsilon} + \beta` (same in training and eval)."""
+    r"""Layer normalization over the last axis, per example (and per position):
+    :math:`y = \gamma (x - \mu)/\sqrt{\sigma^2 + \epsilon} + \beta` (same in training and
+    evaluation; statistics in at least float32)."""
+    if not eps > 0:
+        raise ValueError(f"LayerNorm: `eps` must be positive, got {eps}")
 
-    def init(key, in_features):
-        return {"gamma": jnp.ones((in_features,)), "beta": jnp.zeros((in_features,))}, {}
+    def init_fn(key, input_shape):
+        shape = _shape(input_shape, "LayerNorm")
+        return shape, {"gamma": jnp.ones((shape[-1],)), "beta": jnp.zeros((shape[-1],))}, {}
 
     def apply(params, state, x, *, train=False, key=None, mask=None):
-        _check_features(x, params["gamma"].shape[0], "LayerNorm")
+        x = jnp.asarray(x)
+        c = params["gamma"].shape[0]
+        if x.ndim < 2 or x.shape[-1] != c:
+            raise ValueError(f"LayerNorm: x must have {c} features on its last axis, got "
+                             f"{tuple(x.shape)}")
         x32 = x.astype(_stat_dtype(x))
         mean = jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-        y = params["gamma"] * (x32 - mean) * jax.lax.rsqrt(var + eps) + params["beta"]
+        y = params["gamma"] * (x32 - mean) * lax.rsqrt(var + eps) + params["beta"]
         return y.astype(x.dtype), state
 
-    return Layer(init, apply)
+    return Layer(init_fn, apply, name="ln")
 
 
 def Dropout(rate: float) -> Layer:
@@ -222,118 +440,127 @@ def Dropout(rate: float) -> Layer:
     probability :math:`p = 1 - \text{rate}` and scaled by :math:`1/p`; identity in evaluation.
     Needs ``key`` when training with ``rate > 0``."""
     if not 0.0 <= rate < 1.0:
-        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+        raise ValueError(f"Dropout: `rate` is a drop probability in [0, 1), got {rate}")
 
-    def init(key, in_features):
-        return {}, {}
+    def init_fn(key, input_shape):
+        return _shape(input_shape, "Dropout"), {}, {}
 
     def apply(params, state, x, *, train=False, key=None, mask=None):
         if not train or rate == 0.0:
             return x, state
         if key is None:
             raise ValueError("Dropout: a PRNG key is needed in training (pass key=...)")
+        x = jnp.asarray(x)
         keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
         return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype), state
 
-    return Layer(init, apply)
+    return Layer(init_fn, apply, name="dropout")
 
 
-# --------------------------------------------------------------------------- MLP
-def mlp(
-    sizes,
-    activation: str = "relu",
-    init: Any = "he_normal",
-    bias_init: float = 0.0,
-    batch_norm: bool = False,
-    dropout: float = 0.0,
-    *,
-    num_pieces: int = 2,
-    bn_momentum: float = 0.9,
-    prelu_init: float = 0.25,
-) -> Model:
-    """A multilayer perceptron ``sizes = [in, hidden..., out]``.
+# --------------------------------------------------------------------------- nonlinearities
+#: Activations with a learnable parameter: name -> (keyword, default initial value). The
+#: parameter is per channel (the last axis).
+_LEARNABLE = {"prelu": ("alpha", 0.25)}
 
-    Each hidden layer is ``Dense -> [BatchNorm] -> activation -> [Dropout]`` (batch norm after the
-    affine map and before the nonlinearity); the last layer is a plain ``Dense`` giving scores.
-    ``activation="maxout"`` makes each hidden layer a :func:`Maxout` with ``num_pieces`` pieces;
-    ``"prelu"`` gives each hidden layer a learnable per-unit slope ``alpha`` (initially
-    ``prelu_init``). Params are ``{"layer_0": {"w", "b", ["bn"], ["alpha"]}, ...}``; with batch
-    norm a hidden layer has no ``b`` (the norm's ``beta`` is its bias).
 
-    Example::
+def Activation(name: str, **kw: Any) -> Layer:
+    r"""The nonlinearity ``jaxnn.activations.get(name)`` as a layer, with options ``kw``.
 
-        model = mlp([64, 128, 10])
-        params, state = model.init(jax.random.key(0))
-        logits, state = model.apply(params, state, x)
+    ``Activation("leaky_relu", negative_slope=0.2)``; ``Activation("maxout", num_pieces=2)``
+    takes the max over groups of consecutive channels (the last axis shrinks by
+    ``num_pieces``). ``Activation("prelu")`` carries a learnable per-channel slope ``alpha``
+    (its params), initially ``kw.get("alpha", 0.25)``. The layer's ``trace`` reports its input
+    and output (:class:`LayerActivations`) for diagnostics.
+
+    Raises:
+      ValueError: for an unknown name (listing the valid ones) or options the activation does
+        not take.
     """
-    sizes = [int(s) for s in sizes]
-    if len(sizes) < 2 or min(sizes) < 1:
-        raise ValueError(f"sizes must list at least an input and an output size >= 1, got {sizes}")
-    if activation != "maxout":
-        act_fn = _act.get(activation)  # raises ValueError listing the valid names
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be a drop probability in [0, 1), got {dropout}")
-    depth = len(sizes) - 1
-    blocks = []
-    for i in range(depth):
-        hidden = i < depth - 1
-        if hidden and activation == "maxout":
-            lin = Maxout(sizes[i + 1], num_pieces, w_init=init, b_init=bias_init)
-        else:
-            # Batch norm's beta replaces the bias (a bias before it would get zero gradient).
-            lin = Dense(sizes[i + 1], w_init=init, b_init=bias_init,
-                        use_bias=not (hidden and batch_norm))
-        bn = BatchNorm(momentum=bn_momentum) if (hidden and batch_norm) else None
-        blocks.append((lin, bn))
-    drop = Dropout(dropout)
+    fn = _act.get(name)  # ValueError listing the valid names
+    kw = dict(kw)
+    learn, init_value = _LEARNABLE.get(name, (None, None))
+    if learn is not None:
+        init_value = float(kw.pop(learn, init_value))
+    try:
+        inspect.signature(fn).bind(0.0, *(() if learn is None else (0.0,)), **kw)
+    except TypeError as e:
+        raise ValueError(f"Activation({name!r}): bad options {sorted(kw)}: {e}") from None
+    f = functools.partial(fn, **kw)
 
-    def init_fn(key):
-        params, state = {}, {}
-        keys = jax.random.split(key, depth)
-        for i, (lin, bn) in enumerate(blocks):
-            p, s = lin.init(keys[i], sizes[i])
-            if bn is not None:
-                p["bn"], s["bn"] = bn.init(keys[i], sizes[i + 1])
-            if activation == "prelu" and i < depth - 1:
-                p["alpha"] = jnp.full((sizes[i + 1],), prelu_init, jnp.float32)
-            params[f"layer_{i}"], state[f"layer_{i}"] = p, s
-        return params, state
-
-    def _forward(params, state, x, train, key, mask):
-        x = jnp.asarray(x)
-        if x.ndim != 2 or x.shape[-1] != sizes[0]:
-            raise ValueError(f"mlp: x must have shape [batch, {sizes[0]}], got {x.shape}")
-        keys = [None] * depth
-        if train and dropout > 0.0:
-            if key is None:
-                raise ValueError("mlp: a PRNG key is needed to train with dropout (pass key=...)")
-            keys = list(jax.random.split(key, depth))
-        new_state, acts = {}, []
-        h = x
-        for i, (lin, bn) in enumerate(blocks):
-            name = f"layer_{i}"
-            p, s = params[name], state[name]
-            z, _ = lin.apply(p, {}, h)
-            s_new = dict(s)
-            if bn is not None:
-                z, s_new["bn"] = bn.apply(p["bn"], s["bn"], z, train=train, mask=mask)
-            new_state[name] = s_new
-            if i == depth - 1:
-                return z, new_state, acts
-            if activation == "maxout":
-                h = z
-            elif activation == "prelu":
-                h = act_fn(z, p["alpha"].astype(z.dtype))
-            else:
-                h = act_fn(z)
-            acts.append(LayerActivations(pre=z, post=h))
-            h, _ = drop.apply({}, {}, h, train=train, key=keys[i])
-
-    def apply(params, state, x, *, train=False, key=None, mask=None):
-        out, new_state, _ = _forward(params, state, x, train, key, mask)
-        return out, new_state
+    def init_fn(key, input_shape):
+        shape = _shape(input_shape, f"Activation({name!r})")
+        if learn is None:
+            try:
+                out = _out_shape(f, shape)
+            except ValueError as e:
+                raise ValueError(f"Activation({name!r}) on inputs of shape {shape}: {e}") from None
+            return out, {}, {}
+        return shape, jnp.full((shape[-1],), init_value, jnp.float32), {}
 
     def trace(params, state, x, *, train=False, key=None, mask=None):
-        return _forward(params, state, x, train, key, mask)
+        x = jnp.asarray(x)
+        y = f(x) if learn is None else f(x, params.astype(x.dtype))
+        return y, state, LayerActivations(x, y)
 
-    return Model(init_fn, apply, trace)
+    def apply(params, state, x, *, train=False, key=None, mask=None):
+        y, state, _ = trace(params, state, x)
+        return y, state
+
+    return Layer(init_fn, apply, name=learn or "act", trace=trace, activation=name)
+
+
+def Maxout(
+    features: int,
+    num_pieces: int = 2,
+    *,
+    init: Any = "glorot_normal",
+    bias_init: Any = 0.0,
+    use_bias: bool = True,
+    dtype: Any = jnp.float32,
+) -> Layer:
+    r"""Maxout layer (Goodfellow et al. 2013): ``features`` units, each the max of
+    ``num_pieces`` affine pieces.
+
+    .. math:: z = x W + b, \qquad y_j = \max_{0 \le i < k} z_{jk + i}
+
+    **Layout:** ``W: [in, features * k]``, and the pieces of unit ``j`` are the ``k``
+    consecutive columns ``j*k .. j*k + k - 1``, so ``y = jaxnn.activations.maxout(z, k)`` of the
+    layer's own pre-activations ``z`` (what :func:`Dense` ``(features * k)`` followed by
+    ``Activation("maxout", num_pieces=k)`` computes, in one layer). The max is the pairwise
+    chain of selects over strided slices of :func:`jaxnn.activations.maxout` (one matmul, no
+    reshape). **Gradient:** to the maximal piece of each unit; at a tie, all of it to the
+    lowest-numbered maximal piece (``i`` smallest), none to the others.
+    """
+    k = int(num_pieces)
+    if k < 1:
+        raise ValueError(f"Maxout: `num_pieces` must be >= 1, got {num_pieces}")
+    dense = Dense(int(features) * k, init=init, bias_init=bias_init, use_bias=use_bias,
+                  dtype=dtype)
+
+    def init_fn(key, input_shape):
+        shape, params, state = dense.init(key, input_shape)
+        return (*shape[:-1], int(features)), params, state
+
+    def trace(params, state, x, *, train=False, key=None, mask=None):
+        z, state = dense.apply(params, state, x)
+        y = _act.maxout(z, k)
+        return y, state, LayerActivations(z, y)
+
+    def apply(params, state, x, *, train=False, key=None, mask=None):
+        y, state, _ = trace(params, state, x)
+        return y, state
+
+    return Layer(init_fn, apply, name="maxout", weighted=True, trace=trace, activation="maxout")
+
+
+# The builders live in jaxnn.models (one layer up); ``jaxnn.layers.mlp``, ``jaxnn.layers.Model``
+# and the others resolve to them on first use, so either module can be imported first.
+_BUILDERS = frozenset({"Model", "serial", "mlp", "convnet", "parse_arch", "ArchItem"})
+
+
+def __getattr__(name: str):
+    if name in _BUILDERS:
+        from jaxnn import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'jaxnn.layers' has no attribute {name!r}")

@@ -1,0 +1,488 @@
+r"""Models: :func:`serial` folds layers (:mod:`jaxnn.layers`) into a :class:`Model`; :func:`mlp`
+and :func:`convnet` are thin builders over it.
+
+A :class:`Model` is ``init(key) -> (params, state)``,
+``apply(params, state, x, *, train=False, key=None, mask=None) -> (outputs, state)`` and
+``trace(...)``, which is ``apply`` that also returns one :class:`~jaxnn.layers.LayerActivations`
+per hidden layer, so :mod:`jaxnn.train`, :mod:`jaxnn.population`, :mod:`jaxnn.diagnostics` and
+checkpoints take any model.
+
+**Model layers.** ``serial`` groups its layers into *model layers*, the curriculum's "layers":
+each weighted layer (:func:`~jaxnn.layers.Dense`, :func:`~jaxnn.layers.Conv2D`,
+:func:`~jaxnn.layers.Maxout`) starts one, named ``"layer_0"``, ``"layer_1"``, ..., and the layers
+after it (batch norm, nonlinearity, dropout, pooling) belong to it until the next weighted layer.
+The params are one dict per model layer: the weighted layer's own ``{"w", "b"}`` and, under their
+:attr:`~jaxnn.layers.Layer.name`, the params of the others (``"bn"`` for batch norm, ``"alpha"``
+for PReLU's slope); the state likewise. E.g. ``mlp([64, 128, 10], batch_norm=True)`` has params
+``{"layer_0": {"w", "bn": {"gamma", "beta"}}, "layer_1": {"w", "b"}}``. Layers before the first
+weighted layer keep what they hold under ``"input"``. ``trace`` reports, for every model layer but
+the last (the output), its first nonlinearity's input and output (pre-activations and
+activations; both the layer's output if it has no nonlinearity). Diagnostics read
+:attr:`Model.layer_names` and :attr:`Model.activations`.
+
+**Randomness.** ``init`` splits ``key`` into one key per model layer (plus one for the layers
+before the first, if any); the weighted layer gets its model layer's key, the others
+``fold_in(that key, position in the model layer)``. ``apply`` derives dropout keys from its
+``key`` the same way.
+
+Example::
+
+    from jaxnn.layers import BatchNorm, Conv2D, Activation, MaxPool, Flatten, Dense
+    model = serial(Conv2D(32), BatchNorm(), Activation("relu"), MaxPool(),
+                   Flatten(), Dense(10), input_shape=(8, 8, 1))
+    params, state = model.init(jax.random.key(0))
+    logits, state = model.apply(params, state, x, train=True, mask=mask)
+
+    model = convnet((8, 8, 1), 10, "conv:32,conv:32,pool,conv:64,pool,fc:128", batch_norm=True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxnn import activations as _act
+from jaxnn.layers import (
+    Activation,
+    AvgPool,
+    BatchNorm,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    Layer,
+    LayerActivations,
+    MaxPool,
+)
+
+__all__ = [
+    "Model",
+    "serial",
+    "mlp",
+    "convnet",
+    "ArchItem",
+    "ARCH_GRAMMAR",
+    "DEFAULT_ARCH",
+    "parse_arch",
+]
+
+#: The key of the model layer holding what layers before the first weighted layer carry.
+_INPUT = "input"
+
+
+class Model(NamedTuple):
+    """A model: ``init(key) -> (params, state)``;
+    ``apply(params, state, x, *, train=False, key=None, mask=None) -> (outputs, state)``;
+    ``trace(...)`` is ``apply`` that also returns one
+    :class:`~jaxnn.layers.LayerActivations` per hidden model layer (for diagnostics: dead units,
+    saturation, activation statistics).
+
+    Attributes (besides the three functions; all hashable, so a model can key a cache):
+      input_shape, output_shape: per example (without the batch axis).
+      layer_names: the model layers, input to output (keys of ``params``: ``"layer_0"``, ...).
+      activations: each model layer's nonlinearity name (``None`` for none, e.g. the output).
+    """
+
+    init: Callable[..., tuple[Any, Any]]
+    apply: Callable[..., tuple[jax.Array, Any]]
+    trace: Callable[..., tuple[jax.Array, Any, list[LayerActivations]]]
+    input_shape: tuple[int, ...] = ()
+    output_shape: tuple[int, ...] = ()
+    layer_names: tuple[str, ...] = ()
+    activations: tuple[str | None, ...] = ()
+
+
+class _Slot(NamedTuple):
+    """Where one layer of a serial model keeps its params/state: model layer ``block`` (-1:
+    before the first weighted layer), under ``name`` (``None``: the model layer's own dict, for
+    weighted layers), at position ``pos`` in the model layer."""
+
+    block: int
+    name: str | None
+    pos: int
+
+
+def _plan(layers: Sequence[Layer]) -> tuple[list[_Slot], int]:
+    plan, block, pos, used = [], -1, 0, set()
+    for layer in layers:
+        if layer.weighted:
+            block, pos, used = block + 1, 0, set()
+            plan.append(_Slot(block, None, 0))
+            continue
+        pos += 1
+        name, i = layer.name, 1
+        while name in used:
+            name, i = f"{layer.name}_{i}", i + 1
+        used.add(name)
+        plan.append(_Slot(block, name, pos))
+    return plan, block + 1
+
+
+def serial(*layers: Layer, input_shape: Sequence[int] | int) -> Model:
+    """Fold ``layers`` into a :class:`Model` for inputs ``[batch, *input_shape]``.
+
+    Shapes are checked here, once, without computing anything (:func:`jax.eval_shape` of
+    ``init`` and ``apply``): a layer that does not fit its input (a convolution after a flatten,
+    pooling an image smaller than the window) is a ``ValueError`` naming it.
+
+    Raises:
+      ValueError: for no layers, a bad ``input_shape``, or layers that do not fit together.
+    """
+    if not layers:
+        raise ValueError("serial: give at least one layer")
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            raise ValueError(f"serial: layer {i} must be a jaxnn.layers.Layer, got {layer!r}")
+    if isinstance(input_shape, int):
+        input_shape = (input_shape,)
+    try:
+        in_shape = tuple(int(d) for d in input_shape)
+    except TypeError:
+        raise ValueError(f"serial: input_shape must be a tuple of sizes without the batch axis, "
+                         f"got {input_shape!r}") from None
+    if not in_shape or min(in_shape) < 1:
+        raise ValueError(f"serial: input_shape must be non-empty positive sizes, got {in_shape}")
+    plan, n_blocks = _plan(layers)
+    has_input = plan[0].block < 0
+    names = tuple(f"layer_{i}" for i in range(n_blocks))
+    block_slots = [frozenset(s.name for s in plan if s.block == b and s.name) for b in
+                   range(n_blocks)]
+
+    def block_name(b: int) -> str:
+        return names[b] if b >= 0 else _INPUT
+
+    def layer_keys(key):
+        keys = jax.random.split(key, n_blocks + has_input)
+        return [keys[s.block] if s.name is None else
+                jax.random.fold_in(keys[s.block if s.block >= 0 else n_blocks], s.pos)
+                for s in plan]
+
+    def init_with_shapes(key):
+        params, state, shapes = {}, {}, []
+        shape = in_shape
+        for i, (layer, slot, k) in enumerate(zip(layers, plan, layer_keys(key), strict=True)):
+            shape, p, s = layer.init(k, shape)
+            shape = tuple(int(d) for d in shape)
+            if not shape or min(shape) < 1:
+                raise ValueError(f"serial: layer {i} ({layer.name}) gives an empty output shape "
+                                 f"{shape} from input {shapes[-1] if shapes else in_shape}")
+            shapes.append(shape)
+            name = block_name(slot.block)
+            if slot.name is None:
+                if not isinstance(p, dict) or not isinstance(s, dict):
+                    raise ValueError(f"serial: weighted layer {i} ({layer.name}) must keep its "
+                                     "params and state in dicts")
+                clash = (set(p) | set(s)) & block_slots[slot.block]
+                if clash:
+                    raise ValueError(f"serial: layer {i} ({layer.name}) has params named "
+                                     f"{sorted(clash)}, which other layers of {name} use")
+                params[name], state[name] = dict(p), dict(s)
+                continue
+            if jax.tree.leaves(p):
+                params.setdefault(name, {})[slot.name] = p
+            if jax.tree.leaves(s):
+                state.setdefault(name, {})[slot.name] = s
+        return params, state, shapes
+
+    def init(key):
+        params, state, _ = init_with_shapes(key)
+        return params, state
+
+    def forward(params, state, x, train, key, mask, record):
+        x = jnp.asarray(x)
+        if tuple(x.shape[1:]) != in_shape or x.ndim != len(in_shape) + 1:
+            dims = ", ".join(str(d) for d in in_shape)
+            raise ValueError(f"x must have shape [batch, {dims}], got {tuple(x.shape)}")
+        keys = layer_keys(key) if key is not None else [None] * len(layers)
+        new_state = {k: dict(v) for k, v in state.items()}
+        acts: list[LayerActivations] = []
+        current = None  # the LayerActivations of the model layer being computed
+        h = x
+        for layer, slot, k in zip(layers, plan, keys, strict=True):
+            name = block_name(slot.block)
+            if slot.name is None:
+                if slot.block > 0:  # close the previous model layer
+                    acts.append(current if current is not None else LayerActivations(h, h))
+                current = None
+                own = block_slots[slot.block]
+                p = {n: v for n, v in params[name].items() if n not in own}
+                s = {n: v for n, v in state[name].items() if n not in own}
+            else:
+                p = params.get(name, {}).get(slot.name, {})
+                s = state.get(name, {}).get(slot.name, {})
+            if record and layer.trace is not None and current is None and slot.block >= 0:
+                h, s, current = layer.trace(p, s, h, train=train, key=k, mask=mask)
+            else:
+                h, s = layer.apply(p, s, h, train=train, key=k, mask=mask)
+            if slot.name is None:
+                new_state[name].update(s)
+            elif slot.name in state.get(name, {}):
+                new_state[name][slot.name] = s
+        return h, new_state, acts
+
+    def apply(params, state, x, *, train=False, key=None, mask=None):
+        y, new_state, _ = forward(params, state, x, train, key, mask, record=False)
+        return y, new_state
+
+    def trace(params, state, x, *, train=False, key=None, mask=None):
+        return forward(params, state, x, train, key, mask, record=True)
+
+    # Shapes, checked once without computing: each layer's declared output against what its
+    # apply gives.
+    shapes: list[tuple[int, ...]] = []
+
+    def check(key):
+        params, state, declared = init_with_shapes(key)
+        shapes.extend(declared)
+        y, _ = apply(params, state, jnp.zeros((1, *in_shape), jnp.float32))
+        if tuple(y.shape[1:]) != declared[-1]:
+            raise ValueError(f"serial: the layers declare an output shape {declared[-1]} but "
+                             f"compute {tuple(y.shape[1:])}")
+
+    jax.eval_shape(check, jax.random.key(0))
+    acts = [None] * n_blocks
+    for layer, slot in zip(layers, plan, strict=True):
+        if slot.block >= 0 and acts[slot.block] is None and layer.trace is not None:
+            acts[slot.block] = layer.activation
+    return Model(init, apply, trace, in_shape, shapes[-1], names, tuple(acts))
+
+
+# --------------------------------------------------------------------------- builders
+def _activation_options(activation: str, *, num_pieces: int, prelu_init: float) -> dict:
+    """The options of the hidden layers' :func:`~jaxnn.layers.Activation`."""
+    _act.get(activation)  # a ValueError listing the valid names, even with no hidden layer
+    return {"maxout": {"num_pieces": int(num_pieces)},
+            "prelu": {"alpha": float(prelu_init)}}.get(activation, {})
+
+
+def _hidden(affine: Callable[..., Layer], width: int, *, activation: str, options: dict,
+            batch_norm: bool, bn_momentum: float, dropout: float) -> list[Layer]:
+    """``affine -> [BatchNorm] -> Activation -> [Dropout]``. Batch norm's ``beta`` replaces the
+    bias (a bias before it would get zero gradient); maxout's affine map has ``num_pieces``
+    outputs per unit."""
+    layers = [affine(int(width) * options.get("num_pieces", 1), use_bias=not batch_norm)]
+    if batch_norm:
+        layers.append(BatchNorm(momentum=bn_momentum))
+    layers.append(Activation(activation, **options))
+    if dropout:
+        layers.append(Dropout(dropout))
+    return layers
+
+
+def mlp(
+    sizes: Sequence[int],
+    activation: str = "relu",
+    init: Any = "he_normal",
+    bias_init: Any = 0.0,
+    batch_norm: bool = False,
+    dropout: float = 0.0,
+    *,
+    num_pieces: int = 2,
+    bn_momentum: float = 0.9,
+    prelu_init: float = 0.25,
+) -> Model:
+    """A multilayer perceptron ``sizes = [in, hidden..., out]``, built with :func:`serial`.
+
+    Each hidden layer is ``Dense -> [BatchNorm] -> Activation(activation) -> [Dropout]`` (batch
+    norm after the affine map and before the nonlinearity, without the then useless bias); the
+    last layer is a plain ``Dense`` giving scores. ``activation="maxout"`` gives each hidden
+    layer ``num_pieces`` affine pieces per unit (:func:`jaxnn.activations.maxout` over
+    consecutive columns, as :func:`~jaxnn.layers.Maxout`); ``"prelu"`` gives each a learnable
+    per-unit slope ``alpha`` (initially ``prelu_init``). ``init`` / ``bias_init`` are the
+    weight and bias initializers (``bias_init=0.01``: the "slightly positive ReLU bias").
+
+    Params are ``{"layer_0": {"w", "b" | "bn", ["alpha"]}, ...}`` (see :mod:`jaxnn.models`).
+
+    Example::
+
+        model = mlp([64, 128, 10])
+        params, state = model.init(jax.random.key(0))
+        logits, state = model.apply(params, state, x)
+    """
+    try:
+        sizes = [int(s) for s in sizes]
+    except (TypeError, ValueError):
+        raise ValueError(f"mlp: sizes must be integers [in, hidden..., out], got {sizes!r}") from None
+    if len(sizes) < 2 or min(sizes) < 1:
+        raise ValueError(f"mlp: sizes must list at least an input and an output size >= 1, got "
+                         f"{sizes}")
+    options = _activation_options(activation, num_pieces=num_pieces, prelu_init=prelu_init)
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"mlp: dropout must be a drop probability in [0, 1), got {dropout}")
+    dense = lambda n, use_bias=True: Dense(n, init=init, bias_init=bias_init, use_bias=use_bias)
+    layers: list[Layer] = []
+    for width in sizes[1:-1]:
+        layers += _hidden(dense, width, activation=activation, options=options,
+                          batch_norm=batch_norm, bn_momentum=bn_momentum, dropout=dropout)
+    layers.append(dense(sizes[-1]))
+    return serial(*layers, input_shape=(sizes[0],))
+
+
+# --------------------------------------------------------------------------- arch mini-language
+#: The ``--arch`` grammar, for error messages and help.
+ARCH_GRAMMAR = ("comma-separated conv:C (C channels, 3x3, SAME), conv:C:K (KxK), pool (2x2 max), "
+                "avgpool (2x2 average), fc:N (N units), dropout:P (drop probability P)")
+
+#: The usual small image classifier.
+DEFAULT_ARCH = "conv:32,conv:32,pool,conv:64,pool,fc:128"
+
+
+class ArchItem(NamedTuple):
+    """One entry of an architecture: ``kind`` is ``"conv"``, ``"pool"``, ``"avgpool"``,
+    ``"fc"`` or ``"dropout"``; ``size`` the channels, units or drop probability; ``kernel`` the
+    convolution's kernel size."""
+
+    kind: str
+    size: float | None = None
+    kernel: int | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "conv":
+            return f"conv:{int(self.size)}" + ("" if self.kernel == 3 else f":{self.kernel}")
+        if self.kind == "fc":
+            return f"fc:{int(self.size)}"
+        if self.kind == "dropout":
+            return f"dropout:{self.size:g}"
+        return self.kind
+
+
+def _positive_int(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise ValueError(text)
+    return n
+
+
+def _parse_item(token: str) -> ArchItem:
+    kind, *args = token.strip().lower().split(":")
+    if kind == "conv" and len(args) in (1, 2):
+        return ArchItem("conv", _positive_int(args[0]),
+                        _positive_int(args[1]) if len(args) == 2 else 3)
+    if kind == "fc" and len(args) == 1:
+        return ArchItem("fc", _positive_int(args[0]))
+    if kind in ("pool", "avgpool") and not args:
+        return ArchItem(kind)
+    if kind == "dropout" and len(args) == 1:
+        p = float(args[0])
+        if not 0.0 <= p < 1.0:
+            raise ValueError(token)
+        return ArchItem("dropout", p)
+    raise ValueError(token)
+
+
+def parse_arch(arch: str | Sequence[str | ArchItem]) -> tuple[ArchItem, ...]:
+    """Parse the architecture mini-language (:data:`ARCH_GRAMMAR`) into :class:`ArchItem`\\ s.
+
+    ``"conv:32,conv:32,pool,conv:64,pool,fc:128"`` is two 3x3 convolutions with 32 channels, a
+    2x2 max pooling, one with 64, a pooling, and a fully connected layer of 128 units; the
+    output layer is not part of it. An empty string is no hidden layer. A sequence of entries
+    (strings or :class:`ArchItem`) works too.
+
+    Raises:
+      ValueError: naming the bad entry and giving the grammar.
+
+    >>> [str(i) for i in parse_arch("conv:16:5, pool, fc:64, dropout:0.5")]
+    ['conv:16:5', 'pool', 'fc:64', 'dropout:0.5']
+    """
+    if isinstance(arch, str):
+        tokens = [] if not arch.strip() else arch.split(",")
+    else:
+        tokens = list(arch)
+    items = []
+    for tok in tokens:
+        if isinstance(tok, ArchItem):
+            tok = str(tok)
+        try:
+            items.append(_parse_item(str(tok)))
+        except ValueError:
+            raise ValueError(f"bad architecture entry {str(tok).strip()!r} in {arch!r}; "
+                             f"expected {ARCH_GRAMMAR}") from None
+    return tuple(items)
+
+
+def convnet(
+    input_shape: Sequence[int],
+    num_classes: int,
+    arch: str | Sequence[str | ArchItem] = DEFAULT_ARCH,
+    *,
+    activation: str = "relu",
+    init: Any = "he_normal",
+    bias_init: Any = 0.0,
+    batch_norm: bool = False,
+    dropout: float = 0.0,
+    num_pieces: int = 2,
+    bn_momentum: float = 0.9,
+    prelu_init: float = 0.25,
+) -> Model:
+    """The usual conv-[bn]-act-...-pool-...-fc stack, from the architecture mini-language.
+
+    ``arch`` (:func:`parse_arch`): each ``conv:C[:K]`` becomes ``Conv2D(C, K) -> [BatchNorm] ->
+    Activation``; ``pool`` / ``avgpool`` a 2x2 :func:`~jaxnn.layers.MaxPool` /
+    :func:`~jaxnn.layers.AvgPool`; ``fc:N`` becomes ``Dense(N) -> [BatchNorm] -> Activation ->
+    [Dropout(dropout)]``, after a :func:`~jaxnn.layers.Flatten` if the input is still an image;
+    ``dropout:P`` a :func:`~jaxnn.layers.Dropout`. The output ``Dense(num_classes)`` (no
+    nonlinearity) is added. The other options are :func:`mlp`'s; with only ``fc`` entries (and
+    flat inputs) the model is ``mlp([in, N..., num_classes], ...)``, the same for the same key.
+
+    Args:
+      input_shape: one example's shape: ``(height, width, channels)`` (NHWC) for
+        convolutions, ``(features,)`` for fully connected layers only.
+      num_classes: outputs of the last layer.
+      arch: the hidden layers (default :data:`DEFAULT_ARCH`).
+
+    Raises:
+      ValueError: for a bad ``arch`` (with the grammar), a convolution or pooling on flat inputs
+        or after an ``fc`` entry, or an image pooled below 1x1.
+
+    Example::
+
+        model = convnet((8, 8, 1), 10, "conv:32,conv:32,pool,conv:64,pool,fc:128",
+                        batch_norm=True)
+    """
+    items = parse_arch(arch)
+    shape = (int(input_shape),) if isinstance(input_shape, int) else tuple(input_shape)
+    if int(num_classes) < 1:
+        raise ValueError(f"convnet: num_classes must be >= 1, got {num_classes}")
+    options = _activation_options(activation, num_pieces=num_pieces, prelu_init=prelu_init)
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"convnet: dropout must be a drop probability in [0, 1), got {dropout}")
+    hidden = dict(activation=activation, options=options, batch_norm=batch_norm,
+                  bn_momentum=bn_momentum)
+    flat = len(shape) == 1
+    layers: list[Layer] = []
+    for item in items:
+        if item.kind in ("conv", "pool", "avgpool") and (flat or len(shape) != 3):
+            where = "after an fc entry" if len(shape) == 3 else f"on inputs of shape {shape}"
+            raise ValueError(f"convnet: {item} needs images (height, width, channels), not "
+                             f"{where}; put convolutions and pooling before the fc entries")
+        if item.kind == "conv":
+            kernel = item.kernel
+
+            def conv(n, use_bias=True, kernel=kernel):
+                return Conv2D(n, kernel, init=init, bias_init=bias_init, use_bias=use_bias)
+
+            layers += _hidden(conv, int(item.size), dropout=0.0, **hidden)
+        elif item.kind in ("pool", "avgpool"):
+            layers.append(MaxPool(2) if item.kind == "pool" else AvgPool(2))
+        elif item.kind == "fc":
+            if not flat:
+                layers.append(Flatten())
+                flat = True
+
+            def dense(n, use_bias=True):
+                return Dense(n, init=init, bias_init=bias_init, use_bias=use_bias)
+
+            layers += _hidden(dense, int(item.size), dropout=dropout, **hidden)
+        else:  # dropout
+            layers.append(Dropout(float(item.size)))
+    if not flat:
+        layers.append(Flatten())
+    layers.append(Dense(int(num_classes), init=init, bias_init=bias_init))
+    try:
+        return serial(*layers, input_shape=shape)
+    except ValueError as e:
+        raise ValueError(f"convnet: arch {','.join(map(str, items))!r} does not fit inputs of "
+                         f"shape {shape}: {e}") from None
