@@ -28,6 +28,7 @@ SUBMODULES = (
     "plots",
     "distributed",
     "layers",
+    "models",
     "train",
     "diagnostics",
     "population",
