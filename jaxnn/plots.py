@@ -112,20 +112,62 @@ def histogram_grid(rows: Mapping[str, Sequence[np.ndarray]], path, *, bins: int 
     return _save(fig, path)
 
 
+def _log_axis(axis, lo: float, hi: float) -> None:
+    """Readable ticks on a log axis spanning ``[lo, hi]``: labels at powers of ten when the span
+    covers two decades or more, at 1-2-5 steps (or every digit, under half a decade) when it is
+    narrower, as short plain numbers; never labels on minor ticks (matplotlib's default on a
+    log axis of less than a decade, where they overlap)."""
+    from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, LogLocator, NullFormatter
+
+    decades = float(np.log10(hi / lo)) if lo > 0 and hi > lo else 0.0
+    if decades >= 2:
+        axis.set_major_locator(LogLocator(base=10, numticks=8))
+        axis.set_major_formatter(LogFormatterSciNotation(base=10))
+    else:
+        subs = (1.0, 2.0, 5.0) if decades >= 0.5 else tuple(range(1, 10))
+        axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=12))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def scatter_by_param(trials: Sequence[Mapping], params: Sequence[str], path, *,
-                     metric: str = "val_acc", log_params: Sequence[str] = ()) -> str:
+                     metric: str = "val_acc", log_params: Sequence[str] = (),
+                     title: str = "") -> str:
     """``metric`` against each hyperparameter, one panel per parameter (log x-axis for
-    ``log_params``)."""
+    ``log_params``, with readable ticks). Trials whose ``metric`` is missing (``None``/NaN, e.g.
+    diverged) are left out. Trials that carry a ``stage`` (coarse-to-fine: 1, 2, ...) are
+    coloured by stage, with a legend, so the narrowing of the ranges shows; the panel titles
+    name the parameter and the best trial is circled."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.5), squeeze=False)
+    shown = [t for t in trials if t.get(metric) is not None and np.isfinite(float(t[metric]))]
+    stages = sorted({t["stage"] for t in shown if t.get("stage") is not None})
+    cmap = plt.get_cmap("viridis")
+    colour = {s: cmap(0.85 * i / max(len(stages) - 1, 1)) for i, s in enumerate(stages)}
+    best = max(shown, key=lambda t: float(t[metric])) if shown else None
+    fig, axes = plt.subplots(1, len(params), figsize=(4.4 * len(params), 3.8), squeeze=False)
     for ax, name in zip(axes[0], params, strict=True):
-        xs = [t["params"][name] for t in trials]
-        ys = [t[metric] for t in trials]
-        ax.scatter(xs, ys, s=18)
+        groups = [(f"stage {s}", [t for t in shown if t.get("stage") == s], colour[s])
+                  for s in stages] or [(None, shown, "C0")]
+        for label, group, c in groups:
+            ax.scatter([t["params"][name] for t in group], [t[metric] for t in group], s=22,
+                       color=c, alpha=0.85, label=label and f"{label} ({len(group)} trials)")
+        if best is not None:
+            ax.scatter([best["params"][name]], [best[metric]], s=120, facecolors="none",
+                       edgecolors="C3", linewidths=1.5, label="best")
+        xs = [float(t["params"][name]) for t in shown]
         if name in log_params:
             ax.set_xscale("log")
-        ax.set(xlabel=name, ylabel=metric)
+            if xs:
+                _log_axis(ax.xaxis, min(xs), max(xs))
+        ax.set(xlabel=name, ylabel=metric, title=f"{metric} vs {name}")
+        ax.tick_params(axis="x", labelsize=8)
         ax.grid(alpha=0.3)
+    if stages or best is not None:
+        axes[0][-1].legend(fontsize=7, loc="best")
+    n_left = len(trials) - len(shown)
+    fig.suptitle((title or f"{len(shown)} trials") + (f" ({n_left} without {metric}, not shown)"
+                                                      if n_left else ""))
+    fig.tight_layout()
     return _save(fig, path)
 
 

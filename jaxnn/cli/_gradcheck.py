@@ -55,41 +55,73 @@ def _activation_cases(rng) -> list[tuple[str, Callable, dict]]:
     return cases
 
 
+#: The kinds of target a loss may take, tried in this order on ``[n, c]`` scores: integer class
+#: ids ``[n]``, class distributions ``[n, c]`` (rows summing to 1), per-element probabilities
+#: ``[n, c]`` and real values ``[n, c]``.
+_TARGET_KINDS = ("class ids", "class distributions", "probabilities", "real values")
+
+
+def _targets(kind: str, rng, n: int, c: int):
+    import jax.numpy as jnp
+
+    if kind == "class ids":
+        return jnp.asarray(rng.integers(0, c, n), jnp.int32)
+    if kind == "class distributions":
+        return jnp.asarray(rng.dirichlet(np.ones(c), n))
+    if kind == "probabilities":
+        return jnp.asarray(rng.uniform(0.05, 0.95, (n, c)))
+    return jnp.asarray(rng.standard_normal((n, c)))
+
+
+def _accepted_targets(fn, rng, n: int, c: int) -> list[tuple[str, object]]:
+    """The target kinds the loss ``fn`` itself accepts for ``[n, c]`` scores: those it evaluates
+    eagerly to ``n`` finite per-example values (its own shape and dtype checks reject the rest)."""
+    import jax.numpy as jnp
+
+    scores = jnp.asarray(rng.standard_normal((n, c)))
+    accepted = []
+    for kind in _TARGET_KINDS:
+        target = _targets(kind, rng, n, c)
+        try:
+            value = fn(scores, target)
+        except (ValueError, TypeError):
+            continue
+        if jnp.shape(value) == (n,) and bool(jnp.all(jnp.isfinite(value))):
+            accepted.append((kind, target))
+    return accepted
+
+
 def _loss_cases(rng) -> list[tuple[str, Callable | None, dict]]:
+    """One case per loss of the registry (aliases share their loss's case) and per target kind
+    it accepts: the gradient of a weighted sum of its per-example values with respect to the
+    scores, and to float targets too. A loss that accepts no kind of target is a failed case
+    (``None``), never a skipped one."""
     import jax.numpy as jnp
 
     from jaxnn import losses
 
     n, c = 5, 4
-    labels = jnp.asarray(rng.integers(0, c, n), jnp.int32)
-    pred = jnp.asarray(rng.standard_normal((n, c)))
-    target = pred + jnp.asarray(_away_from_kinks(rng, (n, c)))  # l1's kink is at pred == target
-    probs = jnp.asarray(rng.dirichlet(np.ones(c), n))
-    # Hinge: keep every s_k - s_y + 1 away from its kink at 0.
-    scores = jnp.asarray(rng.standard_normal((n, c)) * 2)
-    for _ in range(100):
-        s_y = jnp.take_along_axis(scores, labels[:, None], 1)
-        if float(jnp.min(jnp.abs(scores - s_y + 1))) > 0.05:
-            break
-        scores = jnp.asarray(rng.standard_normal((n, c)) * 2)
     w = jnp.asarray(rng.uniform(0.5, 1.5, n))  # per-example weights on the per-example losses
-    binary = jnp.asarray(rng.uniform(0, 1, (n, c)))
-    kinds = {
-        losses.l1_loss: (pred, target), losses.l2_loss: (pred, target), losses.mse: (pred, target),
-        losses.sigmoid_binary_cross_entropy: (pred, binary),
-        losses.softmax_cross_entropy: (pred, labels),
-        losses.softmax_cross_entropy_onehot: (pred, probs),
-        losses.multiclass_hinge_loss: (scores, labels),
-    }
-    cases = []
+    by_fn: dict = {}
     for name in losses.names():
-        fn = losses.get(name)
-        if fn not in kinds:
-            cases.append((name, None, {}))
+        by_fn.setdefault(losses.get(name), []).append(name)
+    cases = []
+    for fn, names in by_fn.items():
+        label = names[0] + (f" (= {', '.join(names[1:])})" if names[1:] else "")
+        accepted = _accepted_targets(fn, rng, n, c)
+        if not accepted:
+            cases.append((label, None, {}))
             continue
-        first, second = kinds[fn]
-        cases.append((name, lambda p, fn=fn, second=second: jnp.sum(w * fn(p["pred"], second)),
-                      {"pred": first}))
+        for kind, target in accepted:
+            # Random scores are a.s. away from every kink (|pred - target| = 0 for l1, a zero
+            # margin for the hinge loss); the draw is fixed by --seed.
+            params = {"scores": jnp.asarray(rng.standard_normal((n, c)) * 2)}
+            if jnp.issubdtype(target.dtype, jnp.floating):
+                params["target"] = target
+                f = lambda p, fn=fn: jnp.sum(w * fn(p["scores"], p["target"]))
+            else:
+                f = lambda p, fn=fn, target=target: jnp.sum(w * fn(p["scores"], target))
+            cases.append((f"{label} [{kind}]", f, params))
     return cases
 
 
@@ -134,8 +166,9 @@ def run_gradcheck(args) -> int:
                   ("model", _mlp_cases(rng)))
         for kind, cases in groups:
             for name, f, params in cases:
-                if f is None:
-                    rows.append([kind, name, "", "", "skipped (no check case)"])
+                if f is None:  # a check that cannot run is a failure, not a pass
+                    failed += 1
+                    rows.append([kind, name, "", "", "FAIL (accepts no kind of target)"])
                     continue
                 rep = gradcheck.check_grads(f, params, tol=args.tol)
                 failed += not rep.passed
