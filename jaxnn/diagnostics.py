@@ -178,13 +178,20 @@ class Diagnosis(NamedTuple):
 
 
 # --------------------------------------------------------------------------- unit statistics
+def _dead_units(h: Array) -> Array:
+    """Per unit (the last axis; channels for a convolution): zero for every example and
+    position."""
+    return jnp.all(h == 0, axis=tuple(range(h.ndim - 1)))
+
+
 def dead_fraction(h: ArrayLike) -> Array:
     """Fraction of units that are exactly zero for **every** example: a dead ReLU never fires,
     so it gets no gradient and never recovers.
 
     Args:
-      h: activations ``[batch, units]`` (or ``[batch, ..., units]``: every leading axis counts as
-        examples).
+      h: activations ``[batch, units]``, or ``[batch, ..., units]``: every leading axis counts as
+        examples, so for a convolution's ``[batch, height, width, channels]`` a channel is dead
+        when it is zero at every position of every example.
 
     Returns:
       A float32 scalar in ``[0, 1]`` (works under ``jit``).
@@ -195,8 +202,7 @@ def dead_fraction(h: ArrayLike) -> Array:
     h = jnp.asarray(h)
     if h.ndim < 2:
         raise ValueError(f"dead_fraction: h must be [batch, units], got shape {h.shape}")
-    dead = jnp.all(h == 0, axis=tuple(range(h.ndim - 1)))
-    return jnp.mean(dead.astype(jnp.float32))
+    return jnp.mean(_dead_units(h).astype(jnp.float32))
 
 
 def saturated_fraction(h: ArrayLike, activation: str | None, *, threshold: float = 0.99) -> Array:
@@ -226,11 +232,12 @@ def saturated_fraction(h: ArrayLike, activation: str | None, *, threshold: float
 
 
 def _hidden_dead_flags(model, params, model_state, x) -> Array:
-    """Per hidden unit (all hidden layers concatenated): dead on ``x`` in evaluation mode."""
+    """Per hidden unit (all hidden layers concatenated; conv layers per channel): dead on ``x``
+    in evaluation mode."""
     _, _, acts = model.trace(params, model_state, x, train=False)
     if not acts:
         return jnp.zeros((0,), bool)
-    return jnp.concatenate([jnp.all(a.post == 0, axis=0) for a in acts])
+    return jnp.concatenate([_dead_units(a.post) for a in acts])
 
 
 def dead_fraction_probe(model, x: ArrayLike) -> Callable[[Any, Any], dict[str, Array]]:
@@ -398,22 +405,25 @@ def layer_stats(
 ) -> list[LayerStats]:
     r"""Per-layer statistics of ``model`` on the batch ``(x, y)``, in training mode.
 
-    Hidden layers report their pre-activations and activations; the output layer reports its
-    scores (no nonlinearity: ``saturated`` and ``dead`` describe the scores as they are). The
-    gradient is that of the training objective (mean loss plus ``l2`` times the L2 penalty); the
-    update is one step of ``optimizer`` from ``opt_state`` (default: a fresh
-    ``optimizer.init(params)``), or ``updates`` when given (e.g. the difference of the params
-    before and after a step). ``update_ratio`` is :math:`\|\Delta W\| / \|W\|` of each weight
-    matrix: about :math:`10^{-3}` is healthy, much higher means the learning rate is too high,
-    much lower that it is too low.
+    One entry per model layer (:attr:`jaxnn.models.Model.layer_names`: a weight layer with its
+    batch norm, nonlinearity, pooling, ...). Hidden layers report their pre-activations and
+    activations; the output layer reports its scores (no nonlinearity: ``saturated`` and
+    ``dead`` describe the scores as they are). Convolutional layers report over every example
+    and position, and count dead units per channel (:func:`dead_fraction`). The gradient is
+    that of the training objective (mean loss plus ``l2`` times the L2 penalty); the update is
+    one step of ``optimizer`` from ``opt_state`` (default: a fresh ``optimizer.init(params)``),
+    or ``updates`` when given (e.g. the difference of the params before and after a step).
+    ``update_ratio`` is :math:`\|\Delta W\| / \|W\|` of each weight matrix or kernel ``w``:
+    about :math:`10^{-3}` is healthy, much higher means the learning rate is too high, much
+    lower that it is too low.
 
     Args:
       model: a :class:`jaxnn.layers.Model` (its ``trace`` gives the hidden activations).
       params, model_state: the model's parameters and state.
       x, y: a batch of inputs and integer labels.
       loss: the training loss.
-      activation: the hidden activation's name, for :func:`saturated_fraction` (``None``: not a
-        saturating activation).
+      activation: the hidden activation's name, for :func:`saturated_fraction` (``None``: each
+        layer's own, :attr:`jaxnn.models.Model.activations`, where the model records them).
       optimizer, opt_state, updates: how to get one step's update (see above); with none of
         them ``update_ratio`` is NaN.
       l2: the L2 strength of the training objective.
@@ -429,7 +439,10 @@ def layer_stats(
         key = jax.random.key(0)
     if updates is None and optimizer is not None and opt_state is None:
         opt_state = optimizer.init(params)
-    names = sorted(params, key=lambda s: int(s.rsplit("_", 1)[-1]))
+    names = list(getattr(model, "layer_names", ()) or
+                 sorted(params, key=lambda s: int(s.rsplit("_", 1)[-1])))
+    own = tuple(getattr(model, "activations", ())) or (None,) * len(names)
+    acts_of = [activation if activation is not None else a for a in own[:-1]] + [None]
 
     @jax.jit
     def run(params, model_state, opt_state, updates):
@@ -442,17 +455,21 @@ def layer_stats(
         grads = jax.grad(objective)(params)
         if updates is None and optimizer is not None:
             updates, _ = optimizer.update(grads, opt_state, params)
-        layers = [(a.pre, a.post, activation) for a in acts] + [(logits, logits, None)]
+        layers = [(a.pre, a.post) for a in acts] + [(logits, logits)]
         out = []
-        for name, (pre, post, act) in zip(names, layers, strict=True):
-            w = params[name]["w"]
-            ratio = (_norm(updates[name]["w"]) / jnp.maximum(_norm(w), 1e-30)
-                     if updates is not None else jnp.float32(jnp.nan))
+        for name, (pre, post), act in zip(names, layers, acts_of, strict=True):
+            w = params[name].get("w")
+            if w is None:  # a layer without a weight matrix: no gradient numbers
+                grads_w = ratio = jnp.float32(jnp.nan)
+            else:
+                grads_w = _norm(grads[name]["w"])
+                ratio = (_norm(updates[name]["w"]) / jnp.maximum(_norm(w), 1e-30)
+                         if updates is not None else jnp.float32(jnp.nan))
             out.append({
                 "pre_mean": jnp.mean(pre), "pre_std": jnp.std(pre),
                 "mean": jnp.mean(post), "std": jnp.std(post),
                 "saturated": saturated_fraction(post, act), "dead": dead_fraction(post),
-                "grad_norm": _norm(grads[name]["w"]), "update_ratio": ratio,
+                "grad_norm": grads_w, "update_ratio": ratio,
                 "activations": post if keep_activations else None,
             })
         return out

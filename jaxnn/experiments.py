@@ -84,6 +84,8 @@ def init_depth(
     width: int = 500,
     num_examples: int = 1000,
     keep_activations: bool = True,
+    kernel_size: int | None = None,
+    image_size: int = 8,
 ) -> list[LayerStats]:
     r"""Push unit-Gaussian data through ``depth`` layers ``h <- activation(h @ W)`` (no bias).
 
@@ -91,13 +93,24 @@ def init_depth(
     depth + 1)``, the input is ``jax.random.normal(k_x, (num_examples, width))`` and layer
     ``l``'s weights are ``init(k_l, (width, width))``. Computed in float32 in one jitted scan.
 
+    With ``kernel_size=k`` the layers are convolutions instead: ``h <- activation(conv(h, W))``,
+    ``k x k``, stride 1, SAME padding, on unit-Gaussian NHWC images
+    ``jax.random.normal(k_x, (num_examples, image_size, image_size, width))`` with ``width``
+    channels, and ``W = init(k_l, (k, k, width, width))`` (HWIO): the fans include the receptive
+    field, ``n_in = k * k * width``, so the same initializers keep the same scale. Dead units
+    are counted per channel (zero at every position of every example).
+
     Args:
       activation: an activation name (``"tanh"``, ``"relu"``, ...).
       init: an initializer or its name (see :mod:`jaxnn.initializers`).
       key: the PRNG key.
-      depth, width, num_examples: the network's depth and width and the batch size.
+      depth, width, num_examples: the network's depth and width (channels for convolutions)
+        and the batch size.
       keep_activations: return each layer's activations (``[num_examples, width]`` numpy
-        arrays, e.g. for :func:`jaxnn.plots.histogram_grid`).
+        arrays, or ``[num_examples, image_size, image_size, width]``; e.g. for
+        :func:`jaxnn.plots.histogram_grid`).
+      kernel_size: convolutions with this kernel size instead of dense layers (``None``).
+      image_size: height and width of the images, for convolutions.
 
     Returns:
       One :class:`jaxnn.diagnostics.LayerStats` per layer (``name`` ``"layer_1"`` ...):
@@ -105,7 +118,9 @@ def init_depth(
       ``saturated`` (:func:`jaxnn.diagnostics.saturated_fraction`) and ``dead``
       (:func:`jaxnn.diagnostics.dead_fraction`); no gradient numbers (NaN).
     """
-    for name, v in (("depth", depth), ("width", width), ("num_examples", num_examples)):
+    for name, v in (("depth", depth), ("width", width), ("num_examples", num_examples),
+                    ("kernel_size", 1 if kernel_size is None else kernel_size),
+                    ("image_size", image_size)):
         if int(v) < 1:
             raise ValueError(f"init_depth: {name} must be >= 1, got {v}")
     if activation in ("maxout", "prelu"):
@@ -117,10 +132,20 @@ def init_depth(
     @jax.jit
     def run(key):
         k_x, *k_layers = jax.random.split(key, depth + 1)
-        h = jax.random.normal(k_x, (num_examples, width), jnp.float32)
+        if kernel_size is None:
+            h = jax.random.normal(k_x, (num_examples, width), jnp.float32)
+        else:
+            h = jax.random.normal(k_x, (num_examples, image_size, image_size, width), jnp.float32)
+
+        def linear(h, k):
+            if kernel_size is None:
+                return h @ init_fn(k, (width, width), jnp.float32)
+            w = init_fn(k, (kernel_size, kernel_size, width, width), jnp.float32)
+            return jax.lax.conv_general_dilated(h, w, (1, 1), "SAME",
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
         def layer(h, k):
-            pre = h @ init_fn(k, (width, width), jnp.float32)
+            pre = linear(h, k)
             post = act(pre)
             stats = (jnp.mean(pre), jnp.std(pre), jnp.mean(post), jnp.std(post),
                      saturated_fraction(post, activation), dead_fraction(post))
