@@ -301,8 +301,9 @@ def maxout(z: ArrayLike, num_pieces: int, axis: int = -1) -> Array:
     .. math:: f(z)_j = \max_{0 \le i < k} z_{jk + i}, \qquad j = 0, \dots, n/k - 1
 
     along ``axis`` (size ``n``), with ``k = num_pieces``. The layer form
-    ``max(w_1 . x + b_1, ..., w_k . x + b_k)`` is :func:`jaxnn.layers.Maxout`, which lays its
-    pre-activations out so that this grouping applies.
+    ``max(w_1 . x + b_1, ..., w_k . x + b_k)`` is :func:`jaxnn.layers.Maxout`: its weight
+    columns ``j*k .. j*k + k - 1`` are unit ``j``'s pieces, so the layer is exactly this function
+    of its own pre-activations ``z = x W + b``.
 
     **Gradient:** flows to the maximal piece of each group; **at ties it goes to one piece** (the
     first maximal one, lowest ``i``), not split between them. NaN in a group gives NaN.
