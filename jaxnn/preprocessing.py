@@ -18,15 +18,30 @@ Conventions:
   :func:`mean_image` and :func:`per_channel_mean`). ``transform`` accepts any number of leading
   batch axes (``[..., d]``), e.g. the stacked ``[num_batches, batch_size, d]`` of
   :func:`jaxnn.data.epoch_batches`.
-* ``fit`` computes in at least float32 and the state is float32 (float64 if the input is float64
-  and x64 is enabled); outputs keep the input's float dtype (bfloat16 in, bfloat16 out; integer
-  inputs give float32).
-* ``transform`` and ``inverse_transform`` work under ``jax.jit``; so does ``fit`` (its value
-  checks — NaN/inf — run only on concrete, non-traced input).
+* **fit is a one-time host computation in float64.** Means, variances, the covariance and its
+  eigendecomposition are computed with numpy in float64 on the host, each column first divided
+  by a power of two near its largest magnitude (exact), and streamed over row chunks (no
+  float64 copy of the whole data set). So the statistics do not depend on the data's scale:
+  any finite float32 data — values near ``3e38`` or ``1e-30`` included — gives the same
+  transformed result up to float32 rounding, and a power-of-two rescaling of ``x`` gives
+  exactly rescaled statistics. The state is float32 (float64 if ``x`` is float64 and x64 is
+  enabled); the variances of :func:`pca` overflow to ``inf`` in a float32 state when
+  :math:`\\lambda > 3.4 \\times 10^{38}` (``|x| \\gtrsim 10^{19}``), which its ``transform`` does
+  not use.
+* ``fit`` checks its input eagerly: NaN or inf raises ``ValueError``. Under ``jax.jit`` (or
+  ``vmap``) the same float64 host computation runs through :func:`jax.pure_callback`, so a
+  jitted fit equals the eager one; non-finite traced input gives an all-NaN state. ``fit`` is
+  not differentiable (its statistics are data, not parameters).
+* ``transform`` and ``inverse_transform`` are plain ``jnp`` code: they run under ``jit``,
+  ``vmap`` and ``grad`` on any device, in at least float32; outputs keep the input's float dtype
+  (bfloat16 in, bfloat16 out; integer inputs give float32).
 * Covariance-based steps (:func:`pca`, :func:`whiten`) use the unbiased covariance
   :math:`\\frac{1}{n-1} X_c^\\top X_c` (as ``np.cov`` and scikit-learn's PCA);
   :func:`standardize` uses the population variance :math:`\\frac1n\\sum (x-\\mu)^2` (as
   ``np.std`` and scikit-learn's ``StandardScaler``).
+* Thresholds are relative, so that they too are independent of the data's units:
+  :func:`standardize`'s ``eps`` is relative to each feature's magnitude, :func:`whiten`'s to the
+  mean variance.
 """
 
 from __future__ import annotations
@@ -37,6 +52,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 __all__ = [
@@ -62,6 +78,9 @@ __all__ = [
 Array = jax.Array
 
 _HIGHEST = jax.lax.Precision.HIGHEST  # full float32 matmuls (TPUs default to bfloat16 passes)
+
+# Host passes work on row chunks of at most this many float64 values (32 MiB).
+_CHUNK_ELEMENTS = 2**22
 
 
 class Preprocessor(NamedTuple):
@@ -122,14 +141,14 @@ class ChainState(NamedTuple):
 
 
 # --------------------------------------------------------------------------------------------
-# helpers
+# fit: input checks and the float64 host computation
 # --------------------------------------------------------------------------------------------
 
 
-def _compute_dtype(x: Array) -> jnp.dtype:
-    """At least float32; float64 stays float64."""
-    if jnp.issubdtype(x.dtype, jnp.floating):
-        return jnp.promote_types(x.dtype, jnp.float32)
+def _compute_dtype(dtype) -> jnp.dtype:
+    """At least float32; float64 stays float64 (when x64 is enabled)."""
+    if jnp.issubdtype(dtype, jnp.floating):
+        return jax.dtypes.canonicalize_dtype(jnp.promote_types(dtype, jnp.float32))
     return jnp.dtype(jnp.float32)
 
 
@@ -137,9 +156,16 @@ def _out_dtype(x: Array) -> jnp.dtype:
     return x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.dtype(jnp.float32)
 
 
-def _fit_input(x: ArrayLike, step: str, *, min_examples: int = 1, two_d: bool = False) -> Array:
-    """Validate the ``x`` given to ``fit`` and return it in the compute dtype."""
-    x = jnp.asarray(x)
+class _NonFinite(Exception):
+    """Raised by the host computations when ``x`` holds NaN or inf."""
+
+
+def _fit_input(x: ArrayLike, step: str, *, min_examples: int = 1, two_d: bool = False):
+    """Static checks of the ``x`` given to ``fit``: a tracer, or a numpy array of real numbers."""
+    if not isinstance(x, jax.core.Tracer):
+        x = np.asarray(x)
+    if jnp.iscomplexobj(x) or not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == bool):
+        raise ValueError(f"{step}.fit: x must be real-valued, got dtype {x.dtype}.")
     if two_d and x.ndim != 2:
         raise ValueError(f"{step}.fit: x must have shape [n, d], got shape {x.shape}.")
     if x.ndim < 1:
@@ -149,12 +175,110 @@ def _fit_input(x: ArrayLike, step: str, *, min_examples: int = 1, two_d: bool = 
             f"{step}.fit: x needs at least {min_examples} example(s) along axis 0, "
             f"got shape {x.shape}."
         )
-    if not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == jnp.bool_) or jnp.iscomplexobj(x):
-        raise ValueError(f"{step}.fit: x must be real-valued, got dtype {x.dtype}.")
-    x = x.astype(_compute_dtype(x))
-    if not isinstance(x, jax.core.Tracer) and not bool(jnp.isfinite(x).all()):
-        raise ValueError(f"{step}.fit: x contains NaN or inf.")
     return x
+
+
+def _fit_on_host(step: str, x, host_fn, shapes: tuple[tuple[int, ...], ...]) -> tuple:
+    """``host_fn(numpy x) -> float64 arrays``, cast to the state dtype.
+
+    Concrete ``x``: called directly; NaN/inf raise ``ValueError``. Traced ``x`` (jit, vmap): the
+    same function runs on the host through ``jax.pure_callback``; NaN/inf give NaN statistics.
+    """
+    dtype = _compute_dtype(x.dtype)
+
+    def run(xv):
+        out = host_fn(xv)
+        with np.errstate(over="ignore"):  # pca variances beyond float32: inf, as documented
+            return tuple(np.asarray(a, dtype).reshape(s) for a, s in zip(out, shapes, strict=True))
+
+    if not isinstance(x, jax.core.Tracer):
+        try:
+            return tuple(jnp.asarray(a) for a in run(x))
+        except _NonFinite:
+            raise ValueError(f"{step}.fit: x contains NaN or inf.") from None
+
+    def callback(xv):
+        try:
+            return run(np.asarray(xv))
+        except _NonFinite:
+            return tuple(np.full(s, np.nan, dtype) for s in shapes)
+
+    structs = tuple(jax.ShapeDtypeStruct(s, dtype) for s in shapes)
+    return jax.pure_callback(callback, structs, x, vmap_method="sequential")
+
+
+def _row_chunks(n: int, f: int):
+    step = max(1, _CHUNK_ELEMENTS // max(f, 1))
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def _pow2(a: np.ndarray) -> np.ndarray:
+    """A power of two near ``a`` (elementwise; 1 where ``a`` is 0): dividing by it is exact."""
+    return np.where(a > 0, np.ldexp(1.0, np.frexp(a)[1]), 1.0)
+
+
+def _abs_max(x2: np.ndarray) -> np.ndarray:
+    """Per-column max |x| of a 2-D array (float64); raises :class:`_NonFinite` on NaN/inf."""
+    out = np.zeros(x2.shape[1])
+    for rows in _row_chunks(*x2.shape):
+        out = np.maximum(out, np.abs(x2[rows].astype(np.float64)).max(axis=0))
+    if not np.isfinite(out).all():
+        raise _NonFinite
+    return out
+
+
+def _column_moments(x2: np.ndarray, scale: np.ndarray, *, second: bool):
+    """Mean and population variance of the columns of ``x2 / scale``, in float64.
+
+    Summed around the first row (a constant column has exactly its value as mean and exactly
+    0 variance), then the two-pass variance :math:`\\frac1m \\sum (x - \\mu)^2`.
+    """
+    m = x2.shape[0]
+    chunks = _row_chunks(*x2.shape)
+    shift = x2[0].astype(np.float64) / scale
+    total = np.zeros_like(shift)
+    for rows in chunks:
+        total += (x2[rows].astype(np.float64) / scale - shift).sum(axis=0)
+    mean = shift + total / m
+    if not second:
+        return mean, None
+    sq = np.zeros_like(mean)
+    for rows in chunks:
+        sq += np.square(x2[rows].astype(np.float64) / scale - mean).sum(axis=0)
+    return mean, sq / m
+
+
+def _host_mean(x2: np.ndarray) -> np.ndarray:
+    """Per-column mean of a 2-D array, scale-independent (per-column power-of-two scaling)."""
+    scale = _pow2(_abs_max(x2))
+    return _column_moments(x2, scale, second=False)[0] * scale
+
+
+def _host_eigh_cov(x2: np.ndarray):
+    """Mean, covariance eigenvalues (descending, >= 0) and eigenvectors (columns) of ``[n, d]``.
+
+    Returned in units of ``unit`` (a power of two near max |x|, returned too): the mean is
+    ``mean * unit`` and the eigenvalues ``evals * unit**2`` in data units. Every eigenvector's
+    largest-magnitude entry is positive (deterministic signs).
+    """
+    n, d = x2.shape
+    unit = float(_pow2(np.max(_abs_max(x2), initial=0.0)))
+    mean, _ = _column_moments(x2, np.full(d, unit), second=False)
+    cov = np.zeros((d, d))
+    for rows in _row_chunks(n, d):
+        xc = x2[rows].astype(np.float64) / unit - mean
+        cov += xc.T @ xc
+    cov = (cov + cov.T) / (2 * (n - 1))  # exactly symmetric
+    evals, evecs = np.linalg.eigh(cov)
+    evals, evecs = np.maximum(evals[::-1], 0.0), evecs[:, ::-1]  # descending; clip -0 noise
+    pivot = evecs[np.argmax(np.abs(evecs), axis=0), np.arange(d)]
+    evecs = evecs * np.where(pivot < 0, -1.0, 1.0)
+    return mean, evals, evecs, unit
+
+
+# --------------------------------------------------------------------------------------------
+# transform helpers
+# --------------------------------------------------------------------------------------------
 
 
 def _transform_input(x: ArrayLike, feature_shape: tuple[int, ...], step: str, stat: Array):
@@ -167,35 +291,19 @@ def _transform_input(x: ArrayLike, feature_shape: tuple[int, ...], step: str, st
             f"(the shape fitted on), got shape {x.shape}."
         )
     out = _out_dtype(x)
-    return x.astype(jnp.promote_types(_compute_dtype(x), stat.dtype)), out
+    return x.astype(jnp.promote_types(_compute_dtype(x.dtype), stat.dtype)), out
 
 
-def _mean_var(x: Array, axis: int | tuple[int, ...] = 0) -> tuple[Array, Array]:
-    """Mean and population variance along ``axis``, computed around the first example.
-
-    Shifting by ``x[0]`` first makes a constant feature's mean exactly its value and its
-    variance exactly 0 (no rounding residue), and improves accuracy when ``|mean| >> std``.
-    """
-    shift = jax.lax.stop_gradient(jnp.take(x, 0, axis=0))
-    d = x - shift
-    m = jnp.mean(d, axis=axis)
-    var = jnp.mean(jnp.square(d - m), axis=axis)
-    return shift + m, var
+def _half_centered(x: Array, mean: Array) -> Array:
+    """``(x - mean) / 2``, computed as ``x/2 - mean/2``: finite for any finite float32 ``x`` and
+    ``mean`` (``x - mean`` alone overflows when they have opposite signs near the float max).
+    Halving is exact, so elsewhere this rounds exactly like ``x - mean``."""
+    return x * 0.5 - mean * 0.5
 
 
-def _eigh_cov(x: Array) -> tuple[Array, Array, Array]:
-    """Mean, covariance eigenvalues (descending, >= 0) and eigenvectors (columns) of ``x``."""
-    n = x.shape[0]
-    mean, _ = _mean_var(x)
-    xc = x - mean
-    cov = jnp.matmul(xc.T, xc, precision=_HIGHEST) / (n - 1)
-    cov = 0.5 * (cov + cov.T)  # exactly symmetric before eigh
-    evals, evecs = jnp.linalg.eigh(cov)
-    evals, evecs = jnp.maximum(evals[::-1], 0.0), evecs[:, ::-1]  # descending; clip -0 noise
-    # Deterministic signs: the largest-magnitude entry of every eigenvector is positive.
-    pivot = jnp.take_along_axis(evecs, jnp.argmax(jnp.abs(evecs), axis=0)[None], axis=0)
-    evecs = evecs * jnp.where(pivot < 0, -1.0, 1.0).astype(evecs.dtype)
-    return mean, evals, evecs
+def _project(x: Array, mean: Array, matrix: Array) -> Array:
+    """``(x - mean) @ matrix``, with the centring halved (and doubled back) against overflow."""
+    return jnp.matmul(_half_centered(x, mean), matrix, precision=_HIGHEST) * 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,7 +338,7 @@ def center() -> Preprocessor:
         \\mu = \\frac1n \\sum_{i=1}^n x_i, \\qquad x' = x - \\mu, \\qquad x = x' + \\mu
 
     ``x`` is ``[n, d]`` (or ``[n, ...]``: the mean is taken over axis 0 only, like
-    :func:`mean_image`).
+    :func:`mean_image`). The mean is computed in float64 on the host (see the module notes).
 
     Example:
       >>> pre = center()
@@ -260,20 +368,31 @@ def mean_image() -> Preprocessor:
     return _mean_subtraction("mean_image")
 
 
-def _mean_subtraction(step: str) -> Preprocessor:
-    def fit(x: ArrayLike) -> MeanState:
-        x = _fit_input(x, step)
-        return MeanState(_mean_var(x)[0])
+def _subtract(step: str, mean_shape_check):
+    """transform / inverse_transform of a mean-subtraction state."""
 
     def transform(state: MeanState, x: ArrayLike) -> Array:
-        x, out = _transform_input(x, state.mean.shape, f"{step}.transform", state.mean)
+        x, out = mean_shape_check(state, x, "transform")
         return (x - state.mean).astype(out)
 
     def inverse_transform(state: MeanState, x: ArrayLike) -> Array:
-        x, out = _transform_input(x, state.mean.shape, f"{step}.inverse_transform", state.mean)
+        x, out = mean_shape_check(state, x, "inverse_transform")
         return (x + state.mean).astype(out)
 
-    return Preprocessor(fit, transform, inverse_transform)
+    return transform, inverse_transform
+
+
+def _mean_subtraction(step: str) -> Preprocessor:
+    def fit(x: ArrayLike) -> MeanState:
+        x = _fit_input(x, step)
+        feat = x.shape[1:]
+        (mean,) = _fit_on_host(step, x, lambda v: (_host_mean(v.reshape(len(v), -1)),), (feat,))
+        return MeanState(mean)
+
+    def check(state: MeanState, x: ArrayLike, name: str):
+        return _transform_input(x, state.mean.shape, f"{step}.{name}", state.mean)
+
+    return Preprocessor(fit, *_subtract(step, check))
 
 
 def per_channel_mean(*, axis: int = -1) -> Preprocessor:
@@ -307,10 +426,16 @@ def per_channel_mean(*, axis: int = -1) -> Preprocessor:
                 f"{step}: axis={axis} must name a channel axis of x with shape {x.shape}, "
                 "not the batch axis 0."
             )
-        pooled = tuple(a for a in range(x.ndim) if a != ax)
-        return MeanState(jnp.mean(x, axis=pooled, keepdims=True)[0])
+        channels = x.shape[ax]
+        shape = tuple(channels if a == ax else 1 for a in range(1, x.ndim))
 
-    def _check(state: MeanState, x: ArrayLike, name: str):
+        def host(v):
+            return (_host_mean(np.moveaxis(v, ax, -1).reshape(-1, channels)),)
+
+        (mean,) = _fit_on_host(step, x, host, (shape,))
+        return MeanState(mean)
+
+    def check(state: MeanState, x: ArrayLike, name: str):
         x = jnp.asarray(x)
         mean = state.mean
         ok = x.ndim >= mean.ndim and all(
@@ -321,17 +446,9 @@ def per_channel_mean(*, axis: int = -1) -> Preprocessor:
                 f"{step}.{name}: x with shape {x.shape} does not match the fitted channel layout "
                 f"{mean.shape}."
             )
-        return x.astype(jnp.promote_types(_compute_dtype(x), mean.dtype)), _out_dtype(x)
+        return x.astype(jnp.promote_types(_compute_dtype(x.dtype), mean.dtype)), _out_dtype(x)
 
-    def transform(state: MeanState, x: ArrayLike) -> Array:
-        x, out = _check(state, x, "transform")
-        return (x - state.mean).astype(out)
-
-    def inverse_transform(state: MeanState, x: ArrayLike) -> Array:
-        x, out = _check(state, x, "inverse_transform")
-        return (x + state.mean).astype(out)
-
-    return Preprocessor(fit, transform, inverse_transform)
+    return Preprocessor(fit, *_subtract(step, check))
 
 
 def standardize(*, eps: float = 1e-8) -> Preprocessor:
@@ -340,15 +457,20 @@ def standardize(*, eps: float = 1e-8) -> Preprocessor:
     .. math::
         \\mu_j = \\frac1n \\sum_i x_{ij}, \\quad
         \\sigma_j^2 = \\frac1n \\sum_i (x_{ij} - \\mu_j)^2, \\quad
-        s_j = \\begin{cases} \\sigma_j & \\sigma_j > \\varepsilon \\\\ 1 & \\text{otherwise}
-        \\end{cases}, \\quad x'_{ij} = \\frac{x_{ij} - \\mu_j}{s_j}
+        s_j = \\begin{cases} \\sigma_j & \\sigma_j > \\varepsilon \\max_i |x_{ij}| \\\\
+        \\max_{i,k} |x_{ik}| & \\text{otherwise} \\end{cases}, \\quad
+        x'_{ij} = \\frac{x_{ij} - \\mu_j}{s_j}
 
-    A constant feature (:math:`\\sigma_j \\le \\varepsilon`) is only centered: it becomes exactly 0
-    on the training data, never NaN, and new data is not blown up by a tiny divisor (the
-    scikit-learn ``StandardScaler`` rule). The inverse :math:`x = x' s + \\mu` is exact.
+    A feature whose spread is at most ``eps`` times its own magnitude is *constant*: it becomes
+    exactly 0 on the training data, never NaN, and new data is not blown up by a tiny divisor —
+    it is divided by the largest magnitude in the training data instead (1 if that is all
+    zeros). Both thresholds are relative, so the result does not depend on the data's units
+    (multiplying ``x`` by any factor gives the same ``x'`` up to rounding). The statistics are
+    computed in float64 on the host; the inverse :math:`x = x' s + \\mu` is exact up to
+    rounding.
 
     Args:
-      eps: standard deviations at or below ``eps`` count as constant features.
+      eps: relative threshold for constant features (``>= 0``, finite).
 
     Example:
       >>> pre = standardize()
@@ -356,19 +478,29 @@ def standardize(*, eps: float = 1e-8) -> Preprocessor:
       >>> pre.transform(pre.fit(x), x).tolist()
       [[-1.0, 0.0], [1.0, 0.0]]
     """
-    if not eps >= 0:
-        raise ValueError(f"standardize: eps must be >= 0, got {eps}.")
+    if not (np.isfinite(eps) and eps >= 0):
+        raise ValueError(f"standardize: eps must be finite and >= 0, got {eps}.")
     step = "standardize"
+
+    def host(v):
+        x2 = v.reshape(len(v), -1)
+        amax = _abs_max(x2)
+        scale = _pow2(amax)
+        mean, var = _column_moments(x2, scale, second=True)
+        std = np.sqrt(var)  # in units of `scale`
+        fallback = float(np.max(amax, initial=0.0)) or 1.0
+        constant = std <= eps * (amax / scale)
+        return mean * scale, np.where(constant, fallback, std * scale)
 
     def fit(x: ArrayLike) -> StandardizeState:
         x = _fit_input(x, step)
-        mean, var = _mean_var(x)
-        std = jnp.sqrt(var)
-        return StandardizeState(mean, jnp.where(std > eps, std, jnp.ones_like(std)))
+        feat = x.shape[1:]
+        mean, scale = _fit_on_host(step, x, host, (feat, feat))
+        return StandardizeState(mean, scale)
 
     def transform(state: StandardizeState, x: ArrayLike) -> Array:
         x, out = _transform_input(x, state.mean.shape, f"{step}.transform", state.mean)
-        return ((x - state.mean) / state.scale).astype(out)
+        return (_half_centered(x, state.mean) / state.scale * 2).astype(out)
 
     def inverse_transform(state: StandardizeState, x: ArrayLike) -> Array:
         x, out = _transform_input(x, state.mean.shape, f"{step}.inverse_transform", state.mean)
@@ -390,7 +522,8 @@ def pca(k: int) -> Preprocessor:
     decorrelated with variances :math:`\\lambda_1 \\dots \\lambda_k` on the training data.
     ``inverse_transform`` is the least-squares reconstruction from ``k`` components: exact for
     ``k = d``, an approximation (the projection onto the top-``k`` subspace) for ``k < d``.
-    Each component's sign is fixed so that its largest-magnitude entry is positive.
+    Each component's sign is fixed so that its largest-magnitude entry is positive. The
+    covariance and its eigendecomposition are computed in float64 on the host.
 
     Args:
       k: number of components, ``1 <= k <= d``.
@@ -401,20 +534,25 @@ def pca(k: int) -> Preprocessor:
       >>> pre.transform(pre.fit(x), x).shape
       (3, 1)
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"pca: k must be a positive integer (number of components), got {k!r}.")
+    k = int(k)
     step = "pca"
+
+    def host(v):
+        mean, evals, evecs, unit = _host_eigh_cov(v)
+        return mean * unit, evecs[:, :k], evals[:k] * unit**2
 
     def fit(x: ArrayLike) -> PCAState:
         x = _fit_input(x, step, min_examples=2, two_d=True)
-        if k > x.shape[1]:
-            raise ValueError(f"pca: k={k} exceeds the number of features d={x.shape[1]}.")
-        mean, evals, evecs = _eigh_cov(x)
-        return PCAState(mean, evecs[:, :k], evals[:k])
+        d = x.shape[1]
+        if k > d:
+            raise ValueError(f"pca: k={k} exceeds the number of features d={d}.")
+        return PCAState(*_fit_on_host(step, x, host, ((d,), (d, k), (k,))))
 
     def transform(state: PCAState, x: ArrayLike) -> Array:
         x, out = _transform_input(x, state.mean.shape, f"{step}.transform", state.mean)
-        return jnp.matmul(x - state.mean, state.components, precision=_HIGHEST).astype(out)
+        return _project(x, state.mean, state.components).astype(out)
 
     def inverse_transform(state: PCAState, z: ArrayLike) -> Array:
         z, out = _transform_input(z, state.variances.shape, f"{step}.inverse_transform", state.mean)
@@ -426,22 +564,28 @@ def pca(k: int) -> Preprocessor:
 def whiten(*, method: str = "pca", eps: float = 1e-5) -> Preprocessor:
     """Whitening: decorrelate and scale every direction to unit variance.
 
-    With :math:`\\Sigma = \\frac{1}{n-1} X_c^\\top X_c = U \\Lambda U^\\top`:
+    With :math:`\\Sigma = \\frac{1}{n-1} X_c^\\top X_c = U \\Lambda U^\\top` and the mean variance
+    :math:`\\bar\\lambda = \\operatorname{tr}\\Sigma / d`:
 
     .. math::
-        W_\\text{pca} = U (\\Lambda + \\varepsilon I)^{-1/2}, \\qquad
-        W_\\text{zca} = U (\\Lambda + \\varepsilon I)^{-1/2} U^\\top, \\qquad
+        W_\\text{pca} = U (\\Lambda + \\varepsilon \\bar\\lambda I)^{-1/2}, \\qquad
+        W_\\text{zca} = U (\\Lambda + \\varepsilon \\bar\\lambda I)^{-1/2} U^\\top, \\qquad
         z = (x - \\mu)\\, W
 
-    so the training data's covariance becomes :math:`\\Lambda (\\Lambda + \\varepsilon I)^{-1}
-    \\approx I`. PCA whitening expresses the result in the eigenbasis; ZCA rotates back to the
-    original axes (:math:`W` symmetric), which makes ``z`` the whitened data closest to ``x``
-    (images still look like images). ``eps`` keeps directions of (near-)zero variance from
-    being blown up. ``inverse_transform`` multiplies by :math:`W^{-1}` (exact).
+    so the training data's covariance becomes :math:`\\Lambda (\\Lambda + \\varepsilon
+    \\bar\\lambda I)^{-1} \\approx I`. PCA whitening expresses the result in the eigenbasis; ZCA
+    rotates back to the original axes (:math:`W` symmetric), which makes ``z`` the whitened data
+    closest to ``x`` (images still look like images). ``eps`` keeps directions of (near-)zero
+    variance from being blown up; it is **relative to the mean variance** :math:`\\bar\\lambda`
+    (for standardized data, :math:`\\bar\\lambda = 1`: the usual absolute ``eps``), so whitening
+    does not depend on the units of ``x``. ``inverse_transform`` multiplies by :math:`W^{-1}`
+    (exact up to rounding). ``eps = 0`` needs a full-rank covariance (else ``inf``/NaN). The
+    covariance and its eigendecomposition are computed in float64 on the host.
 
     Args:
       method: ``"pca"`` or ``"zca"``.
-      eps: added to every eigenvalue before the inverse square root.
+      eps: added to every eigenvalue, in units of the mean variance, before the inverse square
+        root (finite, ``>= 0``).
 
     Example:
       >>> pre = whiten(method="zca")
@@ -452,25 +596,28 @@ def whiten(*, method: str = "pca", eps: float = 1e-5) -> Preprocessor:
     """
     if method not in ("pca", "zca"):
         raise ValueError(f"whiten: method must be 'pca' or 'zca', got {method!r}.")
-    if not eps >= 0:
-        raise ValueError(f"whiten: eps must be >= 0, got {eps}.")
+    if not (np.isfinite(eps) and eps >= 0):
+        raise ValueError(f"whiten: eps must be finite and >= 0, got {eps}.")
     step = "whiten"
+
+    def host(v):
+        mean, evals, u, unit = _host_eigh_cov(v)
+        ref = float(np.mean(evals)) or 1.0  # mean variance (in units of unit**2)
+        root = np.sqrt(evals + eps * ref) * unit  # in data units
+        with np.errstate(divide="ignore", invalid="ignore"):  # eps = 0, singular: inf, as said
+            matrix, inverse = u / root, (u * root).T  # U diag(1/root), diag(root) U^T
+        if method == "zca":
+            matrix, inverse = matrix @ u.T, u @ inverse
+        return mean * unit, matrix, inverse
 
     def fit(x: ArrayLike) -> WhitenState:
         x = _fit_input(x, step, min_examples=2, two_d=True)
-        mean, evals, u = _eigh_cov(x)
-        root = jnp.sqrt(evals + eps)
-        matrix, inverse = u / root, (u * root).T  # U diag(1/root), diag(root) U^T
-        if method == "zca":
-            matrix, inverse = (
-                jnp.matmul(matrix, u.T, precision=_HIGHEST),
-                jnp.matmul(u, inverse, precision=_HIGHEST),
-            )
-        return WhitenState(mean, matrix, inverse)
+        d = x.shape[1]
+        return WhitenState(*_fit_on_host(step, x, host, ((d,), (d, d), (d, d))))
 
     def transform(state: WhitenState, x: ArrayLike) -> Array:
         x, out = _transform_input(x, state.mean.shape, f"{step}.transform", state.mean)
-        return jnp.matmul(x - state.mean, state.matrix, precision=_HIGHEST).astype(out)
+        return _project(x, state.mean, state.matrix).astype(out)
 
     def inverse_transform(state: WhitenState, z: ArrayLike) -> Array:
         z, out = _transform_input(z, state.mean.shape, f"{step}.inverse_transform", state.mean)
