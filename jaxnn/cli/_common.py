@@ -12,8 +12,8 @@ from jaxnn.cli import CLIError
 
 #: Flags saved in ``config.json`` and read back by ``jaxnn resume``.
 TRAIN_FLAGS = (
-    "dataset", "data_dir", "hidden", "activation", "init", "bias_init", "batch_norm", "dropout",
-    "loss", "optimizer", "lr", "schedule", "l2", "batch_size", "epochs", "preprocess", "seed",
+    "dataset", "data_dir", "hidden", "arch", "activation", "init", "bias_init", "batch_norm",
+    "dropout", "loss", "optimizer", "lr", "schedule", "l2", "batch_size", "epochs", "preprocess", "seed",
 )
 
 
@@ -32,7 +32,13 @@ def add_train_flags(p: argparse.ArgumentParser, *, epochs: int = 30, lr: float =
                    help="fitted on the training split: one of {preprocessors}; pca:K keeps K "
                         "components")
     g = p.add_argument_group("model")
-    g.add_argument("--hidden", default="128,64", help="hidden layer widths, comma-separated")
+    g.add_argument("--hidden", default="128,64",
+                   help="hidden layer widths, comma-separated (shorthand for --arch fc:128,fc:64)")
+    g.add_argument("--arch", default=None,
+                   help="hidden layers, replacing --hidden: comma-separated conv:C (3x3 SAME), "
+                        "conv:C:K (KxK), pool (2x2 max), avgpool (2x2 average), fc:N, dropout:P; "
+                        "--activation follows every conv and fc, the output layer is added; "
+                        "e.g. conv:32,conv:32,pool,conv:64,pool,fc:128")
     g.add_argument("--activation", default="relu", help="hidden activation: {activations}")
     g.add_argument("--init", default="he_normal", help="weight initializer: {initializers}")
     g.add_argument("--bias-init", type=float, default=0.0,
@@ -242,6 +248,20 @@ def parse_hidden(text: str) -> list[int]:
     return sizes
 
 
+def parse_arch(config: dict):
+    """The hidden layers of a config: ``--arch`` parsed (:func:`jaxnn.models.parse_arch`), else
+    ``--hidden`` as ``fc`` entries."""
+    from jaxnn import models
+
+    arch = config.get("arch")
+    if arch is None:
+        return tuple(models.ArchItem("fc", n) for n in parse_hidden(config["hidden"]))
+    try:
+        return models.parse_arch(arch)
+    except ValueError as e:
+        raise CLIError(f"--arch: {e}") from None
+
+
 def config_from_args(args) -> dict:
     return {k: getattr(args, k) for k in TRAIN_FLAGS}
 
@@ -278,10 +298,12 @@ def _np(a):
 
 def build(config: dict) -> Setup:
     """Load the data and build model and optimizer from a config dict (flags or config.json)."""
-    from jaxnn import activations, data, layers, optim
+    from jaxnn import activations, data, models, optim
 
     c = check_config(dict(config))
-    hidden = parse_hidden(c["hidden"])
+    arch = parse_arch(c)
+    hidden = [int(i.size) for i in arch if i.kind == "fc"]
+    images = any(i.kind in ("conv", "pool", "avgpool") for i in arch)
     for flag, lo in (("batch_size", 1), ("epochs", 1)):
         if int(c[flag]) < lo:
             raise CLIError(f"--{flag.replace('_', '-')} must be >= {lo}, got {c[flag]}")
@@ -303,15 +325,23 @@ def build(config: dict) -> Setup:
                        f"{', '.join(optim.schedule_names())}")
 
     # The split is fixed (seed 0) so that runs with different --seed share one test set.
-    ds = data.load(c["dataset"], data_dir=c["data_dir"], seed=c.get("split_seed", 0))
+    ds = data.load(c["dataset"], data_dir=c["data_dir"], seed=c.get("split_seed", 0),
+                   flatten=not images)  # convolutions see [H, W, C] images
     ds = _preprocess(ds, c["preprocess"])
-    n_in = int(ds.x_train.reshape(ds.x_train.shape[0], -1).shape[1])
-    if ds.x_train.ndim != 2:
+    if images and ds.x_train.ndim != 4:
+        raise CLIError(f"--arch {c['arch']}: convolutions and pooling need images [height, "
+                       f"width, channels]; {c['dataset']} gives examples of shape "
+                       f"{tuple(ds.x_train.shape[1:])}")
+    if not images and ds.x_train.ndim != 2:
         ds = ds._replace(**{f"x_{s}": getattr(ds, f"x_{s}").reshape(
             getattr(ds, f"x_{s}").shape[0], -1) for s in ("train", "val", "test")})
-    model = layers.mlp([n_in, *hidden, ds.num_classes], activation=c["activation"],
-                       init=c["init"], bias_init=c["bias_init"], batch_norm=c["batch_norm"],
-                       dropout=c["dropout"])
+    try:
+        model = models.convnet(ds.x_train.shape[1:], ds.num_classes, arch,
+                               activation=c["activation"], init=c["init"],
+                               bias_init=c["bias_init"], batch_norm=c["batch_norm"],
+                               dropout=c["dropout"])
+    except ValueError as e:
+        raise CLIError(f"--arch: {e}") from None
     steps_per_epoch = -(-ds.x_train.shape[0] // min(c["batch_size"], ds.x_train.shape[0]))
     if c["schedule"] == "constant":
         lr = c["lr"]  # a constant stays a number, so a population can replace it per member
