@@ -280,14 +280,16 @@ def _pool_layer(kind: str, window, strides, padding) -> Layer:
     pads = pad if isinstance(pad, str) else ((0, 0), *pad, (0, 0))
 
     def pool(x):
+        # Python-scalar identities: lax then uses its max/sum window primitives, which have
+        # gradients (a traced init value would not).
         if kind == "max":
-            return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, dims, steps, pads)
-        total = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, dims, steps, pads)
+            return lax.reduce_window(x, -jnp.inf, lax.max, dims, steps, pads)
+        total = lax.reduce_window(x, 0.0, lax.add, dims, steps, pads)
         if pads == "VALID":
             return total / jnp.array(wh * ww, x.dtype)
         # Padded windows average over their real entries only.
         ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
-        return total / lax.reduce_window(ones, jnp.array(0, x.dtype), lax.add, dims, steps, pads)
+        return total / lax.reduce_window(ones, 0.0, lax.add, dims, steps, pads)
 
     def init_fn(key, input_shape):
         shape = _shape(input_shape, layer, rank=3)
