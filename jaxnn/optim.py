@@ -1,9 +1,10 @@
-"""Parameter updates and learning-rate schedules, built on optax.
+r"""Parameter updates and learning-rate schedules, built on optax.
 
 Every optimizer here is an ``optax.GradientTransformation`` made with
-:func:`optax.inject_hyperparams`, so its learning rate (and weight decay, for ``adamw``) lives in the
-optimizer *state* and can be read or replaced per step — a vmapped population gives each member its
-own value with :func:`set_hyperparam`. All the update math is optax's.
+:func:`optax.inject_hyperparams`, so its learning rate (and momentum, and weight decay for
+``adamw``) lives in the optimizer *state* and can be read or replaced per step — a vmapped
+population gives each member its own value with :func:`set_hyperparam`. All the update math is
+optax's.
 
 Example::
 
@@ -13,11 +14,26 @@ Example::
     params = optax.apply_updates(params, updates)
     jaxnn.optim.learning_rate(opt_state)  # 0.1
 
-Schedules are optax schedules (``step -> value``) and may be passed wherever a learning rate is.
+Schedules are optax schedules (``step -> value``). A schedule is a *shape* that multiplies the
+learning rate: with ``schedule=s`` the rate at step :math:`t` is
+
+.. math:: \eta_t = \eta \cdot s(t)
+
+where :math:`\eta` is ``learning_rate`` (a number, kept in the state, so a population can give
+each member its own :math:`\eta_i` and every member follows the same shape). Build a shape with
+value 1, e.g. ``get_schedule("cosine", 1.0, total_steps=T)``. A schedule passed as
+``learning_rate`` itself is the same as ``learning_rate=1.0, schedule=that_schedule``.
+
+Example::
+
+    opt = jaxnn.optim.momentum(0.1, schedule=jaxnn.optim.get_schedule("cosine", 1.0,
+                                                                      total_steps=100))
+    # step t uses 0.1 * (1 + cos(pi t / 100)) / 2
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -43,9 +59,11 @@ __all__ = [
     "schedule_names",
     "learning_rate",
     "set_hyperparam",
+    "hyperparam_names",
 ]
 
 LearningRate = float | Callable[[Any], Any]
+Schedule = Callable[[Any], Any]
 
 
 def _check_lr(learning_rate) -> None:
@@ -55,63 +73,108 @@ def _check_lr(learning_rate) -> None:
             raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
 
 
-def _injected(factory, learning_rate, **hyper):
+def _check_schedule(learning_rate, schedule):
+    """``(learning_rate, schedule)`` with a schedule given as the learning rate moved to
+    ``schedule`` (the rate 1.0 times it)."""
     _check_lr(learning_rate)
-    return optax.inject_hyperparams(factory)(learning_rate=learning_rate, **hyper)
+    if callable(learning_rate):
+        if schedule is not None:
+            raise ValueError("give learning_rate as a number when schedule= is given")
+        return 1.0, learning_rate
+    if schedule is not None and not callable(schedule):
+        raise ValueError(f"schedule must be a function step -> multiplier, got {schedule!r}")
+    return learning_rate, schedule
+
+
+def _with_schedule(factory):
+    """``factory`` with a keyword ``schedule`` that multiplies its ``learning_rate``: under
+    :func:`optax.inject_hyperparams` both stay in the state (the rate a number, the schedule
+    re-evaluated at every step), and the inner rule sees their product."""
+    sig = inspect.signature(factory)
+
+    def make(*args, schedule, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.arguments["learning_rate"] = bound.arguments["learning_rate"] * schedule
+        return factory(*bound.args, **bound.kwargs)
+
+    schedule_param = inspect.Parameter("schedule", inspect.Parameter.KEYWORD_ONLY)
+    make.__signature__ = sig.replace(parameters=[*sig.parameters.values(), schedule_param])
+    return make
+
+
+def _check_momentum(momentum: float) -> float:
+    if not 0.0 <= float(momentum) < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    return momentum
+
+
+def _injected(factory, learning_rate, schedule=None, *, static_args=(), **hyper):
+    learning_rate, schedule = _check_schedule(learning_rate, schedule)
+    if schedule is None:
+        return optax.inject_hyperparams(factory, static_args=static_args)(
+            learning_rate=learning_rate, **hyper)
+    return optax.inject_hyperparams(_with_schedule(factory), static_args=static_args)(
+        learning_rate=learning_rate, schedule=schedule, **hyper)
 
 
 # --------------------------------------------------------------------------- update rules
-def sgd(learning_rate: LearningRate) -> optax.GradientTransformation:
+def sgd(learning_rate: LearningRate, *, schedule: Schedule | None = None
+        ) -> optax.GradientTransformation:
     r"""Vanilla stochastic gradient descent.
 
     .. math:: w \leftarrow w - \eta \, \nabla_w L
+
+    ``schedule`` (every rule here takes one) multiplies the learning rate step by step: see the
+    module docstring.
     """
-    return _injected(optax.sgd, learning_rate)
+    return _injected(optax.sgd, learning_rate, schedule)
 
 
-def momentum(learning_rate: LearningRate, *, momentum: float = 0.9) -> optax.GradientTransformation:
-    r"""SGD with (heavy-ball) momentum.
+def momentum(learning_rate: LearningRate, *, momentum: float = 0.9,
+             schedule: Schedule | None = None) -> optax.GradientTransformation:
+    r"""SGD with (heavy-ball) momentum (:math:`\mu` is injected, so it can vary per member).
 
     .. math:: v \leftarrow \mu v + \nabla_w L, \qquad w \leftarrow w - \eta v
     """
-    return _injected(optax.sgd, learning_rate, momentum=momentum)
+    return _injected(optax.sgd, learning_rate, schedule, momentum=_check_momentum(momentum))
 
 
-def nesterov(learning_rate: LearningRate, *, momentum: float = 0.9) -> optax.GradientTransformation:
+def nesterov(learning_rate: LearningRate, *, momentum: float = 0.9,
+             schedule: Schedule | None = None) -> optax.GradientTransformation:
     r"""SGD with Nesterov momentum (optax's formulation).
 
     .. math:: v \leftarrow \mu v + g, \qquad w \leftarrow w - \eta (g + \mu v)
     """
-    _check_lr(learning_rate)
-    return optax.inject_hyperparams(optax.sgd, static_args=("nesterov",))(
-        learning_rate=learning_rate, momentum=momentum, nesterov=True
-    )
+    return _injected(optax.sgd, learning_rate, schedule, static_args=("nesterov",),
+                     momentum=_check_momentum(momentum), nesterov=True)
 
 
 def adagrad(
-    learning_rate: LearningRate, *, initial_accumulator_value: float = 0.1, eps: float = 1e-7
+    learning_rate: LearningRate, *, initial_accumulator_value: float = 0.1, eps: float = 1e-7,
+    schedule: Schedule | None = None,
 ) -> optax.GradientTransformation:
     r"""Adagrad: per-parameter steps shrink with the sum of squared gradients.
 
     .. math:: c \leftarrow c + g^2, \qquad w \leftarrow w - \eta \, g / (\sqrt{c} + \epsilon)
     """
-    return _injected(
-        optax.adagrad, learning_rate, initial_accumulator_value=initial_accumulator_value, eps=eps
-    )
+    return _injected(optax.adagrad, learning_rate, schedule,
+                     initial_accumulator_value=initial_accumulator_value, eps=eps)
 
 
 def rmsprop(
-    learning_rate: LearningRate, *, decay: float = 0.99, eps: float = 1e-8
+    learning_rate: LearningRate, *, decay: float = 0.99, eps: float = 1e-8,
+    schedule: Schedule | None = None,
 ) -> optax.GradientTransformation:
     r"""RMSProp: a leaky average of squared gradients.
 
     .. math:: c \leftarrow \rho c + (1-\rho) g^2, \qquad w \leftarrow w - \eta \, g / \sqrt{c + \epsilon}
     """
-    return _injected(optax.rmsprop, learning_rate, decay=decay, eps=eps)
+    return _injected(optax.rmsprop, learning_rate, schedule, decay=decay, eps=eps)
 
 
 def adam(
-    learning_rate: LearningRate, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+    learning_rate: LearningRate, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+    schedule: Schedule | None = None,
 ) -> optax.GradientTransformation:
     r"""Adam: momentum on the gradient and on its square, bias-corrected.
 
@@ -119,7 +182,7 @@ def adam(
         m \leftarrow \beta_1 m + (1-\beta_1) g, \quad v \leftarrow \beta_2 v + (1-\beta_2) g^2, \quad
         w \leftarrow w - \eta \, \hat m / (\sqrt{\hat v} + \epsilon)
     """
-    return _injected(optax.adam, learning_rate, b1=b1, b2=b2, eps=eps)
+    return _injected(optax.adam, learning_rate, schedule, b1=b1, b2=b2, eps=eps)
 
 
 def adamw(
@@ -129,6 +192,7 @@ def adamw(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
+    schedule: Schedule | None = None,
 ) -> optax.GradientTransformation:
     r"""Adam with decoupled weight decay (the decay is injectable per step like the learning rate).
 
@@ -136,7 +200,8 @@ def adamw(
     """
     if float(weight_decay) < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-    return _injected(optax.adamw, learning_rate, weight_decay=weight_decay, b1=b1, b2=b2, eps=eps)
+    return _injected(optax.adamw, learning_rate, schedule, weight_decay=weight_decay, b1=b1,
+                     b2=b2, eps=eps)
 
 
 _OPTIMIZERS = {
@@ -240,48 +305,44 @@ def get_schedule(name: str, value: float, *, total_steps: int) -> optax.Schedule
 
 
 # --------------------------------------------------------------------------- injected state
-def _hyperparams_state(opt_state):
-    """The ``InjectHyperparamsState`` inside ``opt_state`` (searched through chains)."""
-    if hasattr(opt_state, "hyperparams"):
-        return opt_state
-    if isinstance(opt_state, tuple):
-        for s in opt_state:
-            found = _hyperparams_state(s)
-            if found is not None:
-                return found
-    return None
+def _hyperparams(opt_state) -> dict:
+    """The injected hyperparameters of ``opt_state`` (the one ``hyperparams`` dict in it)."""
+    try:
+        hp = optax.tree_utils.tree_get(opt_state, "hyperparams")
+    except KeyError:  # several: a chain of injected transformations
+        raise ValueError("opt_state carries several injected hyperparameter sets; jaxnn "
+                         "optimizers carry one") from None
+    if not isinstance(hp, dict):
+        raise ValueError("opt_state carries no injected hyperparameters; build it with jaxnn.optim")
+    return hp
 
 
 def learning_rate(opt_state) -> jnp.ndarray:
-    """The learning rate in force at the last update (or the initial one before any)."""
-    hp = _hyperparams_state(opt_state)
-    if hp is None:
-        raise ValueError("opt_state carries no injected hyperparameters; build it with jaxnn.optim")
-    return hp.hyperparams["learning_rate"]
+    r"""The learning rate in force at the last update (or the initial one before any):
+    :math:`\eta \cdot s(t)` with a schedule, :math:`\eta` without."""
+    hp = _hyperparams(opt_state)
+    lr = hp["learning_rate"]
+    return lr * hp["schedule"] if "schedule" in hp else lr
 
 
 def set_hyperparam(opt_state, name: str, value):
-    """Return ``opt_state`` with the injected hyperparameter ``name`` replaced by ``value``.
+    """Return ``opt_state`` with the injected hyperparameter ``name`` replaced by ``value`` (cast
+    to the stored dtype).
 
-    Works under ``jit`` and ``vmap`` (a population sets one value per member). Only constant
-    hyperparameters can be replaced: one given as a schedule is recomputed at every step.
+    Works under ``jit`` and ``vmap`` (a population sets one value per member). With a schedule,
+    ``learning_rate`` is the rate the schedule multiplies; the schedule's own value is recomputed
+    at every step and cannot be replaced.
     """
-    hp = _hyperparams_state(opt_state)
-    if hp is None or name not in hp.hyperparams:
-        raise ValueError(f"opt_state has no injected hyperparameter {name!r}")
-    new_hp = hp._replace(
-        hyperparams={**hp.hyperparams, name: jnp.asarray(value, hp.hyperparams[name].dtype)}
-    )
-    if opt_state is hp:
-        return new_hp
+    hp = _hyperparams(opt_state)
+    if name not in hp or name == "schedule":
+        raise ValueError(f"opt_state has no injected hyperparameter {name!r}; it has "
+                         f"{sorted(k for k in hp if k != 'schedule')}")
+    new = {**hp, name: jnp.asarray(value, hp[name].dtype)}
+    return optax.tree_utils.tree_set(opt_state, hyperparams=new)
 
-    def _swap(s):
-        if s is hp:
-            return new_hp
-        if isinstance(s, tuple) and not hasattr(s, "_fields"):
-            return tuple(_swap(t) for t in s)
-        if isinstance(s, tuple):
-            return type(s)(*(_swap(t) for t in s))
-        return s
 
-    return _swap(opt_state)
+def hyperparam_names(optimizer: optax.GradientTransformation) -> tuple[str, ...]:
+    """The hyperparameters :func:`set_hyperparam` can replace in ``optimizer``'s state, e.g.
+    ``("learning_rate", "momentum")`` for :func:`momentum`."""
+    state = optimizer.init({"w": jnp.zeros((1,), jnp.float32)})
+    return tuple(k for k in _hyperparams(state) if k != "schedule")
