@@ -843,7 +843,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
                          f"np.savez writes); expected {_NPZ_FORMAT}.")
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            arrays = {k: z[k] for k in z.files}
     except ValueError as e:
         if "pickle" in str(e):
             raise ValueError(f"{path}: holds Python objects (pickled arrays), which are not "
@@ -851,6 +851,11 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: not a valid .npz file ({e}); expected {_NPZ_FORMAT}.") from None
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
         raise ValueError(f"{path}: not a valid .npz file ({e}); expected {_NPZ_FORMAT}.") from None
+    raw = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]
+    if raw:  # numpy hands back the bytes of a member that is not a .npy array
+        raise ValueError(f"{path}: not a valid .npz file ({raw[0]} is not a .npy array); "
+                         f"expected {_NPZ_FORMAT}.")
+    return arrays
 
 
 def _npz_pair(path: Path, arrays: dict, xk: str, yk: str, *, flatten: bool):
