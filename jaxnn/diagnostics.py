@@ -570,11 +570,12 @@ def diagnose(
     # -- the learning rate: exploding, then flat
     finite = loss[np.isfinite(loss)]
     best = np.minimum.accumulate(np.concatenate([[l0], loss])) if loss.size else np.array([l0])
+    bad = np.asarray(_train.diverged(loss, l0, factor=divergence_factor)) if loss.size else []
     if stopped.startswith("diverged"):
         say(LR_TOO_HIGH, f"the run {stopped.split(';')[0]}")
     elif finite.size < loss.size:
         say(LR_TOO_HIGH, "the training loss became NaN/inf")
-    elif loss.size and loss.max() > divergence_factor * l0:
+    elif np.any(bad):  # the one divergence rule of jaxnn.train
         say(LR_TOO_HIGH, f"the training loss reached {loss.max():.4g}, over "
                          f"{divergence_factor:g}x the initial {l0:.4g}")
     elif loss.size and np.max(loss - best[:-1]) > rise * l0:

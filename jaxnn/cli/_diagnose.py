@@ -86,8 +86,8 @@ def run_diagnose(args) -> int:
         _check(flag.replace("_", "-"), getattr(args, flag))
     if args.tensorboard:
         require_tensorboard()
+    out = new_run_dir(args.out, "diagnose")  # created, locked and writable before any data
     setup = build(config_from_args(args))
-    out = new_run_dir(args.out, "diagnose")
     c, data, model = setup.config, setup.data, setup.model
     key = jax.random.key(c["seed"])
     say = lambda msg: print(msg, flush=True)

@@ -229,8 +229,8 @@ def run_compare(args) -> int:
     _check_positive(seeds=args.seeds)
     # The train flags are validated with the first pair (the groups build their own models).
     config = {**config_from_args(args), "activation": activations[0], "init": inits[0]}
+    out = new_run_dir(args.out, args.verb_name)  # created, locked and writable before any data
     setup = build(config)  # validates the train flags and loads the data
-    out = new_run_dir(args.out, args.verb_name)
     c = {k: v for k, v in setup.config.items() if k not in ("activation", "init")}
 
     done = []
@@ -296,8 +296,8 @@ def run_losses(args) -> int:
         raise CLIError("--loss: this experiment trains both multiclass_hinge_loss and "
                        "softmax_cross_entropy; leave --loss out")
     _check_positive(seeds=args.seeds)
+    out = new_run_dir(args.out, "losses")  # created, locked and writable before any data
     setup = build({**config_from_args(args), "loss": "softmax_cross_entropy"})
-    out = new_run_dir(args.out, "losses")
     c = {k: v for k, v in setup.config.items() if k != "loss"}
     res = experiments.loss_comparison(
         setup.data, key=jax.random.key(c["seed"]), epochs=c["epochs"], seeds=args.seeds,
