@@ -26,6 +26,7 @@ VERBS = {
     "compare": "jaxnn.cli._experiment",
     "ensemble": "jaxnn.cli._search",
     "bench": "jaxnn.cli._bench",
+    "data": "jaxnn.cli._data",
 }
 
 

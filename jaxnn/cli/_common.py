@@ -9,11 +9,13 @@ import math
 from typing import Any, NamedTuple
 
 from jaxnn.cli import CLIError
+from jaxnn.cli._data import DownloadProgress, augment_arg
 
 #: Flags saved in ``config.json`` and read back by ``jaxnn resume``.
 TRAIN_FLAGS = (
     "dataset", "data_dir", "hidden", "arch", "activation", "init", "bias_init", "batch_norm",
     "dropout", "loss", "optimizer", "lr", "schedule", "l2", "batch_size", "epochs", "preprocess", "seed",
+    "data_url", "augment",
 )
 
 
@@ -23,14 +25,21 @@ def add_train_flags(p: argparse.ArgumentParser, *, epochs: int = 30, lr: float =
     filled when help is shown) and every default."""
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="digits",
-                   help="digits (embedded) | mnist | cifar10 | path to a .npz "
-                        "with x, y")
+                   help="digits (embedded) | mnist | fashion_mnist | cifar10 (downloaded on "
+                        "first use) | path to a .npz with x, y")
     g.add_argument("--data-dir", default=None,
                    help="directory of the downloaded datasets (default: $JAXNN_DATA, else "
                         "~/.cache/jaxnn)")
+    g.add_argument("--data-url", default=None, metavar="URL",
+                   help="base URL of a mirror serving the original file names (default: "
+                        "$JAXNN_DATA_URL, else the official locations)")
     g.add_argument("--preprocess", default="standardize",
                    help="fitted on the training split: one of {preprocessors}; pca:K keeps K "
                         "components")
+    g.add_argument("--augment", type=augment_arg, default=None, metavar="crop:P,flip",
+                   help="augment image batches on the device: random crop after zero padding "
+                        "by P pixels and/or random horizontal flip (needs an --arch that keeps "
+                        "the image shape)")
     g = p.add_argument_group("model")
     g.add_argument("--hidden", default="128,64",
                    help="hidden layer widths, comma-separated (shorthand for --arch fc:128,fc:64)")
@@ -325,13 +334,19 @@ def build(config: dict) -> Setup:
                        f"{', '.join(optim.schedule_names())}")
 
     # The split is fixed (seed 0) so that runs with different --seed share one test set.
-    ds = data.load(c["dataset"], data_dir=c["data_dir"], seed=c.get("split_seed", 0),
-                   flatten=not images)  # convolutions see [H, W, C] images
+    with DownloadProgress() as progress:  # a bar on a terminal when a dataset downloads
+        ds = data.load(c["dataset"], data_dir=c["data_dir"], seed=c.get("split_seed", 0),
+                       flatten=not images,  # convolutions see [H, W, C] images
+                       data_url=c.get("data_url"), progress=progress)
     ds = _preprocess(ds, c["preprocess"])
     if images and ds.x_train.ndim != 4:
         raise CLIError(f"--arch {c['arch']}: convolutions and pooling need images [height, "
                        f"width, channels]; {c['dataset']} gives examples of shape "
                        f"{tuple(ds.x_train.shape[1:])}")
+    if c.get("augment") and (not images or ds.x_train.ndim != 4):
+        raise CLIError(f"--augment {c['augment']}: crop and flip need images; {c['dataset']} "
+                       f"is used as examples of shape {tuple(ds.x_train.shape[1:])} here (an "
+                       "--arch with conv or pool layers keeps the image shape)")
     if not images and ds.x_train.ndim != 2:
         ds = ds._replace(**{f"x_{s}": getattr(ds, f"x_{s}").reshape(
             getattr(ds, f"x_{s}").shape[0], -1) for s in ("train", "val", "test")})
