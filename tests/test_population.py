@@ -106,7 +106,7 @@ def test_bad_hparams(dataset, model):
     with pytest.raises(ValueError, match="same shape"):
         _run(dataset, model, {"learning_rate": np.array([0.1, 0.2]), "l2": np.array([0.1])})
     with pytest.raises(ValueError, match="unknown"):
-        _run(dataset, model, {"learning_rate": np.array([0.1]), "momentum": np.array([0.9])})
+        _run(dataset, model, {"learning_rate": np.array([0.1]), "beta": np.array([0.9])})
 
 
 def test_probe_adds_a_history_entry(dataset, model):
