@@ -4,8 +4,25 @@ DeprecationWarnings are errors (``filterwarnings`` in pyproject.toml), so nothin
 jax/optax slips in. Keep shapes small and share compiled functions through session fixtures.
 """
 
-import jax
-import pytest
+import os
+import pathlib
+
+# The suite's own persistent compilation cache (under .pytest_cache, never the user's), so a
+# second run, and the subprocesses of the CLI tests, load compiled programs instead of compiling
+# them again. Set before JAX is imported; the console script in a subprocess sees these variables
+# and leaves them alone. A user's own JAX cache settings, or JAXNN_NO_COMPILE_CACHE=1, win.
+# A cache hit is the executable the compiler would have produced (JAX keys entries on the
+# program, the compile options, the devices and the versions), so it cannot change a result.
+from jaxnn._startup import JAX_CACHE_VARIABLES, OFF_VARIABLE  # imports no JAX
+
+if os.environ.get(OFF_VARIABLE, "") in ("", "0") and not any(
+        v in os.environ for v in JAX_CACHE_VARIABLES):
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(
+        pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax-compile")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,10 @@
-"""The `jaxnn` command line: help, version, train, resume after kill -9, one-line errors."""
+"""The `jaxnn` command line: help that shows every default, one error format, names from the
+registries, train/resume end to end, the compilation cache of the console script."""
 
+import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +14,8 @@ import numpy as np
 import pytest
 
 import jaxnn
-from jaxnn.cli import main
+from jaxnn import _startup, activations, initializers, losses
+from jaxnn.cli import _build_parser, _os_error_message, main
 
 SMALL = ["--hidden", "16", "--epochs", "3", "--batch-size", "64", "--no-progress"]
 
@@ -71,13 +75,17 @@ def test_refuses_to_overwrite_a_run(run_dir, capsys):
     (["--dropout", "1.5"], "--dropout"),
     (["--optimizer", "lbfgs"], "--optimizer"),
     (["--dataset", "/no/such/file.npz"], "no/such/file.npz"),
-    (["--loss", "l1_loss"], "--loss"),
+    (["--loss", "nope"], "--loss"),
+    (["--init", "nope"], "--init: unknown 'nope'"),
+    (["--init", "constant"], "--init: 'constant' needs arguments"),
+    (["--preprocess", "pca:1000"], "--preprocess pca:1000"),
 ])
 def test_bad_flags_one_line_no_run_dir(tmp_path, capsys, flags, needle):
     out = tmp_path / "bad"
     assert main(["train", *SMALL, *flags, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err
+    assert err.startswith("jaxnn train: error: ") and "Errno" not in err
     assert not out.exists()
 
 
@@ -85,6 +93,7 @@ def test_argparse_errors_are_one_line():
     r = _cli("train", "--epochs", "many")
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("jaxnn train: error: argument --epochs")
 
 
 def test_diverging_run_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
@@ -136,3 +145,185 @@ def test_fast_malloc_is_applied_by_the_console_script_only_when_allowed():
     assert run(clean) == ["True", "mallopt"]
     assert run({**clean, "JAXNN_DEFAULT_MALLOC": "1"}) == ["False", "None"]
     assert run({**clean, "MALLOC_ARENA_MAX": "2"}) == ["False", "None"]
+
+
+# --------------------------------------------------------------------------- help
+def _parsers(parser=None, path=()):
+    """Every (command path, parser) of the CLI, the verbs and the experiments."""
+    parser = parser or _build_parser()
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*path, name))
+
+
+def _help_of(parser, flag: str) -> str:
+    """The help text shown for ``flag`` in the parser's rendered help (joined lines)."""
+    text = parser.format_help()
+    m = re.search(rf"^  {re.escape(flag)}(?=[ ,\n])(.*?)(?=^  -|^\S|\Z)", text, re.S | re.M)
+    assert m, f"{flag} missing from `{parser.prog} --help`"
+    return " ".join(m.group(1).split())
+
+
+def test_every_flag_of_every_verb_has_help_with_its_default():
+    seen = 0
+    for path, parser in _parsers():
+        text = parser.format_help()
+        assert not re.search(r"\{[a-z_]+\}", text), f"placeholder left in `{parser.prog} --help`"
+        for action in parser._actions:
+            if not action.option_strings or action.help == argparse.SUPPRESS or \
+                    action.default == argparse.SUPPRESS:
+                continue
+            shown = _help_of(parser, action.option_strings[-1])
+            assert "default" in shown.lower(), f"{parser.prog} {action.option_strings}: {shown}"
+            # A default written by the formatter is the value argparse actually uses.
+            m = re.search(r"\(default: ([^)]*)\)$", shown)
+            if m and "default" not in (action.help or "") and \
+                    isinstance(action.default, (int, float, str)) and \
+                    not isinstance(action.default, bool):
+                assert m.group(1).replace(" ", "") == str(action.default).replace(" ", "")
+            seen += 1
+    assert seen > 50  # every verb's flags were looked at
+
+
+@pytest.mark.parametrize("verb", [["train"], ["diagnose"], ["compare"], ["experiment", "losses"],
+                                  ["experiment", "activations"]])
+def test_default_epochs_per_verb_are_shown(verb):
+    parsers = dict(_parsers())
+    parsed = _build_parser().parse_args([*verb])
+    shown = _help_of(parsers[tuple(verb)], "--epochs")
+    assert f"(default: {parsed.epochs})" in shown
+    for flag in ("--batch-size", "--seed", "--lr"):
+        assert "(default: " in _help_of(parsers[tuple(verb)], flag)
+
+
+def test_help_lists_the_registries():
+    text = dict(_parsers())[("train",)].format_help()
+    flat = " ".join(text.split())
+    for names in (activations.names(), losses.names(), initializers.names()):
+        assert ", ".join(names) in flat
+
+
+@pytest.mark.parametrize("argv", [[], ["experiment"]])
+def test_no_verb_prints_help_on_stderr_and_exits_2(argv, capsys):
+    assert main(argv) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and "usage: jaxnn" in out.err
+    assert out.err.strip().splitlines()[-1].startswith(f"jaxnn{' experiment' if argv else ''}: "
+                                                       "error: ")
+
+
+@pytest.mark.parametrize("argv, prefix", [
+    (["train", "--epochs", "many"], "jaxnn train: error: argument --epochs"),
+    (["train", "--bogus", "1"], "jaxnn train: error: unrecognized arguments: --bogus 1"),
+    (["experiment", "init-depth", "--depth", "x"], "jaxnn experiment init-depth: error: "),
+    (["compare", "--seeds", "two"], "jaxnn compare: error: argument --seeds"),
+    (["gradcheck", "--tol"], "jaxnn gradcheck: error: argument --tol"),
+])
+def test_argparse_errors_use_the_verb_prefix(argv, prefix, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(prefix) and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- messages
+def test_activation_error_lists_every_name_once(tmp_path, capsys):
+    assert main(["train", "--activation", "nope", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    listed = err.split("valid: ", 1)[1].split(", ")
+    assert listed == list(activations.names())  # the registry, in order, each name once
+
+
+def test_os_error_names_the_flag_and_the_path():
+    args = argparse.Namespace(out="/data/runs/r1", dataset="digits", verb="train")
+    msg = _os_error_message(PermissionError(13, "Permission denied", "/data/runs/r1/x.json"),
+                            args)
+    assert msg == "cannot use --out '/data/runs/r1/x.json': permission denied"
+    msg = _os_error_message(FileNotFoundError(2, "No such file or directory", "/elsewhere"), args)
+    assert msg == "cannot use '/elsewhere': no such file or directory"
+
+
+@pytest.mark.parametrize("argv", [["train"], ["diagnose"], ["experiment", "init-depth"]])
+def test_unwritable_out_is_one_sentence_naming_out(argv, capsys):
+    assert main([*argv, "--out", "/proc/forbidden/run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out" in err and "Errno" not in err
+    assert err.startswith(f"jaxnn {' '.join(argv)}: error: ")
+
+
+# --------------------------------------------------------------------------- --loss
+def test_every_registered_loss_is_accepted_and_trains_toward_the_label():
+    """CLI acceptance of every name the registry has: it resolves to a loss of (scores, class
+    ids) that is lower when the scores favour the label than when they favour another class."""
+    import jax.numpy as jnp
+
+    from jaxnn.cli._common import label_loss
+
+    rng = np.random.default_rng(0)
+    labels = jnp.asarray(rng.integers(0, 4, 6), jnp.int32)
+    other = (labels + 1) % 4
+    right = 3.0 * (np.arange(4) == np.asarray(labels)[:, None])
+    wrong = 3.0 * (np.arange(4) == np.asarray(other)[:, None])
+    for name in losses.names():
+        resolved = label_loss(name)
+        fn = losses.get(resolved) if isinstance(resolved, str) else resolved
+        good, bad = fn(jnp.asarray(right), labels), fn(jnp.asarray(wrong), labels)
+        assert good.shape == (6,) and bool(jnp.all(jnp.isfinite(good))), name
+        assert bool(jnp.all(good < bad)), name
+
+
+def test_a_loss_of_one_hot_targets_trains_a_classifier(tmp_path, capsys):
+    out = tmp_path / "mse"
+    assert main(["train", "--loss", "mse", "--hidden", "32", "--epochs", "3", "--lr", "0.05",
+                 "--quiet", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_acc"] > 0.5  # 10 classes: chance is 0.1
+    assert json.loads((out / "config.json").read_text())["loss"] == "mse"
+
+
+# --------------------------------------------------------------------------- compile cache
+@pytest.mark.parametrize("env, expected", [
+    ({"HOME": "/home/u"}, "/home/u/.cache/jaxnn/jax-compile"),
+    ({"HOME": "/home/u", "XDG_CACHE_HOME": "/c"}, "/c/jaxnn/jax-compile"),
+    ({"HOME": "/home/u", "JAXNN_CACHE": "/fast/cc"}, "/fast/cc"),
+    ({"HOME": "/home/u", "JAXNN_NO_COMPILE_CACHE": "1"}, None),
+    ({"HOME": "/home/u", "JAXNN_NO_COMPILE_CACHE": "0"}, "/home/u/.cache/jaxnn/jax-compile"),
+    ({"HOME": "/home/u", "JAX_COMPILATION_CACHE_DIR": "/mine"}, None),
+    ({"HOME": "/home/u", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "2"}, None),
+])
+def test_compile_cache_location_and_who_decides(env, expected, monkeypatch):
+    monkeypatch.setenv("HOME", env["HOME"])  # expanduser reads the process's HOME
+    assert _startup.compile_cache_dir(env) == expected
+
+
+def _clean_env(**extra):
+    env = {k: v for k, v in os.environ.items()
+           if k not in _startup.JAX_CACHE_VARIABLES and not k.startswith("JAXNN_")}
+    return {**env, "JAX_PLATFORMS": "cpu", **extra}
+
+
+@pytest.mark.slow
+def test_the_console_script_caches_compiles_and_a_warm_run_gives_the_same_losses(tmp_path):
+    """Cold (empty cache), warm (cache filled by the cold run) and uncached runs of the same
+    command write the same losses; the cache is the user's, unless they chose their own."""
+    flags = ["train", "--hidden", "16", "--epochs", "2", "--quiet"]
+    run = lambda out, **env: subprocess.run(
+        [sys.executable, "-m", "jaxnn", *flags, "--out", str(tmp_path / out)],
+        capture_output=True, text=True, timeout=240, env=_clean_env(**env))
+    losses_of = lambda out: [json.loads(s)["train_loss"]
+                             for s in open(tmp_path / out / "metrics.jsonl")]
+    cache = tmp_path / "cache"
+    for out in ("cold", "warm"):
+        r = run(out, JAXNN_CACHE=str(cache))
+        assert r.returncode == 0, r.stderr
+        assert len(os.listdir(cache)) > 0
+    assert run("off", JAXNN_CACHE=str(tmp_path / "c2"), JAXNN_NO_COMPILE_CACHE="1"
+               ).returncode == 0
+    assert not (tmp_path / "c2").exists()
+    mine = tmp_path / "mine"
+    assert run("users", JAXNN_CACHE=str(tmp_path / "c3"), JAX_COMPILATION_CACHE_DIR=str(mine),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0").returncode == 0
+    assert not (tmp_path / "c3").exists() and len(os.listdir(mine)) > 0
+    assert losses_of("cold") == losses_of("warm") == losses_of("off") == losses_of("users")
