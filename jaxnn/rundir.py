@@ -193,6 +193,7 @@ class RunDir:
         self.main = main
         self.created = created
         self._lock_fd: int | None = None
+        self._made_root: str | None = None
         self._written = False
         self._file_epochs: set[int] = set()
 
@@ -216,7 +217,9 @@ class RunDir:
         Errors (:class:`RunDirError`) name the path and why it cannot be used."""
         if not main:
             return cls(os.fspath(path), main=False)
+        made_root = None
         if path is None:
+            made_root = None if os.path.isdir(root) else os.fspath(root)
             path, created = cls._make_default(os.fspath(root), prefix), True
         else:
             path, created = os.fspath(path), False
@@ -232,6 +235,7 @@ class RunDir:
                     raise RunDirError(f"cannot create the run directory {path}: "
                                       f"{_os_reason(e)}") from None
         run = cls(path, main=True, created=created)
+        run._made_root = made_root
         try:
             run._probe_writable()
             run._acquire_lock()
@@ -336,6 +340,8 @@ class RunDir:
         if self.created:
             with contextlib.suppress(OSError):
                 os.rmdir(self.path)  # only if empty: nothing of anybody's is removed
+                if self._made_root:
+                    os.rmdir(self._made_root)
 
     def __enter__(self) -> RunDir:
         return self

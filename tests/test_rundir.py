@@ -113,6 +113,9 @@ def test_a_run_failing_before_its_first_write_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError), rundir.RunDir.create(path):
         raise RuntimeError("failed while loading data")
     assert not path.exists()
+    with pytest.raises(RuntimeError), rundir.RunDir.create(None, root=tmp_path / "runs"):
+        raise RuntimeError("a bad flag found after the default directory was made")
+    assert not (tmp_path / "runs").exists()
     existing = tmp_path / "mine"
     existing.mkdir()
     (existing / "notes.txt").write_text("the user's")
