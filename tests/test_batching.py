@@ -214,14 +214,12 @@ def test_augment_needs_images(key):
 def linear_epoch():
     """A linear softmax classifier on 4x4x1 images and its jitted epochs, with and without
     augmentation."""
-    import optax
-
-    from jaxnn import train
+    from jaxnn import optim, train
 
     def apply(params, state, x, *, train, key=None, mask=None):
         return x.reshape(x.shape[0], -1) @ params["w"] + params["b"], state
 
-    opt = optax.sgd(0.5)
+    opt = optim.sgd(0.5)
     params = {"w": jnp.zeros((16, 3)), "b": jnp.zeros(3)}
     state = train.TrainState(params, {}, opt.init(params), jnp.zeros((), jnp.int32),
                              jax.random.key(3))
