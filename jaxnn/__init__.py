@@ -30,6 +30,7 @@ SUBMODULES = (
     "layers",
     "models",
     "train",
+    "rundir",
     "diagnostics",
     "population",
     "search",

@@ -11,7 +11,7 @@ import jaxnn
 
 LOW = {"activations", "losses", "regularizers", "initializers", "gradcheck", "preprocessing",
        "optim", "data", "checkpoint", "plots", "distributed"}
-HIGH = {"layers", "train", "diagnostics", "population", "search", "ensemble", "experiments", "cli"}
+HIGH = {"layers", "train", "rundir", "diagnostics", "population", "search", "ensemble", "experiments", "cli"}
 
 
 @pytest.mark.parametrize("name", [m for m in jaxnn.SUBMODULES if m != "cli"])
@@ -38,6 +38,18 @@ def test_numerics_do_not_import_upper_layers(name):
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("jaxnn."):
             imported.add(node.module.split(".")[1])
     assert not imported & HIGH, f"jaxnn.{name} imports {imported & HIGH}"
+
+
+def test_train_does_not_know_the_run_directory():
+    """train is a plain loop; the run directory's module sits above it, not the other way."""
+    source = pathlib.Path(importlib.util.find_spec("jaxnn.train").origin).read_text()
+    names = {a.name for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Import | ast.ImportFrom)
+             for a in n.names} | {n.module for n in ast.walk(ast.parse(source))
+                                 if isinstance(n, ast.ImportFrom)}
+    assert not names & {"rundir", "tqdm", "checkpoint", "jaxnn.checkpoint", "tqdm.auto"}
+    calls = {n.func.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Call)
+             and isinstance(n.func, ast.Name)}
+    assert "open" not in calls
 
 
 def test_only_the_cli_prints():
