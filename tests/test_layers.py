@@ -1,101 +1,244 @@
-"""jaxnn.layers against independent numpy computations."""
+"""jaxnn.layers: each layer pair against an independent reference (numpy loops and formulas,
+jax.nn.initializers, lax.conv written out)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnn import gradcheck, layers
+from jaxnn import activations, layers
+
+F32_EPS = float(np.finfo(np.float32).eps)
 
 
 def _x(shape, seed=0):
     return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
-def test_public_names():
-    for name in layers.__all__:
-        assert hasattr(layers, name)
+def _close(got, want, terms):
+    """float32 results of sums of ``terms`` O(1) products: error ~ eps * terms (a generous
+    constant for reordering and fused multiply-adds)."""
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=8 * terms * F32_EPS,
+                               atol=8 * terms * F32_EPS)
 
 
-def test_dense_matches_numpy(key):
-    layer = layers.Dense(5, b_init=0.3)
-    params, state = layer.init(key, 4)
-    assert params["w"].shape == (4, 5) and params["b"].shape == (5,)
-    np.testing.assert_allclose(params["b"], 0.3)
+# --------------------------------------------------------------------------- Dense
+def test_dense_matches_numpy_and_draws_from_the_documented_key(key):
+    layer = layers.Dense(5, bias_init=0.3)
+    out_shape, params, state = layer.init(key, (4,))
+    assert out_shape == (5,) and state == {}
+    wkey, _ = jax.random.split(key)
+    np.testing.assert_array_equal(params["w"],
+                                  jax.nn.initializers.he_normal()(wkey, (4, 5), jnp.float32))
+    np.testing.assert_array_equal(params["b"], np.full(5, 0.3, np.float32))
     x = _x((3, 4))
     y, _ = layer.apply(params, state, x)
-    np.testing.assert_allclose(y, x @ np.asarray(params["w"]) + 0.3, rtol=1e-5, atol=1e-6)
+    _close(y, x.astype(np.float64) @ np.asarray(params["w"], np.float64) + 0.3, 4)
     with pytest.raises(ValueError, match="4 features"):
         layer.apply(params, state, _x((3, 5)))
 
 
-def test_dense_init_follows_initializer(key):
-    params, _ = layers.Dense(300, w_init="he_normal").init(key, 400)
-    assert np.var(np.asarray(params["w"])) == pytest.approx(2 / 400, rel=0.05)
+def test_dense_acts_on_the_last_axis_and_keeps_dtype(key):
+    layer = layers.Dense(3, use_bias=False)
+    out_shape, params, _ = layer.init(key, (2, 4))
+    assert out_shape == (2, 3) and set(params) == {"w"}
+    x = _x((5, 2, 4))
+    y, _ = layer.apply(params, {}, x)
+    _close(y, np.einsum("ntf,fo->nto", x.astype(np.float64), np.asarray(params["w"], np.float64)),
+           4)
+    assert layer.apply(params, {}, jnp.asarray(x, jnp.bfloat16))[0].dtype == jnp.bfloat16
 
 
-def test_maxout_layer_matches_numpy(key):
-    layer = layers.Maxout(3, num_pieces=4)
-    params, state = layer.init(key, 5)
-    x = _x((7, 5))
+def test_bad_layer_options():
+    for make in (lambda: layers.Dense(0), lambda: layers.Conv2D(4, 0),
+                 lambda: layers.Conv2D(4, strides=(1, 2, 3)), lambda: layers.Conv2D(4, padding="FULL"),
+                 lambda: layers.Dense(3, init=[1]), lambda: layers.MaxPool(0),
+                 lambda: layers.BatchNorm(momentum=1.0), lambda: layers.Dropout(1.0),
+                 lambda: layers.Maxout(3, 0)):
+        with pytest.raises(ValueError):
+            make()
+    with pytest.raises(ValueError, match="height, width, channels"):
+        layers.Conv2D(4).init(jax.random.key(0), (16,))
+
+
+# --------------------------------------------------------------------------- Conv2D
+def _numpy_conv(x, w, stride, pads):
+    """Cross-correlation of NHWC ``x`` with HWIO ``w`` by explicit loops (float64)."""
+    (pt, pb), (pl, pr) = pads
+    x = np.pad(np.asarray(x, np.float64), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    w = np.asarray(w, np.float64)
+    kh, kw, _, co = w.shape
+    n, h, wd, _ = x.shape
+    oh, ow = (h - kh) // stride[0] + 1, (wd - kw) // stride[1] + 1
+    y = np.zeros((n, oh, ow, co))
+    for i in range(oh):
+        for j in range(ow):
+            patch = x[:, i * stride[0]:i * stride[0] + kh, j * stride[1]:j * stride[1] + kw, :]
+            y[:, i, j, :] = np.einsum("nuvc,uvco->no", patch, w)
+    return y
+
+
+@pytest.mark.parametrize("kernel,strides,padding,pads", [
+    (3, 1, "SAME", ((1, 1), (1, 1))),
+    (3, 2, "VALID", ((0, 0), (0, 0))),
+    # SAME: output ceil(in / s), total padding (out - 1) * s + k - in, the smaller half first:
+    # rows (3 - 1) * 2 + 2 - 5 = 1 -> (0, 1); columns (6 - 1) + 3 - 6 = 2 -> (1, 1).
+    ((2, 3), (2, 1), "SAME", ((0, 1), (1, 1))),
+    (3, 1, ((2, 0), (0, 1)), ((2, 0), (0, 1))),
+])
+def test_conv2d_matches_a_numpy_loop(key, kernel, strides, padding, pads):
+    layer = layers.Conv2D(4, kernel, strides=strides, padding=padding, bias_init=0.1)
+    out_shape, params, state = layer.init(key, (5, 6, 3))
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    assert params["w"].shape == (kh, kw, 3, 4)
+    x = _x((2, 5, 6, 3))
     y, _ = layer.apply(params, state, x)
-    z = x @ np.asarray(params["w"]) + np.asarray(params["b"])
-    expected = z.reshape(7, 4, 3).max(axis=1)  # piece-major layout
-    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+    s = (strides, strides) if isinstance(strides, int) else strides
+    want = _numpy_conv(x, params["w"], s, pads) + 0.1
+    assert y.shape == want.shape and out_shape == want.shape[1:]
+    _close(y, want, kh * kw * 3)
 
 
+def test_conv2d_kernel_is_jax_initializer_with_conv_fans(key):
+    _, params, _ = layers.Conv2D(8, 5, init="lecun_uniform").init(key, (7, 7, 6))
+    wkey, _ = jax.random.split(key)
+    np.testing.assert_array_equal(
+        params["w"], jax.nn.initializers.lecun_uniform()(wkey, (5, 5, 6, 8), jnp.float32))
+    bound = np.sqrt(3.0 / (5 * 5 * 6))  # fan_in = receptive field x input channels
+    assert np.abs(np.asarray(params["w"])).max() <= bound
+    assert np.abs(np.asarray(params["w"])).max() > 0.9 * bound
+
+
+def test_conv2d_rejects_wrong_inputs(key):
+    layer = layers.Conv2D(2)
+    _, params, _ = layer.init(key, (4, 4, 3))
+    with pytest.raises(ValueError, match="NHWC"):
+        layer.apply(params, {}, _x((2, 4, 4, 2)))
+    with pytest.raises(ValueError, match="NHWC"):
+        layer.apply(params, {}, _x((2, 48)))
+
+
+# --------------------------------------------------------------------------- pooling, flatten
+def _numpy_pool(x, window, stride, op):
+    n, h, w, c = x.shape
+    oh, ow = (h - window) // stride + 1, (w - window) // stride + 1
+    y = np.zeros((n, oh, ow, c))
+    for i in range(oh):
+        for j in range(ow):
+            y[:, i, j] = op(x[:, i * stride:i * stride + window, j * stride:j * stride + window],
+                            axis=(1, 2))
+    return y
+
+
+@pytest.mark.parametrize("window,strides", [(2, None), (3, 1), (3, 2)])
+def test_pooling_matches_numpy(window, strides):
+    x = _x((2, 7, 6, 3))
+    stride = window if strides is None else strides
+    for layer, op in ((layers.MaxPool(window, strides), np.max),
+                      (layers.AvgPool(window, strides), np.mean)):
+        out_shape, params, state = layer.init(None, (7, 6, 3))
+        y, _ = layer.apply(params, state, x)
+        want = _numpy_pool(x.astype(np.float64), window, stride, op)
+        assert out_shape == want.shape[1:]
+        _close(y, want, window * window)
+
+
+def test_avgpool_same_averages_over_the_real_entries():
+    x = _x((1, 3, 3, 1))
+    y, _ = layers.AvgPool(2, padding="SAME").apply({}, {}, x)
+    # SAME with window 2, stride 2 on 3: pad 1 after; windows rows {0,1}, {2}.
+    want = [[x[0, :2, :2, 0].mean(), x[0, :2, 2, 0].mean()],
+            [x[0, 2, :2, 0].mean(), x[0, 2, 2, 0]]]
+    _close(y[0, :, :, 0], np.asarray(want, np.float64), 4)
+
+
+def test_maxpool_gradient_goes_to_the_window_maximum():
+    x = _x((2, 4, 4, 3), seed=3)  # continuous values: no ties
+    g = jax.grad(lambda x: jnp.sum(layers.MaxPool().apply({}, {}, x)[0]))(jnp.asarray(x))
+    blocks = x.reshape(2, 2, 2, 2, 2, 3)  # n, i, u, j, v, c
+    want = (blocks == blocks.max(axis=(2, 4), keepdims=True)).astype(np.float32)
+    np.testing.assert_array_equal(g, want.reshape(x.shape))
+
+
+def test_flatten_is_row_major_reshape():
+    x = _x((2, 3, 4, 5))
+    layer = layers.Flatten()
+    assert layer.init(None, (3, 4, 5))[0] == (60,)
+    np.testing.assert_array_equal(layer.apply({}, {}, x)[0], x.reshape(2, 60))
+
+
+# --------------------------------------------------------------------------- normalization
 def _bn_reference(x, gamma, beta, eps):
+    x = np.asarray(x, np.float64)
     mean, var = x.mean(0), x.var(0)
     return gamma * (x - mean) / np.sqrt(var + eps) + beta, mean, x.var(0, ddof=1)
 
 
 def test_batchnorm_train_and_eval_match_numpy(key):
     bn = layers.BatchNorm(momentum=0.8, eps=1e-5)
-    params, state = bn.init(key, 4)
+    out_shape, params, state = bn.init(key, (4,))
+    assert out_shape == (4,)
     params = {"gamma": jnp.array([1.0, 2.0, 0.5, 1.5]), "beta": jnp.array([0.0, 1.0, -1.0, 0.2])}
     x = _x((16, 4)) * 3 + 1
     y, new_state = bn.apply(params, state, x, train=True)
     ref, mean, var_unbiased = _bn_reference(x, np.asarray(params["gamma"]),
                                             np.asarray(params["beta"]), 1e-5)
-    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(new_state["mean"], 0.2 * mean, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(new_state["var"], 0.8 + 0.2 * var_unbiased, rtol=1e-5)
+    _close(y, ref, 16)
+    _close(new_state["mean"], 0.2 * mean, 16)
+    _close(new_state["var"], 0.8 + 0.2 * var_unbiased, 16)
     # Evaluation uses the running averages, not the batch.
     x2 = _x((5, 4), seed=1)
     y2, same = bn.apply(params, new_state, x2, train=False)
-    rm, rv = np.asarray(new_state["mean"]), np.asarray(new_state["var"])
-    expected = np.asarray(params["gamma"]) * (x2 - rm) / np.sqrt(rv + 1e-5) + np.asarray(
-        params["beta"])
-    np.testing.assert_allclose(y2, expected, rtol=1e-4, atol=1e-5)
+    rm, rv = np.asarray(new_state["mean"], np.float64), np.asarray(new_state["var"], np.float64)
+    _close(y2, np.asarray(params["gamma"]) * (x2 - rm) / np.sqrt(rv + 1e-5)
+           + np.asarray(params["beta"]), 4)
     assert same is new_state
 
 
-def test_batchnorm_mask_ignores_padding(key):
+def test_batchnorm_per_channel_on_images_with_a_mask(key):
+    bn = layers.BatchNorm(momentum=0.5)
+    out_shape, params, state = bn.init(key, (3, 4, 2))
+    assert params["gamma"].shape == (2,) and out_shape == (3, 4, 2)
+    x = _x((5, 3, 4, 2)) * 2 + np.array([1.0, -3.0], np.float32)
+    padded = np.concatenate([x, 100 * np.ones((3, 3, 4, 2), np.float32)])
+    mask = np.array([1] * 5 + [0] * 3, np.float32)
+    y, s = bn.apply(params, state, padded, train=True, mask=mask)
+    real = x.astype(np.float64).transpose(3, 0, 1, 2).reshape(2, -1)  # channel x (N*H*W)
+    mean, var = real.mean(1), real.var(1)
+    want = (x - mean) / np.sqrt(var + 1e-5)
+    _close(y[:5], want, real.shape[1])
+    _close(s["mean"], 0.5 * mean, real.shape[1])
+    _close(s["var"], 0.5 + 0.5 * real.var(1, ddof=1), real.shape[1])  # n = 5*3*4 entries
+
+
+def test_batchnorm_mask_ignores_padding_rows(key):
     bn = layers.BatchNorm()
-    params, state = bn.init(key, 3)
+    _, params, state = bn.init(key, (3,))
     x = _x((6, 3))
     padded = np.concatenate([x, 100 * np.ones((2, 3), np.float32)])
     mask = np.array([1] * 6 + [0] * 2, np.float32)
     y_pad, s_pad = bn.apply(params, state, padded, train=True, mask=mask)
     y, s = bn.apply(params, state, x, train=True)
-    np.testing.assert_allclose(y_pad[:6], y, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(s_pad["var"], s["var"], rtol=1e-5)
+    _close(y_pad[:6], np.asarray(y, np.float64), 6)
+    _close(s_pad["var"], np.asarray(s["var"], np.float64), 6)
 
 
-def test_batchnorm_keeps_dtype(key):
-    bn = layers.BatchNorm()
-    params, state = bn.init(key, 3)
-    y, _ = bn.apply(params, state, jnp.ones((4, 3), jnp.bfloat16) * 2, train=True)
-    assert y.dtype == jnp.bfloat16
+def test_norms_keep_dtype(key):
+    for layer in (layers.BatchNorm(), layers.LayerNorm()):
+        _, params, state = layer.init(key, (3,))
+        y, _ = layer.apply(params, state, jnp.arange(12.0, dtype=jnp.bfloat16).reshape(4, 3),
+                           train=True)
+        assert y.dtype == jnp.bfloat16
 
 
 def test_layernorm_matches_numpy(key):
     ln = layers.LayerNorm()
-    params, state = ln.init(key, 6)
+    _, params, state = ln.init(key, (6,))
     x = _x((4, 6)) * 2 + 3
     y, _ = ln.apply(params, state, x)
-    ref = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
-    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
+    x64 = x.astype(np.float64)
+    _close(y, (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5),
+           6)
 
 
 def test_dropout_drop_probability_and_scaling(key):
@@ -103,84 +246,78 @@ def test_dropout_drop_probability_and_scaling(key):
     x = jnp.ones((200, 500))
     y, _ = drop.apply({}, {}, x, train=True, key=key)
     y = np.asarray(y)
+    # 100,000 Bernoulli(0.3) draws: std of the fraction is 0.0014; 0.01 is 7 sigma.
     assert np.mean(y == 0) == pytest.approx(0.3, abs=0.01)
-    np.testing.assert_allclose(y[y != 0], 1 / 0.7, rtol=1e-6)
-    assert np.mean(y) == pytest.approx(1.0, abs=0.02)  # expectation preserved
+    np.testing.assert_allclose(y[y != 0], 1 / 0.7, rtol=F32_EPS)
     y_eval, _ = drop.apply({}, {}, x, train=False)
     np.testing.assert_array_equal(y_eval, x)
     with pytest.raises(ValueError, match="key"):
         drop.apply({}, {}, x, train=True)
-    with pytest.raises(ValueError, match="rate"):
-        layers.Dropout(1.0)
 
 
-def _numpy_mlp(params, x, act):
-    h = x
-    names = sorted(params, key=lambda n: int(n.split("_")[1]))
-    for i, name in enumerate(names):
-        h = h @ np.asarray(params[name]["w"]) + np.asarray(params[name]["b"])
-        if i < len(names) - 1:
-            h = act(h)
-    return h
+# --------------------------------------------------------------------------- nonlinearities
+def test_activation_layer_applies_the_named_function_with_options():
+    x = _x((3, 5))
+    layer = layers.Activation("leaky_relu", negative_slope=0.2)
+    out_shape, params, state = layer.init(None, (5,))
+    assert out_shape == (5,) and layer.activation == "leaky_relu"
+    y, _ = layer.apply(params, state, x)
+    np.testing.assert_allclose(y, np.where(x > 0, x, 0.2 * x), rtol=F32_EPS)
+    y2, _, acts = layer.trace(params, state, x)
+    np.testing.assert_array_equal(acts.pre, x)
+    np.testing.assert_array_equal(acts.post, y2)
 
 
-def test_mlp_forward_matches_numpy(key):
-    model = layers.mlp([5, 8, 7, 3], activation="tanh", bias_init=0.1)
-    params, state = model.init(key)
-    assert set(params) == {"layer_0", "layer_1", "layer_2"}
-    x = _x((4, 5))
-    y, _ = model.apply(params, state, x)
-    np.testing.assert_allclose(y, _numpy_mlp(params, x, np.tanh), rtol=1e-4, atol=1e-5)
-    out, _, acts = model.trace(params, state, x)
-    assert len(acts) == 2 and acts[0].pre.shape == (4, 8) and acts[1].post.shape == (4, 7)
-    np.testing.assert_allclose(acts[0].post, np.tanh(acts[0].pre), rtol=1e-5, atol=1e-6)
+def test_activation_maxout_groups_channels():
+    layer = layers.Activation("maxout", num_pieces=3)
+    assert layer.init(None, (2, 2, 6))[0] == (2, 2, 2)
+    x = _x((4, 2, 2, 6))
+    np.testing.assert_array_equal(layer.apply({}, {}, x)[0], x.reshape(4, 2, 2, 2, 3).max(-1))
+    with pytest.raises(ValueError, match="divisible"):
+        layer.init(None, (5,))
 
 
-def test_mlp_errors():
-    with pytest.raises(ValueError):
-        layers.mlp([5, 3], activation="nope")
-    with pytest.raises(ValueError):
-        layers.mlp([5])
-    model = layers.mlp([5, 3])
-    params, state = model.init(jax.random.key(1))
-    with pytest.raises(ValueError, match=r"\[batch, 5\]"):
-        model.apply(params, state, np.zeros((2, 4), np.float32))
+def test_activation_errors():
+    with pytest.raises(ValueError, match="relu"):
+        layers.Activation("nope")
+    with pytest.raises(ValueError, match="bad options"):
+        layers.Activation("relu", slope=0.1)
 
 
-def test_mlp_batchnorm_state_updates_only_in_training(key):
-    model = layers.mlp([4, 6, 2], batch_norm=True)
-    params, state = model.init(key)
-    assert set(params["layer_0"]) == {"w", "bn"}  # beta replaces the bias
-    x = _x((8, 4))
-    _, s_train = model.apply(params, state, x, train=True)
-    _, s_eval = model.apply(params, state, x, train=False)
-    assert not np.allclose(s_train["layer_0"]["bn"]["mean"], 0.0)
-    np.testing.assert_array_equal(s_eval["layer_0"]["bn"]["mean"], state["layer_0"]["bn"]["mean"])
+def test_prelu_alpha_is_a_learnable_per_channel_parameter():
+    layer = layers.Activation("prelu", alpha=0.1)
+    out_shape, alpha, _ = layer.init(None, (4, 4, 3))
+    assert layer.name == "alpha" and out_shape == (4, 4, 3)
+    np.testing.assert_array_equal(alpha, np.full(3, 0.1, np.float32))
+    alpha = jnp.array([0.1, 0.2, 0.3])
+    x = _x((2, 4, 4, 3))
+    y, _ = layer.apply(alpha, {}, x)
+    np.testing.assert_allclose(y, np.where(x >= 0, x, np.asarray(alpha) * x), rtol=F32_EPS)
+    # d/d alpha_c sum(y) = sum over the negative entries of channel c.
+    g = jax.grad(lambda a: jnp.sum(layer.apply(a, {}, x)[0]))(alpha)
+    _close(g, np.minimum(x, 0).astype(np.float64).sum(axis=(0, 1, 2)), 32)
 
 
-def test_mlp_prelu_alpha_gets_gradient(key):
-    model = layers.mlp([3, 4, 2], activation="prelu")
-    params, state = model.init(key)
-    x = -np.abs(_x((5, 3)))
-    g = jax.grad(lambda p: jnp.sum(model.apply(p, state, x)[0] ** 2))(params)
-    assert np.any(np.asarray(g["layer_0"]["alpha"]) != 0)
+def test_maxout_layer_is_activations_maxout_of_its_own_preactivations(key):
+    layer = layers.Maxout(3, num_pieces=4, bias_init=0.05)
+    out_shape, params, state = layer.init(key, (5,))
+    assert out_shape == (3,) and params["w"].shape == (5, 12)
+    x = _x((7, 5))
+    y, _, acts = layer.trace(params, state, x)
+    z = x.astype(np.float64) @ np.asarray(params["w"], np.float64) + 0.05
+    _close(acts.pre, z, 5)
+    np.testing.assert_array_equal(y, activations.maxout(acts.pre, 4))
+    # Unit j is the max of the consecutive columns j*4 .. j*4+3.
+    _close(y, z.reshape(7, 3, 4).max(-1), 5)
+    np.testing.assert_array_equal(layer.apply(params, state, x)[0], y)
 
 
-def test_mlp_maxout_shapes(key):
-    model = layers.mlp([3, 4, 2], activation="maxout", num_pieces=3)
-    params, state = model.init(key)
-    assert params["layer_0"]["w"].shape == (3, 12)
-    y, _ = model.apply(params, state, _x((5, 3)))
-    assert y.shape == (5, 2)
-
-
-def test_mlp_batchnorm_gradients_float64():
-    with jax.enable_x64(True):
-        model = layers.mlp([3, 5, 2], activation="tanh", batch_norm=True)
-        params, state = model.init(jax.random.key(3))
-        params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
-        x = jnp.asarray(_x((6, 3)), jnp.float64)
-        f = lambda p: jnp.sum(jnp.sin(model.apply(p, state, x, train=True)[0]))
-        report = gradcheck.check_grads(f, params)
-        assert report.passed, report
-        assert report.max_error < 1e-6
+def test_maxout_tie_gradient_goes_to_the_lowest_piece(key):
+    layer = layers.Maxout(1, num_pieces=3, bias_init=0.0)
+    _, params, _ = layer.init(key, (2,))
+    # Pieces 1 and 2 equal (and above piece 0): the whole gradient goes to piece 1.
+    params = {"w": jnp.array([[0.0, 1.0, 1.0], [0.0, 2.0, 2.0]]), "b": jnp.zeros(3)}
+    x = jnp.ones((1, 2))
+    g = jax.grad(lambda p: jnp.sum(layer.apply(p, {}, x)[0]))(params)
+    np.testing.assert_array_equal(g["b"], [0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(g["w"], [[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
