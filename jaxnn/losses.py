@@ -10,14 +10,24 @@ Rules shared by all losses:
 
 * **Shapes are checked statically** -- predictions and targets are never broadcast against each
   other; a mismatch raises ``ValueError`` naming the argument and the expected shape.
-* **Integer labels** must have an integer dtype (else ``TypeError``) and lie in
-  ``[0, num_classes)``. Eager calls check the range and raise ``ValueError``. Under ``jit`` (or
-  ``vmap``) values are not known at trace time, so an out-of-range label makes **that example's
-  loss NaN** -- never a plausible wrong number (JAX's gather would otherwise clamp or wrap it).
-* **Stable numerics**: cross-entropy is computed from logits with ``logsumexp`` (max subtracted
-  under ``stop_gradient``) and is finite with finite gradients for logits of magnitude ``1e4`` and
-  for ``-inf`` logits of non-target classes.
+* **Bad values are never a plausible number.** Where values are concrete (eager calls, numpy
+  inputs) they are checked before anything is computed and a ``ValueError`` names the argument:
+  integer labels outside ``[0, num_classes)`` (checked in the caller's dtype, so numpy int64
+  labels ``>= 2**31`` do not wrap to a valid class), binary labels outside ``[0, 1]``, negative or
+  non-finite soft targets, a negative or non-finite ``margin``. Under ``jit`` or ``vmap`` the
+  values are not known at trace time: such an input makes **that example's loss NaN** (JAX's
+  gather would otherwise clamp or wrap a label). Integer labels must have an integer dtype (else
+  ``TypeError``).
+* **NaN in, NaN out**: a NaN prediction/logit/score gives a NaN loss for its example, in every
+  loss (a diverged model never reports a finite loss).
+* **Stable numerics**: cross-entropy is computed from logits with :func:`jax.nn.log_softmax`
+  (max subtracted under ``stop_gradient``) and is finite with finite gradients for logits of
+  magnitude ``1e4`` and for ``-inf`` logits of non-target classes.
 * The output keeps the input's float dtype; 16-bit inputs are computed in float32 and cast back.
+
+Note that ``jax.jit`` converts numpy int64 arguments to int32 at its boundary (with x64 disabled),
+wrapping values beyond int32 before any loss sees them: check labels before jitting, as
+eager calls do.
 
 Example:
 
@@ -34,7 +44,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import Array, lax
+from jax import Array
 from jax.typing import ArrayLike
 
 from jaxnn import _registry
@@ -77,27 +87,41 @@ def _check_same_shape(fn: str, a: Array, b: Array, a_name: str, b_name: str) -> 
         )
 
 
+def _host_values(x) -> np.ndarray | None:
+    """The values of a concrete input as numpy (in its own dtype), or None when traced (or not
+    addressable from this process): value checks run only where values are known."""
+    if isinstance(x, jax.core.Tracer):
+        return None
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return None
+    return np.asarray(x)
+
+
 def _check_int_labels(fn: str, logits: Array, labels: ArrayLike, arg: str) -> Array:
-    """Static dtype/shape checks for integer class labels, and an eager range check."""
-    concrete = not isinstance(labels, jax.core.Tracer)
-    labels_arr = jnp.asarray(labels)
-    if not jnp.issubdtype(labels_arr.dtype, jnp.integer):
+    """Static dtype/shape checks for integer class labels, and an eager range check.
+
+    The range is checked on the caller's values in their own dtype, before any conversion: with
+    x64 disabled, JAX would turn an int64 label ``2**32 + 2`` into the valid class 2.
+    """
+    values = _host_values(labels)
+    dtype = values.dtype if values is not None else jnp.result_type(labels)
+    if not jnp.issubdtype(dtype, jnp.integer):
         raise TypeError(
-            f"{fn}: `labels` must be integer class ids, got dtype {labels_arr.dtype}. "
+            f"{fn}: `labels` must be integer class ids, got dtype {dtype}. "
             "For one-hot or soft targets use softmax_cross_entropy_onehot."
         )
     if logits.ndim < 1:
         raise ValueError(f"{fn}: `{arg}` must have a class axis, shape [batch, classes]; got [].")
-    if labels_arr.shape != logits.shape[:-1]:
+    shape = np.shape(values) if values is not None else np.shape(labels)
+    if shape != logits.shape[:-1]:
         raise ValueError(
             f"{fn}: shape mismatch: `labels` must have shape {logits.shape[:-1]} "
-            f"(`{arg}`.shape[:-1] for `{arg}` of shape {logits.shape}); got {labels_arr.shape}."
+            f"(`{arg}`.shape[:-1] for `{arg}` of shape {logits.shape}); got {shape}."
         )
     num_classes = logits.shape[-1]
     if num_classes < 1:
         raise ValueError(f"{fn}: `{arg}` has no classes (shape {logits.shape}).")
-    if concrete and labels_arr.size and getattr(labels_arr, "is_fully_addressable", True):
-        values = np.asarray(labels_arr)
+    if values is not None and values.size:
         lo, hi = int(values.min()), int(values.max())
         if lo < 0 or hi >= num_classes:
             bad = lo if lo < 0 else hi
@@ -105,18 +129,26 @@ def _check_int_labels(fn: str, logits: Array, labels: ArrayLike, arg: str) -> Ar
                 f"{fn}: `labels` must lie in [0, {num_classes}) for {num_classes} classes; "
                 f"got {bad}."
             )
-    return labels_arr
+        return jnp.asarray(values)
+    return jnp.asarray(labels)
 
 
-def _shifted_logits(logits: Array, dtype) -> tuple[Array, Array]:
-    """``logits - max`` (max under stop_gradient, 0 if non-finite) and ``logsumexp`` of it."""
-    x = logits.astype(dtype)
-    # Max-subtraction trick: exp never overflows; stop_gradient because the result is invariant.
-    m = lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
-    m = jnp.where(jnp.isfinite(m), m, 0)
-    shifted = x - m
-    lse = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1))
-    return shifted, lse
+def _check_values(fn: str, name: str, values: np.ndarray | None, ok, expected: str) -> None:
+    """Eager value check: ``ValueError`` naming ``name`` unless ``ok(values)`` holds everywhere."""
+    if values is None or not values.size:
+        return
+    values = values.astype(np.float64) if values.dtype != np.float64 else values
+    good = ok(values)
+    if not good.all():
+        raise ValueError(f"{fn}: `{name}` must be {expected}; got {values[~good].flat[0]}.")
+
+
+def _in_unit_interval(v):
+    return (v >= 0) & (v <= 1)
+
+
+def _finite_non_negative(v):
+    return np.isfinite(v) & (v >= 0)
 
 
 def _label_mask(labels: Array, num_classes: int) -> Array:
@@ -228,11 +260,25 @@ def sigmoid_binary_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> Array:
       logits: ``[batch, ...]`` real-valued logits.
       labels: same shape; 0/1 labels or probabilities in ``[0, 1]``.
 
+    Returns:
+      ``[batch]`` losses; NaN for an example with a NaN logit. Under ``jit`` an example with a
+      label outside ``[0, 1]`` (or NaN) gets **NaN** (outside ``[0, 1]`` the formula can go
+      negative); eager calls raise ``ValueError`` instead.
+
+    Raises:
+      ValueError: on a shape mismatch, or (eagerly) a label outside ``[0, 1]``.
+
     >>> sigmoid_binary_cross_entropy(jnp.array([0.0]), jnp.array([1.0]))
     Array([0.6931472], dtype=float32)
     """
-    logits, labels = jnp.asarray(logits), jnp.asarray(labels)
-    _check_same_shape("sigmoid_binary_cross_entropy", logits, labels, "logits", "labels")
+    fn = "sigmoid_binary_cross_entropy"
+    values = _host_values(labels)
+    _check_values(
+        fn, "labels", values, _in_unit_interval, "in [0, 1] (0/1 labels or probabilities)"
+    )
+    logits = jnp.asarray(logits)
+    labels = jnp.asarray(values if values is not None else labels)
+    _check_same_shape(fn, logits, labels, "logits", "labels")
     return _sigmoid_bce(logits, labels)
 
 
@@ -243,7 +289,9 @@ def _sigmoid_bce(logits: Array, labels: Array) -> Array:
     # Double where: a zero-weighted infinite log term contributes 0 (and no NaN gradient).
     pos = y * jnp.where(y != 0, jax.nn.log_sigmoid(x), 0)
     neg = (1 - y) * jnp.where(y != 1, jax.nn.log_sigmoid(-x), 0)
-    return _sum_non_batch(-(pos + neg)).astype(dtype)
+    loss = _sum_non_batch(-(pos + neg))
+    valid = _sum_non_batch(~((y >= 0) & (y <= 1))) == 0  # every label of the example in [0, 1]
+    return jnp.where(valid, loss, jnp.nan).astype(dtype)
 
 
 def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> Array:
@@ -253,9 +301,11 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> Array:
         = \log \sum_k e^{x_{ik}} - x_{i y_i}, \qquad
         \frac{\partial \ell_i}{\partial x_{ik}} = \operatorname{softmax}(x_i)_k - [k = y_i]
 
-    Equals :func:`optax.losses.softmax_cross_entropy_with_integer_labels`. ``logsumexp`` with the
-    max subtracted (under ``stop_gradient``): finite for logits of magnitude ``1e4`` and for
-    ``-inf`` non-target logits, with finite gradients.
+    Equals :func:`optax.losses.softmax_cross_entropy_with_integer_labels`. Computed as
+    ``-log_softmax(x)[y]`` with :func:`jax.nn.log_softmax` (the max subtracted under
+    ``stop_gradient``, and the target picked from the shifted values, which keeps the loss
+    accurate when all logits are large): finite for logits of magnitude ``1e4`` and for ``-inf``
+    non-target logits, with finite gradients. A NaN logit anywhere in the row gives NaN.
 
     Args:
       logits: ``[batch, classes]`` (or ``[batch, ..., classes]``: extra axes are summed).
@@ -267,7 +317,8 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> Array:
 
     Raises:
       TypeError: if ``labels`` is not an integer array.
-      ValueError: on a shape mismatch, or (eagerly) a label out of range.
+      ValueError: on a shape mismatch, or (eagerly) a label out of range (checked before any
+        conversion, so int64 labels beyond int32 are caught, not wrapped).
 
     >>> softmax_cross_entropy(jnp.array([[1e4, -jnp.inf, 0.0]]), jnp.array([0]))
     Array([0.], dtype=float32)
@@ -282,10 +333,10 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> Array:
 def _softmax_ce(logits: Array, labels: Array) -> Array:
     dtype, acc = _float_dtype(logits)
     num_classes = logits.shape[-1]
-    shifted, lse = _shifted_logits(logits, acc)
-    # Select the target logit with a mask, not a gather: -inf non-target logits are dropped.
-    target = jnp.sum(jnp.where(_label_mask(labels, num_classes), shifted, 0), axis=-1)
-    loss = _nan_if_invalid(lse - target, labels, num_classes)
+    log_p = jax.nn.log_softmax(logits.astype(acc), axis=-1)
+    # Select the target with a mask, not a gather: -inf non-target entries are dropped.
+    loss = jnp.sum(jnp.where(_label_mask(labels, num_classes), -log_p, 0), axis=-1)
+    loss = _nan_if_invalid(loss, labels, num_classes)
     return _sum_non_batch(loss).astype(dtype)
 
 
@@ -296,17 +347,28 @@ def softmax_cross_entropy_onehot(logits: ArrayLike, targets: ArrayLike) -> Array
 
     Equals :func:`optax.losses.softmax_cross_entropy`. Classes with ``t_k = 0`` are dropped with a
     ``where`` (not multiplied by 0), so ``-inf`` logits of non-target classes give a finite loss
-    and finite gradients instead of ``0 * -inf = nan``.
+    and finite gradients instead of ``0 * -inf = nan``. Targets must be finite and
+    non-negative (then :math:`\ell_i \ge 0`); they are not required to sum to 1.
 
     Args:
       logits: ``[batch, classes]`` (or ``[batch, ..., classes]``: extra axes are summed).
       targets: same shape as ``logits``; each row a distribution over classes.
 
+    Returns:
+      ``[batch]`` losses; NaN for an example with a NaN logit. Under ``jit`` an example with a
+      negative or non-finite target gets **NaN**; eager calls raise ``ValueError`` instead.
+
+    Raises:
+      ValueError: on a shape mismatch, or (eagerly) a negative or non-finite target.
+
     >>> softmax_cross_entropy_onehot(jnp.array([[0.0, 0.0]]), jnp.array([[0.0, 1.0]]))
     Array([0.6931472], dtype=float32)
     """
     fn = "softmax_cross_entropy_onehot"
-    logits, targets = jnp.asarray(logits), jnp.asarray(targets)
+    values = _host_values(targets)
+    _check_values(fn, "targets", values, _finite_non_negative, "finite and >= 0")
+    logits = jnp.asarray(logits)
+    targets = jnp.asarray(values if values is not None else targets)
     if logits.ndim < 1:
         raise ValueError(f"{fn}: `logits` must have a class axis, shape [batch, classes]; got [].")
     _check_same_shape(fn, logits, targets, "logits", "targets")
@@ -316,12 +378,12 @@ def softmax_cross_entropy_onehot(logits: ArrayLike, targets: ArrayLike) -> Array
 @jax.jit
 def _softmax_ce_onehot(logits: Array, targets: Array) -> Array:
     dtype, acc = _float_dtype(logits)
-    shifted, lse = _shifted_logits(logits, acc)
+    log_p = jax.nn.log_softmax(logits.astype(acc), axis=-1)
     t = targets.astype(acc)
     # Double where: log-probabilities of zero-target classes (possibly -inf) never meet a 0.
-    log_probs = jnp.where(t != 0, shifted - lse[..., None], 0)
-    loss = -jnp.sum(t * log_probs, axis=-1)
-    return _sum_non_batch(loss).astype(dtype)
+    loss = jnp.sum(t * jnp.where(t != 0, -log_p, 0), axis=-1)
+    valid = jnp.all(jnp.isfinite(t) & (t >= 0), axis=-1)
+    return _sum_non_batch(jnp.where(valid, loss, jnp.nan)).astype(dtype)
 
 
 def multiclass_hinge_loss(
@@ -335,21 +397,30 @@ def multiclass_hinge_loss(
     correct one contributes. **Not** :func:`optax.losses.multiclass_hinge_loss`, which is the
     Crammer-Singer form :math:`\max(0, \max_{k \ne y} s_k - s_y + \Delta)` (only the worst
     violator counts); the two agree when at most one class violates the margin.
-    **Kink:** the gradient of a term at exactly ``s_k - s_y + margin = 0`` is 0.
+    **Kink:** the gradient of a term at exactly ``s_k - s_y + margin = 0`` is 0 (it is
+    :func:`jax.nn.relu`, which also keeps a NaN score NaN: ``where(m > 0, m, 0)`` would turn a
+    diverged model's NaN scores into a loss of 0).
 
     Args:
       scores: ``[batch, classes]`` class scores (or ``[batch, ..., classes]``).
       labels: integer class ids of shape ``scores.shape[:-1]``.
-      margin: the margin :math:`\Delta` (keyword-only; may be an array).
+      margin: the margin :math:`\Delta` (keyword-only; may be an array broadcastable to
+        ``scores``), finite and ``>= 0``.
 
     Returns:
-      ``[batch]`` losses; under ``jit`` NaN for an example whose label is out of range (eager
-      calls raise ``ValueError``).
+      ``[batch]`` losses; NaN for an example with a NaN score. Under ``jit``, NaN for an example
+      whose label is out of range or whose margin is negative or non-finite (eager calls raise
+      ``ValueError`` instead).
+
+    Raises:
+      TypeError: if ``labels`` is not an integer array.
+      ValueError: on a shape mismatch, or (eagerly) a label out of range or a bad ``margin``.
 
     >>> multiclass_hinge_loss(jnp.array([[3.0, 5.0, -2.0]]), jnp.array([0]))
     Array([3.], dtype=float32)
     """
     fn = "multiclass_hinge_loss"
+    _check_values(fn, "margin", _host_values(margin), _finite_non_negative, "finite and >= 0")
     scores = jnp.asarray(scores)
     labels = _check_int_labels(fn, scores, labels, "scores")
     return _hinge(scores, labels, margin)
@@ -362,9 +433,9 @@ def _hinge(scores: Array, labels: Array, margin: ArrayLike) -> Array:
     s = scores.astype(acc)
     mask = _label_mask(labels, num_classes)
     correct = jnp.sum(jnp.where(mask, s, 0), axis=-1, keepdims=True)
-    margins = s - correct + margin
-    # relu with gradient 0 at the kink; the correct class is excluded from the sum.
-    terms = jnp.where((margins > 0) & ~mask, margins, 0)
+    margin = jnp.where(jnp.isfinite(margin) & (margin >= 0), margin, jnp.nan)  # traced check
+    # relu: gradient 0 at the kink, NaN stays NaN; the correct class is excluded from the sum.
+    terms = jnp.where(mask, 0, jax.nn.relu(s - correct + margin))
     loss = _nan_if_invalid(jnp.sum(terms, axis=-1), labels, num_classes)
     return _sum_non_batch(loss).astype(dtype)
 
