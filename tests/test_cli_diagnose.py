@@ -1,14 +1,17 @@
 """``jaxnn diagnose``, ``gradcheck``, ``experiment init-depth|activations|losses`` and ``compare``
 in-process: the files they write, what they print, their exit status."""
 
+import importlib.util
 import json
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxnn import activations
-from jaxnn.cli import main
+from jaxnn import activations, losses
+from jaxnn.cli import _gradcheck, main
+
+HAS_TBX = importlib.util.find_spec("tensorboardX") is not None
 
 SHORT = ["--hidden", "32", "--epochs", "3", "--overfit-epochs", "60"]
 
@@ -29,7 +32,9 @@ def diagnoses(tmp_path_factory):
     """Three diagnoses of the digits MLP: default, far too high and far too low learning rate."""
     base = tmp_path_factory.mktemp("diagnose")
     runs = {}
-    for name, extra in (("default", []), ("high", ["--lr", "1000"]), ("low", ["--lr", "1e-6"])):
+    tb = ["--tensorboard"] if HAS_TBX else []
+    for name, extra in (("default", []), ("high", ["--lr", "1000", *tb]),
+                        ("low", ["--lr", "1e-6"])):
         out = base / name
         rc = main(["diagnose", *SHORT, *extra, "--out", str(out)])
         runs[name] = (rc, out, json.loads((out / "diagnosis.json").read_text()))
@@ -65,12 +70,44 @@ def test_diagnose_verdicts_follow_the_learning_rate(diagnoses):
     assert not diagnoses["low"][2]["overfit"]["ok"]
 
 
+def test_a_run_that_diverges_at_once_still_gets_its_curves_png(diagnoses):
+    _, out, d = diagnoses["high"]
+    assert d["training"]["records"] == []  # lr 1000 diverges in epoch 1
+    assert _png(out / "curves.png")  # what --help promises, explaining why it is empty
+
+
+@pytest.mark.skipif(not HAS_TBX, reason="tensorboardX (jaxnn[tensorboard]) not installed")
+def test_diagnose_tensorboard_writes_event_files(diagnoses):
+    _, out, _ = diagnoses["high"]
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_tensorboard_without_the_extra_is_one_line_and_writes_nothing(tmp_path, capsys,
+                                                                      monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboardx(name, *args, **kw):
+        if name == "tensorboardX":
+            raise ModuleNotFoundError("No module named 'tensorboardX'", name="tensorboardX")
+        return real_import(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboardx)
+    out = tmp_path / "tb"
+    rc, _, err = _run(["diagnose", "--tensorboard", "--out", str(out)], capsys)
+    assert rc == 2 and err.count("\n") == 1
+    assert err.startswith("jaxnn diagnose: error: --tensorboard: ") and "jaxnn[tensorboard]" in err
+    assert not out.exists()
+
+
 def test_diagnose_prints_a_report(tmp_path, capsys):
     rc, stdout, _ = _run(["diagnose", "--hidden", "16", "--epochs", "1", "--overfit-epochs",
                           "5", "--lr", "1e-6", "--out", str(tmp_path / "d")], capsys)
     assert rc == 0
     for needle in ("initial loss", "overfit", "layer_0", "update/weight", "verdicts",
-                   "learning rate too low"):
+                   "learning rate too low", "overfit 20 examples, 5 healthy epochs",
+                   "training 1/1 epoch:"):
         assert needle in stdout
     rc, _, err = _run(["diagnose", "--out", str(tmp_path / "d")], capsys)  # already a run
     assert rc == 2 and "already holds a run" in err and err.count("\n") == 1
@@ -80,10 +117,46 @@ def test_diagnose_prints_a_report(tmp_path, capsys):
 def test_gradcheck_passes_and_lists_everything(capsys):
     rc, stdout, _ = _run(["gradcheck"], capsys)
     assert rc == 0
-    for name in (*activations.names(), "softmax_cross_entropy", "multiclass_hinge_loss",
-                 "mlp tanh + batch norm"):
-        assert name in stdout
-    assert "FAIL" not in stdout and "passed (float64)" in stdout
+    for name in (*activations.names(), *losses.names(), "mlp tanh + batch norm"):
+        assert name in stdout  # every registered name, aliases included
+    assert "FAIL" not in stdout and "skipped" not in stdout and "passed (float64)" in stdout
+    rows = [line.split() for line in stdout.splitlines()]
+    assert {r[1] for r in rows if r and r[0] == "loss" and "[class" in " ".join(r)} >= {
+        "softmax_cross_entropy", "multiclass_hinge_loss"}
+
+
+def test_gradcheck_derives_each_losss_inputs_from_the_loss():
+    """The target kinds come from what each loss accepts: class ids for the two classifiers
+    of integer labels, float targets of the scores' shape for the others."""
+    import numpy as np
+
+    cases = _gradcheck._loss_cases(np.random.default_rng(0))
+    kinds = {}
+    for label, f, params in cases:
+        name, kind = label.split(" ")[0], label.rsplit("[", 1)[1].rstrip("]")
+        kinds.setdefault(name, set()).add(kind)
+        assert f is not None
+        assert ("target" in params) == (kind != "class ids")
+    assert kinds["softmax_cross_entropy"] == {"class ids"}
+    assert kinds["multiclass_hinge_loss"] == {"class ids"}
+    assert "class distributions" in kinds["softmax_cross_entropy_onehot"]
+    assert kinds["mse"] == {"class distributions", "probabilities", "real values"}
+
+
+def test_gradcheck_fails_for_a_loss_it_cannot_check(capsys, monkeypatch):
+    """A registered loss that takes no kind of target is a failure (exit 1), never 'skipped'."""
+    def picky(scores, targets):
+        raise ValueError("picky: takes nothing")
+
+    monkeypatch.setattr(losses, "_REGISTRY", {"softmax_cross_entropy":
+                                              losses.softmax_cross_entropy, "picky": picky})
+    monkeypatch.setattr(_gradcheck, "_activation_cases", lambda rng: [])
+    monkeypatch.setattr(_gradcheck, "_mlp_cases", lambda rng: [])
+    rc, stdout, err = _run(["gradcheck"], capsys)
+    assert rc == 1 and "failed" in err
+    rows = {r.split()[1]: r for r in stdout.splitlines() if r.split()[:1] == ["loss"]}
+    assert set(rows) == {"picky", "softmax_cross_entropy"}
+    assert "FAIL" in rows["picky"] and rows["softmax_cross_entropy"].endswith(" ok")
 
 
 def test_gradcheck_fails_on_a_wrong_gradient(capsys, monkeypatch):
@@ -160,9 +233,27 @@ def test_experiment_losses(tmp_path, capsys):
     assert "margin met" in stdout and "cross-entropy" in stdout
 
 
+@pytest.mark.slow
+def test_compare_honours_activation_and_init(tmp_path, capsys):
+    out = tmp_path / "one"
+    rc, stdout, _ = _run(["compare", "--activation", "tanh", "--init", "lecun_normal",
+                          "--seeds", "1", "--epochs", "1", "--hidden", "8", "--out", str(out)],
+                         capsys)
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [(r["activation"], r["init"]) for r in res["rows"]] == [("tanh", "lecun_normal")]
+    assert res["config"]["activations"] == ["tanh"] and res["config"]["inits"] == ["lecun_normal"]
+    assert "activation" not in res["config"] and "init" not in res["config"]
+
+
 @pytest.mark.parametrize("argv, needle", [
-    (["compare", "--activations", "relu,nope"], "unknown activation 'nope'"),
-    (["compare", "--inits", "bogus"], "Unknown initializer 'bogus'"),
+    (["compare", "--activations", "relu,nope"], "--activations: unknown 'nope'; valid: "),
+    (["compare", "--inits", "bogus"], "--inits: unknown 'bogus'; valid: "),
+    (["compare", "--activation", "tanh", "--activations", "relu"],
+     "give --activations or --activation, not both"),
+    (["experiment", "activations", "--init", "he_normal", "--inits", "he_normal"],
+     "give --inits or --init, not both"),
+    (["experiment", "losses", "--loss", "hinge"], "--loss: this experiment trains both"),
     (["experiment", "activations", "--seeds", "0"], "--seeds must be >= 1"),
     (["experiment", "init-depth", "--width", "0"], "--width must be >= 1"),
     (["diagnose", "--overfit-examples", "0"], "--overfit-examples must be >= 1"),
@@ -171,6 +262,8 @@ def test_bad_flags_one_line_nothing_written(tmp_path, capsys, argv, needle):
     out = tmp_path / "never"
     rc, _, err = _run([*argv, "--out", str(out)], capsys)
     assert rc == 2 and needle in err and err.count("\n") == 1
+    assert err.startswith(f"jaxnn {' '.join(argv[:2] if argv[0] == 'experiment' else argv[:1])}"
+                          ": error: ")
     assert not out.exists()
 
 
@@ -183,3 +276,4 @@ def test_every_verb_has_help(capsys):
         assert e.value.code == 0
     assert "--activations" in capsys.readouterr().out
     assert main(["experiment"]) == 2  # no experiment named: usage on stderr
+    assert "usage: jaxnn experiment" in capsys.readouterr().err
