@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
@@ -157,6 +158,25 @@ def _is_static_zero(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and x == 0
 
 
+def _strength(name: str, value: ArrayLike) -> ArrayLike:
+    """A regularization strength: checked eagerly where concrete (finite, >= 0, else
+    ``ValueError`` naming it); where traced, NaN if it is negative or non-finite."""
+    if isinstance(value, jax.core.Tracer):
+        return jnp.where(jnp.isfinite(value) & (value >= 0), value, jnp.nan)
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+        return value
+    values = np.asarray(value)
+    if not (jnp.issubdtype(values.dtype, jnp.number) or values.dtype == bool):
+        raise ValueError(f"full_loss: `{name}` must be a number >= 0; got {value!r}.")
+    values = values.astype(np.float64)
+    if not (np.isfinite(values) & (values >= 0)).all():
+        raise ValueError(
+            f"full_loss: `{name}` must be finite and >= 0 (a regularization strength); "
+            f"got {value!r}."
+        )
+    return value
+
+
 def full_loss(
     data_loss: ArrayLike, params: Any, *, l2: ArrayLike = 0.0, l1: ArrayLike = 0.0
 ) -> Array:
@@ -166,7 +186,11 @@ def full_loss(
 
     ``l2`` and ``l1`` may be traced arrays (a vmapped population passes one value per member); a
     penalty is skipped only when its strength is the Python number 0. The result has the dtype of
-    ``data_loss`` promoted with the float32 penalty.
+    ``data_loss`` promoted with the float32 penalty. A NaN data loss or weight gives NaN.
+
+    Strengths must be finite and ``>= 0``: concrete values are checked eagerly (``ValueError``
+    naming ``l2`` / ``l1``); a traced negative or non-finite strength makes the result NaN
+    (never a plausible loss), e.g. for that member of a population.
 
     Args:
       data_loss: the (scalar or per-example) data loss.
@@ -174,10 +198,14 @@ def full_loss(
       l2: :math:`\lambda_2`, keyword-only.
       l1: :math:`\lambda_1`, keyword-only.
 
+    Raises:
+      ValueError: (eagerly) a negative or non-finite ``l2`` or ``l1``.
+
     >>> full_loss(jnp.float32(0.5), {"w": jnp.array([[1.0, -1.0]])}, l1=0.25)
     Array(1., dtype=float32)
     """
     total = jnp.asarray(data_loss)
+    l2, l1 = _strength("l2", l2), _strength("l1", l1)
     if _is_static_zero(l2) and _is_static_zero(l1):
         return total
     w = weights(params)

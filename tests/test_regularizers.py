@@ -10,6 +10,14 @@ import pytest
 from jaxnn import regularizers as R
 
 RNG = np.random.default_rng(0)
+U32 = 2.0**-24  # float32 unit roundoff
+
+
+def sum_bound(terms):
+    """Float32 error bound of a sum of rounded terms (each a square or abs, rounded once):
+    (m + 1) U32 sum |t| for m terms, whatever order XLA adds them in."""
+    terms = np.asarray(terms, np.float64).ravel()
+    return (terms.size + 1) * U32 * np.abs(terms).sum()
 
 
 def jgrad(f):
@@ -88,14 +96,22 @@ def test_penalties_match_numpy():
     params = make_params()
     w = R.weights(params)
     flat = np.concatenate([np.asarray(x, np.float64).ravel() for x in _expected_leaves(params)])
-    np.testing.assert_allclose(R.l2_penalty(w), np.sum(flat**2), rtol=1e-6)
-    np.testing.assert_allclose(R.l1_penalty(w), np.sum(np.abs(flat)), rtol=1e-6)
+    np.testing.assert_allclose(R.l2_penalty(w), np.sum(flat**2), rtol=0, atol=sum_bound(flat**2))
+    np.testing.assert_allclose(R.l1_penalty(w), np.sum(np.abs(flat)), rtol=0, atol=sum_bound(flat))
     # "Every leaf given": biases count when passed explicitly.
     allf = np.concatenate(
         [np.asarray(x, np.float64).ravel() for x in jax.tree_util.tree_leaves(params)]
     )
-    np.testing.assert_allclose(R.l2_penalty(params), np.sum(allf**2), rtol=1e-6)
+    np.testing.assert_allclose(
+        R.l2_penalty(params), np.sum(allf**2), rtol=0, atol=sum_bound(allf**2)
+    )
     assert float(R.l2_penalty({})) == 0.0 and float(R.l1_penalty([])) == 0.0
+
+
+def test_penalties_propagate_nan():
+    w = [jnp.array([1.0, jnp.nan]), jnp.ones((2, 2))]
+    assert np.isnan(float(R.l2_penalty(w))) and np.isnan(float(R.l1_penalty(w)))
+    assert np.isnan(float(R.full_loss(jnp.float32(1.0), {"w": w[0][None]}, l2=0.1)))
 
 
 def test_penalties_accumulate_low_precision_in_float32():
@@ -110,15 +126,33 @@ def test_full_loss_formula_and_zero_shortcut():
     data = jnp.float32(1.25)
     flat = np.concatenate([np.asarray(x, np.float64).ravel() for x in _expected_leaves(params)])
     got = R.full_loss(data, params, l2=0.1, l1=0.01)
+    terms = np.concatenate([[1.25], 0.1 * flat**2, 0.01 * np.abs(flat)])
+    # two penalty sums, each scaled (one rounding, plus the float32 strength), and two additions
     np.testing.assert_allclose(
-        got, 1.25 + 0.1 * np.sum(flat**2) + 0.01 * np.sum(np.abs(flat)), rtol=1e-6
+        got, terms.sum(), rtol=0, atol=sum_bound(terms) + 4 * U32 * terms.sum()
     )
     assert float(R.full_loss(data, params)) == 1.25
+    terms = np.concatenate([[1.25], 0.1 * flat**2])
+    got = R.full_loss(data, params, l2=0.1)
     np.testing.assert_allclose(
-        R.full_loss(data, params, l2=0.1), 1.25 + 0.1 * np.sum(flat**2), rtol=1e-6
+        got, terms.sum(), rtol=0, atol=sum_bound(terms) + 4 * U32 * terms.sum()
     )
     with pytest.raises(TypeError):
         R.full_loss(data, params, 0.1)  # strengths are keyword-only
+
+
+@pytest.mark.parametrize("name", ["l2", "l1"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -0.1, np.array([0.1, -1.0])])
+def test_full_loss_bad_strength_eager_error_jit_nan(name, value):
+    params = make_params()
+    with pytest.raises(ValueError, match=f"`{name}` must be finite and >= 0"):
+        R.full_loss(jnp.float32(1.0), params, **{name: value})
+    with pytest.raises(ValueError, match=f"`{name}` must be finite and >= 0"):
+        R.full_loss(jnp.float32(1.0), params, **{name: jnp.asarray(value, jnp.float32)})
+    out = jax.jit(lambda v: R.full_loss(jnp.float32(1.0), params, **{name: v}))(value)
+    assert np.isnan(np.asarray(out)).any(), out  # never a plausible loss
+    good = jax.jit(lambda v: R.full_loss(jnp.float32(1.0), params, **{name: v}))(0.0)
+    assert float(good) == 1.0
 
 
 def test_full_loss_with_traced_strengths_under_jit_and_vmap():
@@ -126,9 +160,16 @@ def test_full_loss_with_traced_strengths_under_jit_and_vmap():
     flat = np.concatenate([np.asarray(x, np.float64).ravel() for x in _expected_leaves(params)])
     lams = jnp.array([0.0, 0.1, 1.0])
     got = jax.vmap(lambda lam: R.full_loss(jnp.float32(0.5), params, l2=lam))(lams)
-    np.testing.assert_allclose(got, 0.5 + np.asarray(lams) * np.sum(flat**2), rtol=1e-6)
+    for g, lam in zip(np.asarray(got), np.asarray(lams, np.float64), strict=True):
+        terms = np.concatenate([[0.5], lam * flat**2])
+        np.testing.assert_allclose(
+            g, terms.sum(), rtol=0, atol=sum_bound(terms) + 3 * U32 * terms.sum()
+        )
     jitted = jax.jit(lambda lam1: R.full_loss(jnp.float32(0.5), params, l1=lam1))
-    np.testing.assert_allclose(jitted(0.2), 0.5 + 0.2 * np.sum(np.abs(flat)), rtol=1e-6)
+    terms = np.concatenate([[0.5], np.float32(0.2) * np.abs(flat)])
+    np.testing.assert_allclose(
+        jitted(0.2), terms.sum(), rtol=0, atol=sum_bound(terms) + 3 * U32 * terms.sum()
+    )
     # A traced zero is not skipped (no Python branch on it) and adds exactly 0.
     assert float(jitted(0.0)) == 0.5
 
@@ -137,10 +178,13 @@ def test_full_loss_gradient_is_2_lambda_w_on_weights_and_zero_elsewhere():
     params = make_params()
     del params["step"]  # jax.grad needs float leaves
     g = jgrad(lambda p: R.full_loss(jnp.float32(0.0), p, l2=0.3))(params)
-    np.testing.assert_allclose(g["dense0"]["w"], 0.6 * np.asarray(params["dense0"]["w"]), rtol=1e-6)
-    np.testing.assert_allclose(
-        g["conv"]["kernel"], 0.6 * np.asarray(params["conv"]["kernel"]), rtol=1e-6
-    )
+    # 0.3 rounded to float32, times 2w (exact), rounded: 2 roundings of |0.6 w|
+    for got, w in (
+        (g["dense0"]["w"], params["dense0"]["w"]),
+        (g["conv"]["kernel"], params["conv"]["kernel"]),
+    ):
+        want = 0.6 * np.asarray(w, np.float64)
+        np.testing.assert_allclose(got, want, rtol=3 * U32, atol=0)
     for leaf in (g["dense0"]["b"], g["bn0"]["gamma"], g["prelu"]["alpha"], g["conv"]["bias"]):
         np.testing.assert_array_equal(leaf, np.zeros_like(leaf))
     g1 = jgrad(lambda p: R.full_loss(jnp.float32(0.0), p, l1=0.5))(params)
