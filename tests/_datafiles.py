@@ -153,3 +153,14 @@ def served_tree(root) -> Path:
     write_idx_set(root / "fashion_mnist", gz=True, seed=2)
     write_cifar_archive(root / "cifar10" / "cifar-10-python.tar.gz", seed=3)
     return root
+
+
+def refused_url() -> str:
+    """A base URL on 127.0.0.1 where nothing listens (a port just bound and released), so a
+    request is refused at once: what a download sees without a network."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/dead/"

@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from _datafiles import serve, served_tree, trust
+from _datafiles import refused_url, serve, served_tree, trust
 
 from jaxnn import datasets
 from jaxnn.cli import main
 from jaxnn.cli._data import DownloadProgress, augment_arg
 
-DEAD = "http://127.0.0.1:9/dead/"
+DEAD = refused_url()  # nothing listens there: a refused connection
 
 
 @pytest.fixture(autouse=True)

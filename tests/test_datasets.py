@@ -13,6 +13,7 @@ from _datafiles import (
     CIFAR_BATCHES,
     digest,
     idx_bytes,
+    refused_url,
     serve,
     served_tree,
     trust,
@@ -23,7 +24,7 @@ from _datafiles import (
 
 from jaxnn import datasets
 
-DEAD = "http://127.0.0.1:9/dead/"  # nothing listens on the discard port: a refused connection
+DEAD = refused_url()  # nothing listens there: a refused connection
 
 
 @pytest.fixture(autouse=True)
