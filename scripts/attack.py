@@ -130,10 +130,8 @@ def _lines(path):
 
 
 def kills(d: str, n_kills: int, seed: int = 0) -> dict:
-    files = _data_files(os.path.join(d, "kdata")) if not os.path.exists(
-        os.path.join(d, "kdata")) else None
-    if files is None:
-        raise RuntimeError("kdata exists")
+    os.makedirs(os.path.join(d, "kdata"))
+    files = _data_files(os.path.join(d, "kdata"))
     args = ["--dataset", files["good"], *TINY, "--epochs", "150", "--keep-checkpoints", "2",
             "--quiet"]
     ref = os.path.join(d, "ref")
