@@ -488,6 +488,7 @@ def fit(
     keep_checkpoints: int = 3,
     config: dict | None = None,
     callback: Callable[[dict, Any], None] | None = None,
+    on_start: Callable[[Any, float], None] | None = None,
     notify: Callable[[str], None] | None = None,
     **fit_kw,
 ) -> _train.History:
@@ -499,8 +500,9 @@ def fit(
     known to be finite (a run refused at the start writes nothing). With ``resume=True`` it
     continues from the newest checkpoint that restores; ``metrics.jsonl`` is rebuilt from the
     intact lines and the checkpoint's records. ``notify(message)`` receives one line per event
-    worth telling the user (a skipped checkpoint, garbled metrics lines). Other keywords go to
-    :func:`jaxnn.train.fit`.
+    worth telling the user (a skipped checkpoint, garbled metrics lines). ``callback(record,
+    state)`` and ``on_start(state, initial_loss)`` are called as :func:`jaxnn.train.fit` calls them,
+    after the run directory's own work. Other keywords go to :func:`jaxnn.train.fit`.
     """
     if keep_checkpoints < 1:
         raise ValueError(f"keep_checkpoints must be >= 1, got {keep_checkpoints}")
@@ -517,6 +519,8 @@ def fit(
         if start is not None:
             records.extend(start.records)
 
+        user_start = on_start
+
         def on_start(state, initial_loss):
             # Nothing is written before the run is known to start: a refused run leaves no trace.
             initial.append(initial_loss)
@@ -528,6 +532,8 @@ def fit(
                 # diverges in its first epoch, and a resume point before epoch 1
                 ckpts[0].save(0, state, {"epoch": 0, "initial_loss": initial_loss,
                                          "records": []})
+            if user_start is not None:
+                user_start(state, initial_loss)
 
         def on_epoch(rec, state):
             records.append(rec)

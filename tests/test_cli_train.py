@@ -245,3 +245,17 @@ def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_pa
     for a, b in zip(want, got, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
         assert a["val_acc"] == pytest.approx(b["val_acc"], rel=1e-6)
+
+
+def test_tensorboard_events_follow_the_metrics(capsys, tmp_path, npz):
+    pytest.importorskip("tensorboardX")
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    run = tmp_path / "run"
+    code, _, err = _cli(capsys, "train", "--dataset", npz, *TINY, "--out", str(run),
+                        "--epochs", "2", "--tensorboard")
+    assert code == 0, err
+    acc = ea.EventAccumulator(str(run / "tensorboard"), size_guidance={ea.SCALARS: 0})
+    acc.Reload()
+    got = {e.step: e.value for e in acc.Scalars("train/loss")}
+    for rec in _metrics(run):
+        assert got[rec["epoch"]] == pytest.approx(rec["train_loss"], rel=1e-6)

@@ -406,7 +406,8 @@ def _config_types() -> dict[str, tuple[Any, bool]]:
 
 
 #: Keys a train run adds to its config besides the flags: (type, may be None).
-_EXTRA_KEYS = {"keep_checkpoints": (int, False), "patience": (int, True), "devices": (int, True)}
+_EXTRA_KEYS = {"keep_checkpoints": (int, False), "patience": (int, True), "devices": (int, True),
+               "tensorboard": (bool, False)}
 
 
 def check_config(config: dict, *, source: str | None = None) -> dict:

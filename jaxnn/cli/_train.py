@@ -37,6 +37,11 @@ def add_parser(sub) -> None:
     g.add_argument("--patience", type=int, default=None,
                    help="stop after this many epochs without a better validation loss "
                         "(default: never)")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files into RUN/tensorboard: per-epoch "
+                        "losses, accuracies, learning rate, per-layer update/weight ratios, dead "
+                        "and saturated fractions, activation and gradient histograms (needs "
+                        "jaxnn[tensorboard])")
     _add_output_flags(g)
     p.set_defaults(func=run_train)
 
@@ -65,6 +70,11 @@ def run_train(args) -> int:
         raise CLIError(f"--keep-checkpoints must be >= 1, got {args.keep_checkpoints}")
     if args.patience is not None and args.patience < 1:
         raise CLIError(f"--patience must be >= 1 (or left out), got {args.patience}")
+    if args.tensorboard:
+        from jaxnn.cli._diagnose import require_tensorboard
+
+        require_tensorboard()
+    config["tensorboard"] = bool(args.tensorboard)
     if args.coordinator is not None and args.out is None:
         raise CLIError("a multi-process run needs --out: the same run directory in every process")
     dev = setup_devices(args, batch_size=config["batch_size"])  # before any other JAX call
@@ -179,11 +189,22 @@ def _fit_and_report(setup, run, *, resume: bool, args, dev) -> int:
     progress = _Progress(total=c["epochs"], quiet=quiet, enabled=dev.main)
     progress_started = []
 
+    tb = None
+    if c.get("tensorboard") and dev.main:
+        from jaxnn.tensorboard import TensorBoardCallback
+
+        n = min(256, setup.data.x_val.shape[0])
+        tb = TensorBoardCallback(run, setup.model, setup.data.x_val[:n], setup.data.y_val[:n],
+                                 loss=setup.loss, l2=c["l2"], optimizer=setup.optimizer,
+                                 activation=c["activation"])
+
     def on_epoch(rec, state):
         if not progress_started:
             progress.start(rec["epoch"] - 1)
             progress_started.append(True)
         progress(rec)
+        if tb is not None:
+            tb(rec, state)
 
     try:
         history = rundir.fit(
@@ -192,11 +213,14 @@ def _fit_and_report(setup, run, *, resume: bool, args, dev) -> int:
             l2=c["l2"], keep_checkpoints=c.get("keep_checkpoints", 3), resume=resume,
             patience=c.get("patience"), mesh=dev.mesh, config=None if resume else c,
             callback=on_epoch, notify=_say if dev.main else None,
+            on_start=None if tb is None or resume else tb.on_start,
         )
     except rundir.RunDirError as e:
         raise CLIError(str(e)) from None
     finally:
         progress.close()
+        if tb is not None:
+            tb.close()
     state = history.state
     x_test, y_test = setup.data.x_test, setup.data.y_test
     if dev.mesh is not None:
