@@ -119,6 +119,20 @@ def _check_float_leaves(params: Any) -> list:
     return with_path
 
 
+def _check_setting(name: str, value: float, *, positive: bool) -> float:
+    """A finite number, > 0 (``positive``) or >= 0: else ``ValueError`` naming it."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"gradcheck: `{name}` must be a number, got {value!r}.") from None
+    if not (np.isfinite(v) and (v > 0 if positive else v >= 0)):
+        raise ValueError(
+            f"gradcheck: `{name}` must be finite and {'> 0' if positive else '>= 0'}, "
+            f"got {value!r}."
+        )
+    return v
+
+
 def numerical_grad(f: Callable[[Any], ArrayLike], params: Any, *, eps: float = 1e-5) -> Any:
     r"""Gradient of a scalar function by centered differences, for any pytree of float arrays.
 
@@ -135,14 +149,20 @@ def numerical_grad(f: Callable[[Any], ArrayLike], params: Any, *, eps: float = 1
     Args:
       f: ``params -> scalar``.
       params: pytree of float arrays.
-      eps: the step :math:`h` (keyword-only); ``1e-5`` suits float64, use ~``1e-3`` in float32.
+      eps: the step :math:`h` (keyword-only, finite and > 0); ``1e-5`` suits float64, use
+        ~``1e-3`` in float32.
 
     Returns:
       A pytree like ``params`` (same dtypes) of numerical partial derivatives.
 
+    Raises:
+      ValueError: if ``f`` does not return a float scalar, a leaf is not a real float array, or
+        ``eps`` is not finite and > 0.
+
     >>> numerical_grad(lambda x: jnp.sum(x ** 2), jnp.array([1.0, -2.0]), eps=0.25)  # exact here
     Array([ 2., -4.], dtype=float32)
     """
+    eps = _check_setting("eps", eps, positive=True)
     _check_float_leaves(params)
     _check_scalar_out(f, params)
     flat, unravel = ravel_pytree(params)
@@ -248,7 +268,8 @@ def check_grads(
       A :class:`GradCheckReport`.
 
     Raises:
-      ValueError: if ``f`` does not return a float scalar or a leaf is not a real float array.
+      ValueError: if ``f`` does not return a float scalar, a leaf is not a real float array, or
+        ``eps`` / ``floor`` is not finite and > 0, or ``tol`` not finite and >= 0.
 
     >>> check_grads(lambda x: jnp.sum(jnp.tanh(x)), jnp.array([0.5, -1.0])).passed
     True
@@ -258,8 +279,10 @@ def check_grads(
     dtypes = [jnp.result_type(leaf) for _, leaf in with_path] + [out.dtype]
     lowest = max(dtypes, key=lambda d: float(jnp.finfo(d).eps))  # the least precise
     name = _dtype_name(lowest)
-    eps = DEFAULT_EPS.get(name, 1e-3) if eps is None else eps
-    tol = DEFAULT_TOL.get(name, 1e-2) if tol is None else tol
+    eps = DEFAULT_EPS.get(name, 1e-3) if eps is None else _check_setting("eps", eps, positive=True)
+    tol = DEFAULT_TOL.get(name, 1e-2) if tol is None else _check_setting("tol", tol, positive=False)
+    if floor is not None:
+        floor = _check_setting("floor", floor, positive=True)
 
     noise = _NOISE_FACTOR * float(jnp.finfo(lowest).eps) / (eps * tol)
 

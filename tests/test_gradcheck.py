@@ -60,9 +60,14 @@ def test_numerical_grad_is_exact_for_quadratics_and_keeps_the_tree():
 
 
 def test_numerical_grad_chunks_large_parameter_vectors():
-    x = jnp.asarray(np.random.default_rng(1).standard_normal(300), jnp.float32)  # > one chunk
-    g = G.numerical_grad(lambda v: jnp.sum(jnp.sin(v)), x, eps=1e-2)
-    np.testing.assert_allclose(g, jnp.cos(x), atol=2e-3)
+    """300 entries (more than one vmapped chunk), in float64: the error is the truncation
+    h^2/6 |sin^(3)(x)| <= 1.7e-9 plus round-off ~2 eps64 * 300 / (2h) ~ 7e-10 (|f| <= 300)."""
+    with jax.enable_x64(True):
+        x = jnp.asarray(np.random.default_rng(1).standard_normal(300), jnp.float64)
+        h = 1e-4
+        g = G.numerical_grad(lambda v: jnp.sum(jnp.sin(v)), x, eps=h)
+        tol = h**2 / 6 + 2 * 2.0**-52 * 300 / (2 * h)
+        np.testing.assert_allclose(g, np.cos(np.asarray(x)), rtol=0, atol=tol)
 
 
 def test_numerical_grad_mixed_dtypes_uses_the_step_actually_taken():
@@ -70,8 +75,16 @@ def test_numerical_grad_mixed_dtypes_uses_the_step_actually_taken():
     f = lambda p: jnp.sum(p["lo"].astype(jnp.float32) ** 2) + jnp.sum(p["hi"] ** 2)
     g = G.numerical_grad(f, params, eps=0.01)
     # 3 +- 0.01 round to 3.015625 / 2.984375 in bfloat16: the nominal step 0.02 is 36% short.
-    np.testing.assert_allclose(np.asarray(g["lo"], np.float32), [2.0, 6.0], rtol=1e-2)
-    np.testing.assert_allclose(g["hi"], [4.0], rtol=1e-3)
+    # For x^2 the quotient over the steps taken is exactly a + b = 2x + (offsets of a and b from
+    # x +- h), each offset at most half a bfloat16 spacing (2^-7 near 1, 2^-6 near 3), then
+    # rounded to bfloat16 (relative 2^-9).
+    x = np.array([1.0, 3.0])
+    spacing = np.array([2.0**-7, 2.0**-6])
+    err = np.abs(np.asarray(g["lo"], np.float64) - 2 * x)
+    assert np.all(err <= spacing + 2.0**-9 * 2 * x), g["lo"]
+    # float32: f ~ 14 rounded in f(x+h) and f(x-h) (2 U32 |f| / (2h)), a + b within 2 U32 of 2x
+    u32 = 2.0**-24
+    np.testing.assert_allclose(g["hi"], [4.0], rtol=0, atol=2 * u32 * 14 / 0.02 + 4 * u32 * 4)
     assert g["lo"].dtype == jnp.bfloat16
 
 
@@ -82,6 +95,29 @@ def test_bad_inputs_raise():
         G.check_grads(lambda p: jnp.sum(p["x"]), {"x": jnp.ones(2), "n": jnp.arange(2)})
 
 
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"eps": 0.0}, "`eps` must be finite and > 0"),
+        ({"eps": -1e-3}, "`eps` must be finite and > 0"),
+        ({"eps": float("nan")}, "`eps` must be finite and > 0"),
+        ({"tol": float("nan")}, "`tol` must be finite and >= 0"),
+        ({"tol": float("inf")}, "`tol` must be finite and >= 0"),
+        ({"floor": 0.0}, "`floor` must be finite and > 0"),
+        ({"eps": "big"}, "`eps` must be a number"),
+    ],
+)
+def test_bad_settings_raise(kw, match):
+    """A NaN tolerance would fail every check and an infinite one pass every check; a zero or
+    NaN step divides by zero: refused up front, naming the setting."""
+    f = lambda v: jnp.sum(v**2)
+    with pytest.raises(ValueError, match=match):
+        G.check_grads(f, jnp.ones(2), **kw)
+    if "eps" in kw:
+        with pytest.raises(ValueError, match=match):
+            G.numerical_grad(f, jnp.ones(2), **kw)
+
+
 # ---------------------------------------------------------------------------------------------
 # relative_error
 
@@ -89,10 +125,18 @@ def test_bad_inputs_raise():
 def test_relative_error_formula():
     a = jnp.array([1.0, -2.0, 0.0, 1e-30, 3.0])
     b = jnp.array([1.1, -2.0, 0.0, 0.0, -3.0])
-    np.testing.assert_allclose(G.relative_error(a, b), [0.1 / 1.1, 0.0, 0.0, 1.0, 2.0], rtol=1e-6)
+    # reference from the float32 inputs: |a - b| is exact here (Sterbenz, or an exact doubling)
+    # and the division rounds once: 2 U32 relative
+    b1 = float(b[0])
+    want = [(b1 - 1.0) / b1, 0.0, 0.0, 1.0, 2.0]
+    np.testing.assert_allclose(G.relative_error(a, b), want, rtol=2 * 2.0**-24, atol=0)
     # With a floor, tiny values compare by absolute error / floor instead of blowing up.
+    tiny, floor = float(jnp.float32(1e-9)), float(jnp.float32(1e-3))
     np.testing.assert_allclose(
-        G.relative_error(jnp.array([1e-9]), jnp.array([-1e-9]), floor=1e-3), [2e-6], rtol=1e-6
+        G.relative_error(jnp.array([1e-9]), jnp.array([-1e-9]), floor=1e-3),
+        [2 * tiny / floor],
+        rtol=2 * 2.0**-24,
+        atol=0,
     )
 
 
@@ -130,7 +174,9 @@ def test_check_grads_passes_correct_gradients(dtype, tol):
     assert set(report.errors) == {"['extra'][0]", "['layer']['b']", "['layer']['w']"}
     assert report.max_error == max(report.errors.values()) < tol
     if dtype == jnp.float64:
-        # numerical_grad agrees with jax.grad to the curriculum's "good" level in float64.
+        # numerical_grad agrees with jax.grad to the curriculum's "good" level in float64:
+        # |f| ~ 10, so round-off 2 eps64 |f| / (2h) ~ 2e-10 against a floor of
+        # 30 eps64 |f| / (h tol) ~ 7e-3, and truncation h^2 |f^(3)| / 6 ~ 1e-10: ~3e-8 < 1e-7.
         assert report.max_error < 1e-7
 
 
@@ -140,7 +186,10 @@ def test_check_grads_catches_a_wrong_gradient_and_names_the_leaf(dtype):
         params = make_params(dtype)
         report = G.check_grads(lambda p: model_loss(p, sin_wrong), params)
     assert not report.passed
-    # The error is attributed to the leaves the wrong derivative touches, not to "extra".
+    # The error is attributed to the leaves the wrong derivative touches, not to "extra". A
+    # derivative 5% too large is off by 0.05 / 1.05 relative (4.8%) wherever |g| exceeds the
+    # floor: far above tol (1e-2 in float32, round-off ~2e-4) -- deterministic arithmetic, not
+    # rounding.
     assert report.errors["['layer']['w']"] > 1e-2 and report.errors["['layer']['b']"] > 1e-2
     assert report.errors["['extra'][0]"] < report.tol
 
