@@ -93,11 +93,13 @@ def test_every_registered_name_has_a_jax_equivalent():
     assert set(I.names()) == set(EQUIVALENTS) | {"constant", "variance_scaling"}
 
 
-@pytest.mark.parametrize(
-    "shape,dtype",
-    [(CONV, jnp.float32), (SMALL, jnp.bfloat16), (SMALL, jnp.float16)],
-    ids=["f32", "bf16", "f16"],
-)
+SHAPES_DTYPES = [(shape, dtype) for shape in (SMALL, CONV)
+                 for dtype in (jnp.float32, jnp.bfloat16, jnp.float16)]
+
+
+@pytest.mark.parametrize("shape,dtype", SHAPES_DTYPES,
+                         ids=[f"{'conv' if s == CONV else 'dense'}-{jnp.dtype(d).name}"
+                              for s, d in SHAPES_DTYPES])
 @pytest.mark.parametrize("name", sorted(EQUIVALENTS))
 def test_same_values_as_jax_for_the_same_key(name, shape, dtype):
     outputs = _registry_outputs(shape, dtype)
@@ -115,6 +117,53 @@ def test_same_values_as_jax_with_options(name):
     np.testing.assert_array_equal(got, expected)
 
 
+def test_same_values_as_jax_in_float64_for_dense_and_conv_shapes():
+    names = [n for n in EQUIVALENTS if n != "orthogonal"]
+    with jax.enable_x64(True):
+        key = _rbg_key(5)
+        for shape in (SMALL, CONV):
+            got = jax.jit(lambda k, shape=shape: {
+                n: (I.get(n)(k, shape, jnp.float64), EQUIVALENTS[n](k, shape, jnp.float64))
+                for n in names})(key)
+            for n, (ours, theirs) in got.items():
+                assert ours.dtype == jnp.float64, n
+                np.testing.assert_array_equal(ours, theirs, err_msg=n)
+
+
+# Every factory's own dtype= (jax's last argument): the returned initializer's default.
+FACTORIES = sorted(n for n in EQUIVALENTS if n not in ("zeros", "ones"))
+
+
+@functools.cache
+def _factory_dtype_outputs(dtype):
+    def all_names(key):
+        out = {n: (I.get(n, dtype=dtype)(key, CONV), getattr(jinit, n)(dtype=dtype)(key, CONV))
+               for n in FACTORIES if n != "orthogonal" or dtype == jnp.float32}
+        out["constant"] = (I.constant(0.3, dtype)(key, SMALL), jinit.constant(0.3, dtype)(key, SMALL))
+        out["normal_positional"] = (I.normal(2.0, dtype)(key, SMALL),
+                                    jinit.normal(2.0, dtype)(key, SMALL))
+        out["uniform_positional"] = (I.uniform(0.5, dtype)(key, SMALL),
+                                     jinit.uniform(0.5, dtype)(key, SMALL))
+        out["variance_scaling"] = (
+            I.variance_scaling(1.5, "fan_avg", "uniform", 0, -1, (), dtype)(key, CONV),
+            jinit.variance_scaling(1.5, "fan_avg", "uniform", 0, -1, (), dtype)(key, CONV))
+        return out
+
+    return jax.device_get(jax.jit(all_names)(_rbg_key(6)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32],
+                         ids=["bf16", "f16", "f32"])
+def test_factory_dtype_is_the_default_dtype_as_in_jax(dtype):
+    outputs = _factory_dtype_outputs(dtype)
+    for name, (got, expected) in outputs.items():
+        assert got.dtype == dtype == expected.dtype, name
+        np.testing.assert_array_equal(np.asarray(got, np.float32),
+                                      np.asarray(expected, np.float32), err_msg=name)
+    # The call's dtype still wins over the factory's.
+    assert I.he_normal(dtype=jnp.bfloat16)(_rbg_key(0), SMALL, jnp.float32).dtype == jnp.float32
+
+
 def test_orthogonal_in_16_bits_is_the_rounded_float32_matrix():
     key = _rbg_key(3)
     q16 = I.orthogonal()(key, SMALL, jnp.bfloat16)
@@ -129,6 +178,7 @@ def test_default_key_matches_jax(key):
 def test_default_dtype_is_float32_even_with_x64(key):
     with jax.enable_x64(True):
         assert I.normal()(key, SMALL).dtype == jnp.float32
+        assert I.he_normal(dtype=None)(key, SMALL, None).dtype == jnp.float32
         assert jax.nn.initializers.zeros(key, (2,)).dtype == jnp.float64  # jax's default differs
         assert I.zeros(key, (2,)).dtype == jnp.float32
         assert I.zeros(key, (2,), jnp.float64).dtype == jnp.float64
@@ -209,6 +259,11 @@ def test_works_under_jit_and_vmapped_scale():
         (lambda: I.variance_scaling(1.0, "fan_middle", "normal"), "mode.*fan_middle"),
         (lambda: I.variance_scaling(1.0, "fan_in", "cauchy"), "distribution.*cauchy"),
         (lambda: I.normal("big"), "stddev"),
+        (lambda: I.normal(float("nan")), "stddev.*finite"),
+        (lambda: I.uniform(float("inf")), "scale.*finite"),
+        (lambda: I.orthogonal(float("-inf")), "scale.*finite"),
+        (lambda: I.variance_scaling(float("nan"), "fan_in", "normal"), "scale.*finite"),
+        (lambda: I.get("he_normal", dtype=jnp.float32, scale=2.0), "he_normal"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(make, match):
