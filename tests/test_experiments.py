@@ -105,6 +105,41 @@ def test_he_is_xavier_times_sqrt2_per_layer_for_relu():
         assert a.activations is None
 
 
+def _numpy_conv_same(h, w):
+    """3x3 (or kxk) stride-1 SAME cross-correlation of NHWC h with HWIO w, by loops."""
+    k = w.shape[0]
+    p = (k - 1) // 2
+    hp = np.pad(h, ((0, 0), (p, k - 1 - p), (p, k - 1 - p), (0, 0)))
+    out = np.zeros(h.shape[:3] + (w.shape[-1],))
+    for i in range(h.shape[1]):
+        for j in range(h.shape[2]):
+            out[:, i, j] = np.einsum("nuvc,uvco->no", hp[:, i:i + k, j:j + k], w)
+    return out
+
+
+@pytest.mark.parametrize("activation,init", [("relu", "he_normal"), ("tanh", "lecun_normal")])
+def test_init_depth_with_convolutions_matches_numpy(activation, init):
+    """The documented recipe with kernel_size: NHWC unit-Gaussian images, HWIO kernels
+    init(k_l, (k, k, width, width)), SAME convolutions; dead units per channel."""
+    depth, width, n, size = 3, 4, 6, 5
+    key = jax.random.key(2)
+    stats = experiments.init_depth(activation, init, key=key, depth=depth, width=width,
+                                   num_examples=n, kernel_size=3, image_size=size)
+    k_x, *k_layers = jax.random.split(key, depth + 1)
+    h = np.asarray(jax.random.normal(k_x, (n, size, size, width)), np.float64)
+    fn = NP_ACT[activation]
+    for s, k in zip(stats, k_layers, strict=True):
+        w = np.asarray(getattr(jax.nn.initializers, init)()(k, (3, 3, width, width)), np.float64)
+        pre = _numpy_conv_same(h, w)
+        h = fn(pre)
+        assert s.activations.shape == (n, size, size, width)
+        # float32 sums of 3*3*width = 36 terms of O(1) products.
+        np.testing.assert_allclose(s.activations, h, atol=36 * 8 * 1.2e-7 * np.abs(h).max())
+        assert s.pre_std == pytest.approx(pre.std(), rel=1e-4)
+        assert s.std == pytest.approx(h.std(), rel=1e-4)
+        assert s.dead == pytest.approx(np.mean(np.all(h == 0, axis=(0, 1, 2))))
+
+
 def test_init_depth_full_size_collapse():
     stats = experiments.init_depth("tanh", experiments.INIT_DEPTH_CONFIGS[0].init,
                                    key=jax.random.key(0), keep_activations=False)
@@ -115,6 +150,8 @@ def test_init_depth_full_size_collapse():
 def test_init_depth_rejects_bad_sizes():
     with pytest.raises(ValueError, match="depth"):
         experiments.init_depth("tanh", "lecun_normal", key=jax.random.key(0), depth=0)
+    with pytest.raises(ValueError, match="kernel_size"):
+        experiments.init_depth("tanh", "lecun_normal", key=jax.random.key(0), kernel_size=0)
     with pytest.raises(ValueError, match="elementwise"):
         experiments.init_depth("maxout", "lecun_normal", key=jax.random.key(0))
 
