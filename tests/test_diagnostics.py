@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnn import diagnostics, layers, optim, train
+from jaxnn import diagnostics, initializers, layers, optim, train
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -145,6 +145,97 @@ def test_layer_stats_sees_saturated_tanh(blobs):
     assert small.saturated == 0.0
     assert big.saturated == pytest.approx(np.mean(np.abs(post) > 0.99), abs=2 / post.size)
     assert big.saturated > 0.8
+
+
+# --------------------------------------------------------------------------- conv layers
+def _np_conv_same(x, w, b):
+    """3x3 stride-1 SAME cross-correlation of NHWC x with HWIO w, plus b, by loops."""
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = np.zeros(x.shape[:3] + (w.shape[-1],))
+    for i in range(x.shape[1]):
+        for j in range(x.shape[2]):
+            out[:, i, j] = np.einsum("nuvc,uvco->no", xp[:, i:i + 3, j:j + 3],
+                                     np.asarray(w, np.float64))
+    return out + np.asarray(b, np.float64)
+
+
+@pytest.fixture(scope="module")
+def conv_case():
+    """Conv(4) relu -> 2x2 max pool -> Dense(6) relu -> Dense(3) on 6x6x1 images, with conv
+    channels 0 and 1 dead on purpose (bias -1000)."""
+    model = layers.serial(layers.Conv2D(4), layers.Activation("relu"), layers.MaxPool(),
+                          layers.Flatten(), layers.Dense(6), layers.Activation("relu"),
+                          layers.Dense(3), input_shape=(6, 6, 1))
+    params, state = model.init(jax.random.key(4))
+    params["layer_0"]["b"] = params["layer_0"]["b"].at[:2].set(-1000.0)
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(10, 6, 6, 1)).astype(np.float32)
+    y = rng.integers(0, 3, 10).astype(np.int32)
+    return model, params, state, x, y
+
+
+def _np_conv_forward(params, x):
+    pre0 = _np_conv_same(x, params["layer_0"]["w"], params["layer_0"]["b"])
+    h0 = np.maximum(pre0, 0)
+    pooled = h0.reshape(10, 3, 2, 3, 2, 4).max(axis=(2, 4)).reshape(10, -1)
+    pre1 = pooled @ np.asarray(params["layer_1"]["w"], np.float64) + np.asarray(
+        params["layer_1"]["b"], np.float64)
+    h1 = np.maximum(pre1, 0)
+    return (pre0, h0), (pre1, h1)
+
+
+def test_layer_stats_on_a_conv_layer_count_dead_channels(conv_case):
+    model, params, state, x, y = conv_case
+    lr = 0.1
+    stats = diagnostics.layer_stats(model, params, state, x, y, optimizer=optim.sgd(lr))
+    assert [s.name for s in stats] == ["layer_0", "layer_1", "layer_2"]
+    (pre0, h0), (pre1, h1) = _np_conv_forward(params, x)
+    conv = stats[0]
+    assert conv.dead == 0.5  # channels 0 and 1: zero at every position of every example
+    assert conv.pre_std == pytest.approx(pre0.std(), rel=1e-4)
+    assert conv.mean == pytest.approx(h0.mean(), rel=1e-4)
+    assert stats[1].dead == pytest.approx(np.mean(np.all(h1 == 0, axis=0)))
+    assert stats[1].pre_mean == pytest.approx(pre1.mean(), rel=1e-4, abs=1e-5)
+
+    # Gradients against the objective written out with lax directly (not through the layers).
+    def objective(p):
+        z = jax.lax.conv_general_dilated(x, p["layer_0"]["w"], (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        h = jax.nn.relu(z + p["layer_0"]["b"])
+        h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+        h = jax.nn.relu(h.reshape(10, -1) @ p["layer_1"]["w"] + p["layer_1"]["b"])
+        logits = h @ p["layer_2"]["w"] + p["layer_2"]["b"]
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(10), y])
+
+    grads = jax.grad(objective)(params)
+    assert np.all(np.asarray(grads["layer_0"]["w"])[..., :2] == 0)  # dead channels learn nothing
+    for s, name in zip(stats, ("layer_0", "layer_1", "layer_2"), strict=True):
+        g = np.linalg.norm(np.asarray(grads[name]["w"], np.float64))
+        w = np.linalg.norm(np.asarray(params[name]["w"], np.float64))
+        assert s.grad_norm == pytest.approx(g, rel=1e-4)
+        assert s.update_ratio == pytest.approx(lr * g / w, rel=1e-4)  # plain SGD: -lr * grad
+
+
+def test_dead_fraction_probe_counts_conv_channels_and_dense_units(conv_case):
+    model, params, state, x, _ = conv_case
+    (_, h0), (_, h1) = _np_conv_forward(params, x)
+    dead = np.all(h0 == 0, axis=(0, 1, 2)).sum() + np.all(h1 == 0, axis=0).sum()
+    got = diagnostics.dead_fraction_probe(model, x)(params, state)["dead_fraction"]
+    assert float(got) == pytest.approx(dead / (4 + 6))
+
+
+def test_layer_stats_uses_each_layers_own_activation_for_saturation():
+    model = layers.serial(layers.Conv2D(3, init=initializers.normal(3.0)),
+                          layers.Activation("tanh"), layers.Flatten(), layers.Dense(4),
+                          layers.Activation("relu"), layers.Dense(2), input_shape=(4, 4, 2))
+    params, state = model.init(jax.random.key(0))
+    x = np.random.default_rng(0).normal(size=(8, 4, 4, 2)).astype(np.float32)
+    stats = diagnostics.layer_stats(model, params, state, x, np.zeros(8, np.int32),
+                                    keep_activations=True)
+    t = stats[0].activations
+    assert stats[0].saturated == pytest.approx(np.mean(np.abs(t) > 0.99), abs=1 / t.size)
+    assert stats[0].saturated > 0.5  # N(0, 9) weights over 18 inputs: |pre| ~ 13
+    assert stats[1].saturated == 0.0  # relu: no saturating regime
 
 
 # --------------------------------------------------------------------------- initial loss
