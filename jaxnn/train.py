@@ -455,6 +455,7 @@ def fit(
     callback: Callable[[dict, TrainState], None] | None = None,
     raise_on_divergence: bool = False,
     mesh: jax.sharding.Mesh | None = None,
+    augment: _data.Augment | str | None = None,
 ) -> History:
     """Train ``model`` on ``data`` (a :class:`jaxnn.data.Dataset`) with mini-batch SGD: a plain
     loop over epochs, each one jitted ``lax.scan`` (:func:`make_epoch`) followed by an evaluation
@@ -476,7 +477,8 @@ def fit(
     ``mesh`` (:func:`jaxnn.distributed.data_mesh`) trains data-parallel: every batch split over
     the mesh's ``"data"`` axis, parameters, optimizer state and the data set replicated; the
     losses equal a one-device run's up to float summation order. The batch size must divide by
-    the number of devices.
+    the number of devices. ``augment`` (e.g. ``"crop:4,flip"``) augments every training batch on
+    the device (:func:`make_epoch`).
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -500,7 +502,7 @@ def fit(
             (state, x_train, y_train, x_val, y_val), mesh)
     # No donation: on divergence the last good state must still be alive to return.
     epoch_step = make_epoch(model.apply, loss, optimizer, batch_size=batch_size, l2=l2,
-                            donate=False, mesh=mesh)
+                            donate=False, mesh=mesh, augment=augment)
     evaluate_fn = _cached_evaluate(model.apply, loss, 1024)
     if start is None:
         initial_loss = float(evaluate_fn(state.params, state.model_state, x_train, y_train).loss)

@@ -10,8 +10,9 @@ import pytest
 import jaxnn
 
 LOW = {"activations", "losses", "regularizers", "initializers", "gradcheck", "preprocessing",
-       "optim", "data", "checkpoint", "plots", "distributed"}
-HIGH = {"layers", "train", "rundir", "diagnostics", "population", "search", "ensemble", "experiments", "cli"}
+       "optim", "data", "datasets", "batching", "checkpoint", "plots", "distributed"}
+HIGH = {"layers", "models", "train", "rundir", "diagnostics", "tensorboard", "population", "search",
+        "ensemble", "experiments", "cli"}
 
 
 @pytest.mark.parametrize("name", [m for m in jaxnn.SUBMODULES if m != "cli"])

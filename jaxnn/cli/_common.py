@@ -15,7 +15,7 @@ from jaxnn.cli._data import DownloadProgress, augment_arg
 TRAIN_FLAGS = (
     "dataset", "data_dir", "hidden", "arch", "activation", "init", "bias_init", "batch_norm",
     "dropout", "loss", "optimizer", "lr", "schedule", "l2", "batch_size", "epochs", "preprocess", "seed",
-    "data_url", "augment",
+    "data_url", "augment", "init_scale", "momentum", "weight_decay",
 )
 
 
@@ -54,6 +54,8 @@ def add_train_flags(p: argparse.ArgumentParser, *, epochs: int = 30, lr: float =
                    help="initial bias (0.01: the slightly positive ReLU bias)")
     g.add_argument("--batch-norm", action="store_true", help="batch norm before each activation")
     g.add_argument("--dropout", type=float, default=0.0, help="drop probability after activations")
+    g.add_argument("--init-scale", type=float, default=1.0,
+                   help="factor on every initial weight matrix (search varies it per trial)")
     g = p.add_argument_group("training")
     g.add_argument("--loss", default="softmax_cross_entropy",
                    help="{losses} (losses of targets shaped like the scores train on one-hot "
@@ -62,6 +64,10 @@ def add_train_flags(p: argparse.ArgumentParser, *, epochs: int = 30, lr: float =
     g.add_argument("--lr", type=float, default=lr, help="learning rate")
     g.add_argument("--schedule", default="constant", help="learning-rate schedule: {schedules}")
     g.add_argument("--l2", type=float, default=1e-3, help="L2 regularization strength")
+    g.add_argument("--momentum", type=float, default=None,
+                   help="momentum of the momentum and nesterov optimizers (not set: 0.9)")
+    g.add_argument("--weight-decay", type=float, default=None,
+                   help="decoupled weight decay of adamw (not set: 1e-4)")
     g.add_argument("--batch-size", type=int, default=64, help="examples per mini-batch")
     g.add_argument("--epochs", type=int, default=epochs, help="passes over the training split")
     g.add_argument("--seed", type=int, default=0,
@@ -357,13 +363,51 @@ def build(config: dict) -> Setup:
                                dropout=c["dropout"])
     except ValueError as e:
         raise CLIError(f"--arch: {e}") from None
+    model = _scaled_init(model, c.get("init_scale", 1.0))
     steps_per_epoch = -(-ds.x_train.shape[0] // min(c["batch_size"], ds.x_train.shape[0]))
-    if c["schedule"] == "constant":
-        lr = c["lr"]  # a constant stays a number, so a population can replace it per member
-    else:
-        lr = optim.get_schedule(c["schedule"], c["lr"], total_steps=steps_per_epoch * c["epochs"])
-    optimizer = optim.get(c["optimizer"], learning_rate=lr)
+    # The rate stays a number and a schedule is its shape (value 1), so a population can give
+    # each member its own rate under the same schedule (jaxnn.optim).
+    shape = None if c["schedule"] == "constant" else optim.get_schedule(
+        c["schedule"], 1.0, total_steps=steps_per_epoch * c["epochs"])
+    optimizer = optim.get(c["optimizer"], learning_rate=c["lr"], schedule=shape,
+                          **_optimizer_options(c))
     return Setup(c, ds, model, optimizer, loss, hidden)
+
+
+def _optimizer_options(c: dict) -> dict:
+    """``--momentum`` / ``--weight-decay`` for the optimizers that take them."""
+    opts = {}
+    for key, takers in (("momentum", ("momentum", "nesterov")), ("weight_decay", ("adamw",))):
+        v = c.get(key)
+        if v is None:
+            continue
+        if c["optimizer"] not in takers:
+            raise CLIError(f"--{key.replace('_', '-')}: only for --optimizer "
+                           f"{' or '.join(takers)}, got {c['optimizer']}")
+        opts[key] = v
+    return opts
+
+
+def _scaled_init(model, scale: float):
+    """``model`` whose ``init`` multiplies every weight matrix by ``scale`` (as a population
+    member's ``init_scale`` does); the model itself for 1."""
+    if scale == 1.0:
+        return model
+    if not scale > 0:
+        raise CLIError(f"--init-scale must be positive, got {scale}")
+    import jax
+    import jax.numpy as jnp
+
+    from jaxnn import regularizers
+
+    def init(key):
+        params, state = model.init(key)
+        flags = regularizers.weight_mask(params)
+        params = jax.tree.map(lambda p, f: p * jnp.asarray(scale, p.dtype) if f else p,
+                              params, flags)
+        return params, state
+
+    return model._replace(init=init)
 
 
 #: Run directories created by this process; the CLI abandons those left empty by an error.
@@ -410,6 +454,20 @@ _EXTRA_KEYS = {"keep_checkpoints": (int, False), "patience": (int, True), "devic
                "tensorboard": (bool, False)}
 
 
+#: The keys every `jaxnn train` config.json has held since jaxnn 0.1.0; keys added since then
+#: take their flag's default when an older config lacks them.
+_REQUIRED_KEYS = ("dataset", "data_dir", "hidden", "activation", "init", "bias_init", "batch_norm",
+                  "dropout", "loss", "optimizer", "lr", "schedule", "l2", "batch_size", "epochs",
+                  "preprocess", "seed")
+
+
+def _with_defaults(config: dict) -> dict:
+    """``config`` with every train flag it lacks set to the flag's default."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_train_flags(p)
+    return {**{k: p.get_default(k) for k in TRAIN_FLAGS}, **config}
+
+
 def check_config(config: dict, *, source: str | None = None) -> dict:
     """Check a run's config before anything runs: every key present with a value of its flag's
     type, numbers finite. ``source`` is the file it came from (``config.json``), named in the
@@ -422,13 +480,14 @@ def check_config(config: dict, *, source: str | None = None) -> dict:
 
     types = {**_config_types(), **(_EXTRA_KEYS if source else {})}
     if source:
-        missing = [k for k in types if k not in config and k not in _EXTRA_KEYS]
+        missing = [k for k in _REQUIRED_KEYS if k not in config]
         if missing:
             raise CLIError(f"{source}: missing key {missing[0]!r} (is this a `jaxnn train` "
                            "run directory?)")
         unknown = sorted(set(config) - set(types) - {"split_seed"})
         if unknown:
             raise CLIError(f"{source}: unknown key {unknown[0]!r}")
+        config = _with_defaults(config)
     for k, (typ, may_be_none) in types.items():
         if k not in config:
             continue

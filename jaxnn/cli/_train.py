@@ -212,6 +212,7 @@ def _fit_and_report(setup, run, *, resume: bool, args, dev) -> int:
             key=jax.random.key(c["seed"]), loss=setup.loss, batch_size=c["batch_size"],
             l2=c["l2"], keep_checkpoints=c.get("keep_checkpoints", 3), resume=resume,
             patience=c.get("patience"), mesh=dev.mesh, config=None if resume else c,
+            augment=c.get("augment"),
             callback=on_epoch, notify=_say if dev.main else None,
             on_start=None if tb is None or resume else tb.on_start,
         )
