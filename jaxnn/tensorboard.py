@@ -6,11 +6,14 @@ every epoch it writes, into ``RUN_DIR/tensorboard``:
 * **scalars**: ``train/loss``, ``train/accuracy``, ``val/loss``, ``val/accuracy``, ``lr`` (and any
   other number of the epoch's record, e.g. ``dead_fraction``); per layer on a fixed probe batch
   ``update_ratio/LAYER`` (:math:`\|\Delta W\| / \|W\|` of one optimizer step, healthy about
-  :math:`10^{-3}`), ``grad_norm/LAYER``, and per hidden layer ``dead/hidden_i`` (units zero for every
-  probe example) and ``saturated/hidden_i`` (tanh/sigmoid units in their flat regime);
-* **histograms**: ``activations/hidden_i`` and ``preactivations/hidden_i`` (the curriculum's
-  activation histograms per layer, now over training), ``gradients/LAYER`` and
+  :math:`10^{-3}`), ``grad_norm/LAYER``, and per hidden layer ``dead/LAYER`` (units zero for every
+  probe example) and ``saturated/LAYER`` (tanh/sigmoid units in their flat regime);
+* **histograms**: ``activations/LAYER`` and ``preactivations/LAYER`` of the hidden layers (the
+  curriculum's activation histograms per layer, now over training), ``gradients/LAYER`` and
   ``weights/LAYER``.
+
+``LAYER`` is the model's name for the layer (``layer_0``, ``layer_1``, ...: the keys of the
+params).
 
 The statistics use :mod:`jaxnn.diagnostics`' own definitions (:func:`~jaxnn.diagnostics.dead_fraction`,
 :func:`~jaxnn.diagnostics.saturated_fraction`) and are computed by one jitted function built once.
@@ -107,8 +110,9 @@ class TensorBoardCallback:
       loss, l2: the training objective (as given to ``fit``).
       optimizer: the training optimizer; with it (and ``y_probe``) the update/weight ratio of one
         step from the current optimizer state is measured.
-      activation: the hidden activation's name, for the saturated fraction (``None``: no
-        saturating regime).
+      activation: the hidden activation's name, for the saturated fraction (``None``: each
+        layer's own, from ``model.activations`` where the model has it; else no saturating
+        regime).
       histograms: write histograms (scalars only when ``False``).
 
     Call it as ``callback(record, state)`` (``fit``'s ``callback``); ``on_start(state,
@@ -133,19 +137,26 @@ class TensorBoardCallback:
         self.logdir = os.path.join(os.fspath(run_dir), SUBDIR)
         self.writer = tbx.SummaryWriter(logdir=self.logdir, flush_secs=10)
         self.histograms = histograms
+        # Hidden layers are named as the model names them (``Model.layer_names``, "layer_0",
+        # ...); their nonlinearities come from ``activation`` or else ``Model.activations``.
+        names = tuple(getattr(model, "layer_names", ()) or ())
+        own = tuple(getattr(model, "activations", ()) or ())
+        self._hidden_name = lambda i: names[i] if i < len(names) else f"hidden_{i + 1}"
+        hidden_act = lambda i: activation if activation is not None else (
+            own[i] if i < len(own) and own[i] in _activations.names() else None)
         self._probe = jax.jit(self._probe_fn(model, x, y, _losses.get(loss), float(l2),
-                                             optimizer, activation))
+                                             optimizer, hidden_act))
 
     @staticmethod
-    def _probe_fn(model, x, y, loss_fn, l2, optimizer, activation):
+    def _probe_fn(model, x, y, loss_fn, l2, optimizer, hidden_act):
         key = jax.random.key(0)  # dropout's key on the probe batch: fixed, like layer_stats
 
         def probe(params, model_state, opt_state):
             _, _, acts = model.trace(params, model_state, x, train=True, key=key)
             out = {"hidden": [{"pre": a.pre, "post": a.post,
                                "dead": _diag.dead_fraction(a.post),
-                               "saturated": _diag.saturated_fraction(a.post, activation)}
-                              for a in acts]}
+                               "saturated": _diag.saturated_fraction(a.post, hidden_act(i))}
+                              for i, a in enumerate(acts)]}
             names = _layer_names(params)
             out["weights"] = {_tag(k): _reg.weights(params[k]) for k in names}
             if y is None:
@@ -188,12 +199,13 @@ class TensorBoardCallback:
     def _write_state(self, state, step: int) -> None:
         out = jax.device_get(self._probe(state.params, state.model_state, state.opt_state))
         w = self.writer
-        for i, h in enumerate(out["hidden"], start=1):
-            w.add_scalar(f"dead/hidden_{i}", float(h["dead"]), step)
-            w.add_scalar(f"saturated/hidden_{i}", float(h["saturated"]), step)
+        for i, h in enumerate(out["hidden"]):
+            name = self._hidden_name(i)
+            w.add_scalar(f"dead/{name}", float(h["dead"]), step)
+            w.add_scalar(f"saturated/{name}", float(h["saturated"]), step)
             if self.histograms:
-                w.add_histogram(f"activations/hidden_{i}", np.asarray(h["post"]), step)
-                w.add_histogram(f"preactivations/hidden_{i}", np.asarray(h["pre"]), step)
+                w.add_histogram(f"activations/{name}", np.asarray(h["post"]), step)
+                w.add_histogram(f"preactivations/{name}", np.asarray(h["pre"]), step)
         for name, ratio in out.get("update_ratio", {}).items():
             w.add_scalar(f"update_ratio/{name}", float(ratio), step)
         for name, norm in out.get("grad_norm", {}).items():
