@@ -1,13 +1,23 @@
-"""``jaxnn search`` and ``jaxnn ensemble``: many models at once, as one population."""
+"""``jaxnn search`` and ``jaxnn ensemble``: many models at once, as populations.
+
+``jaxnn search`` keeps its trials in an Optuna study (a SQLite file in ``--out`` unless
+``--storage`` names another database): running the same command again continues it, and several
+processes (or hosts, with a database server) running it share it. Each round asks the study for
+``--population`` trials and trains those with the same categorical values as one vmapped
+population.
+"""
 
 from __future__ import annotations
 
 import math
 import os
+import shlex
+import sys
 import time
 
 from jaxnn.cli import CLIError
 from jaxnn.cli._common import (
+    TRAIN_FLAGS,
     add_device_flags,
     add_train_flags,
     build,
@@ -22,47 +32,88 @@ from jaxnn.cli._common import (
 _RANGES = (
     ("lr_range", "learning_rate", "lr"),
     ("l2_range", "l2", "l2"),
-    ("init_scale_range", "init_scale", None),
+    ("init_scale_range", "init_scale", "init_scale"),
+    ("momentum_range", "momentum", "momentum"),
+    ("weight_decay_range", "weight_decay", "weight_decay"),
 )
+#: Per-member hyperparameters and the ``jaxnn train`` flag (config key) of each.
+_MEMBER_FLAGS = {"learning_rate": "lr", "l2": "l2", "init_scale": "init_scale",
+                 "momentum": "momentum", "weight_decay": "weight_decay", "seed": "seed"}
+#: Train flags ``--space`` can make categorical (they change the model or the optimizer).
+_CATEGORICAL = ("activation", "optimizer", "hidden", "arch", "init", "bias_init", "batch_norm",
+                "dropout", "loss", "schedule")
 #: Search flags saved in ``results.json`` next to the training flags.
-_SEARCH_FLAGS = ("method", "trials", "lr_range", "l2_range", "init_scale_range", "stages",
-                 "coarse_epochs", "top_k")
+_SEARCH_FLAGS = ("method", "trials", "population", "pruner", "space", "lr_range", "l2_range",
+                 "init_scale_range", "momentum_range", "weight_decay_range", "stages",
+                 "coarse_epochs", "top_k", "study_name")
+#: Keys of the search's own settings that must match to continue a study (the rest are the
+#: training flags). Not among them: --trials (a rerun may raise it), --population, --storage.
+_STUDY_KEYS = ("pruner", "space", "lr_range", "l2_range", "init_scale_range", "momentum_range",
+               "weight_decay_range", "stages", "coarse_epochs", "top_k")
+_STUDY_FILE = "study.db"
 _SHOWN = 12  # table rows printed before eliding
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "search", help="hyperparameter search (grid, random, coarse-to-fine) as populations",
-        description="Search learning rate and regularization: every trial of a stage is trained "
-                    "at once as one vmapped population; a trial whose loss exceeds 3x its "
-                    "initial loss is stopped (status diverged). Writes results.json (trials "
-                    "sorted by validation accuracy, best, and per-stage trials for "
-                    "coarse-to-fine) and search.png (validation accuracy against each "
-                    "hyperparameter, log axes).")
-    p.add_argument("--method", choices=("grid", "random", "coarse-to-fine"), default="random",
-                   help="grid: evenly spaced (log) values, about --trials in all; random: "
-                        "--trials log-uniform samples; coarse-to-fine: --stages random stages, "
-                        "each narrowed around the previous stage's best (default random)")
-    p.add_argument("--trials", type=int, default=16,
-                   help="trials (per stage for coarse-to-fine; grid uses the largest full grid "
-                        "not above it) (default 16)")
-    p.add_argument("--lr-range", default="1e-3,1",
+        "search", help="hyperparameter search (TPE, CMA-ES, random, grid, coarse-to-fine) as "
+                       "populations, in an Optuna study",
+        description="Search hyperparameters with Optuna's samplers, training each round of "
+                    "--population trials at once as vmapped populations (one per combination "
+                    "of categorical values). Every epoch's validation loss is reported to each "
+                    "trial, so --pruner stops poor trials early; a trial whose loss exceeds 3x "
+                    "its initial loss (or turns NaN) stops at once (status diverged). Trials "
+                    "live in an Optuna study (--storage, default a SQLite file in --out): the "
+                    "same command continues the study up to --trials, and several processes "
+                    "running it share it. Writes results.json (every trial with the `jaxnn "
+                    "train` command that retrains it) and search.png.")
+    g = p.add_argument_group("search")
+    g.add_argument("--method", choices=("tpe", "cmaes", "random", "grid", "coarse-to-fine"),
+                   default="tpe",
+                   help="tpe / cmaes: Optuna's TPE / CMA-ES samplers; random: log-uniform "
+                        "samples; grid: evenly spaced (log) values, the largest full grid of "
+                        "at most --trials; coarse-to-fine: --stages random stages, each "
+                        "narrowed around the previous stage's best")
+    g.add_argument("--trials", type=int, default=64,
+                   help="finished trials the study should hold (per stage for coarse-to-fine)")
+    g.add_argument("--population", type=int, default=16,
+                   help="trials asked and trained per round")
+    g.add_argument("--pruner", choices=("median", "none"), default="median",
+                   help="median: stop a trial whose validation loss is worse than the median "
+                        "of completed trials at the same epoch")
+    g.add_argument("--space", action="append", default=None, metavar="NAME=A|B,...",
+                   help="categorical choices, e.g. activation=relu|tanh|elu,optimizer=momentum|"
+                        "adam (any of " + ", ".join(_CATEGORICAL) + "; trials sharing them "
+                        "train as one population), or a list of values for lr, l2, "
+                        "init_scale, momentum, weight_decay, seed; repeatable")
+    g.add_argument("--lr-range", default="1e-3,1",
                    help="learning-rate range LOW,HIGH searched log-uniformly, or 'none' to keep "
-                        "--lr fixed (default 1e-3,1)")
-    p.add_argument("--l2-range", default="1e-6,1e-1",
-                   help="L2-strength range LOW,HIGH (log-uniform), or 'none' to keep --l2 fixed "
-                        "(default 1e-6,1e-1)")
-    p.add_argument("--init-scale-range", default="none",
+                        "--lr fixed")
+    g.add_argument("--l2-range", default="1e-6,1e-1",
+                   help="L2-strength range LOW,HIGH (log-uniform), or 'none' to keep --l2 fixed")
+    g.add_argument("--init-scale-range", default="none",
                    help="range LOW,HIGH for a factor on the initial weights (log-uniform), or "
-                        "'none' (default: none, the initializer's own scale)")
-    p.add_argument("--stages", type=int, default=2, help="coarse-to-fine stages (default 2)")
-    p.add_argument("--coarse-epochs", type=int, default=None,
+                        "'none'")
+    g.add_argument("--momentum-range", default="none",
+                   help="momentum range LOW,HIGH (uniform; optimizers momentum and nesterov), "
+                        "or 'none'")
+    g.add_argument("--weight-decay-range", default="none",
+                   help="weight-decay range LOW,HIGH (log-uniform; optimizer adamw), or 'none'")
+    g.add_argument("--stages", type=int, default=2, help="coarse-to-fine stages")
+    g.add_argument("--coarse-epochs", type=int, default=None,
                    help="epochs of every coarse-to-fine stage but the last (default "
                         "ceil(--epochs / 3))")
-    p.add_argument("--top-k", type=int, default=None,
+    g.add_argument("--top-k", type=int, default=None,
                    help="coarse-to-fine: narrow each range around this many best trials "
                         "(default a quarter of --trials, at least 2)")
-    p.add_argument("--out", default=None, help="output directory (default runs/search-<time>)")
+    g.add_argument("--storage", default=None, metavar="URL",
+                   help="Optuna storage: sqlite:///path.db, postgresql://..., mysql://... "
+                        "(default sqlite:///OUT/study.db)")
+    g.add_argument("--study-name", default="jaxnn-search", help="the study in --storage")
+    g.add_argument("--out", default=None,
+                   help="output directory (default runs/search-<time>); the same --out "
+                        "continues its search")
+    g.add_argument("--quiet", action="store_true", help="no progress lines")
     add_train_flags(p, epochs=10)
     add_device_flags(p, multi_process=False)
     p.set_defaults(func=run_search)
@@ -72,15 +123,15 @@ def add_parser(sub) -> None:
         description="Train --members copies of the model that differ only in their seed, all "
                     "at once as one population; report each member's test accuracy and that "
                     "of their averaged predicted probabilities. Writes summary.json.")
-    e.add_argument("--members", type=int, default=5, help="ensemble size K (default 5)")
+    e.add_argument("--members", type=int, default=5, help="ensemble size K")
     e.add_argument("--out", default=None, help="output directory (default runs/ensemble-<time>)")
     add_train_flags(e, epochs=15)
     add_device_flags(e, multi_process=False)
     e.set_defaults(func=run_ensemble)
 
 
-# --------------------------------------------------------------------------- search
-def _parse_range(text: str, flag: str) -> tuple[float, float] | None:
+# --------------------------------------------------------------------------- the space
+def _parse_range(text: str, flag: str, *, log: bool) -> tuple[float, float] | None:
     if str(text).strip().lower() == "none":
         return None
     parts = [s.strip() for s in str(text).split(",")]
@@ -88,111 +139,292 @@ def _parse_range(text: str, flag: str) -> tuple[float, float] | None:
         lo, hi = (float(s) for s in parts)
     except ValueError:
         raise CLIError(f"--{flag} must be LOW,HIGH (two numbers) or none, got {text!r}") from None
-    if not (0 < lo < hi and math.isfinite(hi)):
+    if log and not (0 < lo < hi and math.isfinite(hi)):
         raise CLIError(f"--{flag} needs 0 < LOW < HIGH (it is searched log-uniformly), "
                        f"got {text!r}")
+    if not log and not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise CLIError(f"--{flag} needs finite LOW < HIGH, got {text!r}")
     return lo, hi
 
 
-def _space(args) -> tuple[dict, list[str]]:
-    """The search space from the flags and the names it varies."""
+def _space_items(texts: list[str] | None) -> dict[str, list[str]]:
+    """``--space`` as ``{name: [value text, ...]}``. A comma separates entries, except inside a
+    value (``hidden=128,64|64`` or ``arch=fc:64|fc:128,fc:64``): a piece without ``=`` belongs to
+    the entry before it."""
+    entries: list[str] = []
+    for text in texts or []:
+        for piece in str(text).split(","):
+            if "=" in piece or not entries:
+                entries.append(piece)
+            else:
+                entries[-1] += "," + piece
+    out: dict[str, list[str]] = {}
+    for entry in entries:
+        name, sep, values = entry.partition("=")
+        name = name.strip().replace("-", "_")
+        vals = [v.strip() for v in values.split("|")]
+        if not sep or not name or not all(vals):
+            raise CLIError(f"--space: expected NAME=A|B|..., got {entry!r}")
+        if name == "lr":
+            name = "learning_rate"
+        if name not in _CATEGORICAL and name not in _MEMBER_FLAGS:
+            raise CLIError(f"--space: cannot search {name!r}; choose among "
+                           f"{', '.join([*_CATEGORICAL, 'lr', *list(_MEMBER_FLAGS)[1:]])}")
+        if name in out:
+            raise CLIError(f"--space: {name} given twice")
+        if len(set(vals)) != len(vals):
+            raise CLIError(f"--space {name}: a value is listed twice")
+        out[name] = vals
+    return out
+
+
+def _typed(name: str, text: str, types: dict):
+    """A ``--space`` value converted like its flag (numbers, true/false, or the text)."""
+    if name in _MEMBER_FLAGS:
+        try:
+            v = int(text) if name == "seed" else float(text)
+        except ValueError:
+            raise CLIError(f"--space {name}: expected numbers, got {text!r}") from None
+        if not math.isfinite(v):
+            raise CLIError(f"--space {name}: expected finite numbers, got {text!r}")
+        return v
+    typ = types.get(name)
+    if typ is bool:
+        if text.lower() not in ("true", "false"):
+            raise CLIError(f"--space {name}: expected true or false, got {text!r}")
+        return text.lower() == "true"
+    if typ is float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise CLIError(f"--space {name}: expected numbers, got {text!r}") from None
+        if not math.isfinite(v):
+            raise CLIError(f"--space {name}: expected finite numbers, got {text!r}")
+        return v
+    return text
+
+
+def _space(args) -> tuple[dict, list[str], dict[str, list]]:
+    """The search space from the flags, the numeric names it varies, and the categorical
+    choices."""
+    from jaxnn import search
+
+    types = {"batch_norm": bool, "bias_init": float, "dropout": float}
+    choices = {k: [_typed(k, v, types) for v in vs]
+               for k, vs in _space_items(args.space).items()}
     space, varied = {}, []
     for dest, name, fixed in _RANGES:
-        rng = _parse_range(getattr(args, dest), dest.replace("_", "-"))
+        log = name in search.LOG_SCALE
+        rng = _parse_range(getattr(args, dest), dest.replace("_", "-"), log=log)
         if rng is not None:
-            space[name] = rng
+            if name in choices:
+                raise CLIError(f"--{dest.replace('_', '-')} and --space {name}: give one")
+            space[name] = search.loguniform(*rng) if log else search.uniform(*rng)
             varied.append(name)
-        elif fixed is not None:
+        elif name in ("learning_rate", "l2"):
             space[name] = float(getattr(args, fixed))
-    if not varied:
-        raise CLIError("nothing to search: every --*-range is none")
-    return space, varied
+        elif name == "init_scale" and args.init_scale != 1.0:
+            space[name] = float(args.init_scale)
+    for name, vals in choices.items():
+        space[name] = search.choice(vals)
+    if not varied and not any(len(v) > 1 for v in choices.values()):
+        raise CLIError("nothing to search: every --*-range is none and --space lists no choice")
+    return space, varied, choices
 
 
 def _check_search_flags(args) -> None:
     if args.trials < 1:
         raise CLIError(f"--trials must be >= 1, got {args.trials}")
+    if args.population < 1:
+        raise CLIError(f"--population must be >= 1, got {args.population}")
     if args.stages < 1:
         raise CLIError(f"--stages must be >= 1, got {args.stages}")
     if args.coarse_epochs is not None and args.coarse_epochs < 1:
         raise CLIError(f"--coarse-epochs must be >= 1, got {args.coarse_epochs}")
     if args.top_k is not None and not 1 <= args.top_k <= args.trials:
         raise CLIError(f"--top-k must be in [1, --trials={args.trials}], got {args.top_k}")
-    if args.schedule != "constant":
-        raise CLIError(f"--schedule {args.schedule}: a search sets each trial's learning rate, "
-                       "which a schedule would override; use constant")
+    if getattr(args, "augment", None):
+        raise CLIError("--augment: search trains populations, which do not augment yet")
 
 
-def _grid_points(trials: int, ranges: int) -> int:
+def _grid_points(trials: int, ranges: int, combinations: int) -> int | None:
     """Values per range of the largest full grid of at most ``trials`` trials (at least 2)."""
-    points = int(trials ** (1 / ranges) + 1e-9)
+    if ranges == 0:
+        return None
+    points = int((trials / combinations) ** (1 / ranges) + 1e-9)
     if points < 2:
-        raise CLIError(f"--method grid needs --trials >= {2 ** ranges} for two values on each of "
-                       f"the {ranges} searched ranges, got {trials}")
+        raise CLIError(f"--method grid needs --trials >= {combinations * 2 ** ranges} for two "
+                       f"values on each of the {ranges} searched ranges"
+                       + (f" and the {combinations} categorical combinations"
+                          if combinations > 1 else "") + f", got {trials}")
     return points
 
 
+# --------------------------------------------------------------------------- the output directory
+def _search_dir(out: str | None) -> tuple[str, bool]:
+    """The output directory and whether it continues a search. A directory holding another
+    kind of run is refused; one holding a search is continued (several processes may share
+    it: no lock)."""
+    if out is None:
+        run = new_run_dir(None, "search")  # a fresh name, created atomically, probed writable
+        run.close()
+        return run.path, False
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CLIError(f"--out {out!r} exists and is not a directory")
+    continuing = os.path.isfile(os.path.join(out, _STUDY_FILE)) or os.path.isfile(
+        os.path.join(out, "results.json"))
+    if not continuing and os.path.isdir(out) and any(
+            os.path.exists(os.path.join(out, f)) for f in ("config.json", "checkpoints",
+                                                           "summary.json", "diagnosis.json")):
+        raise CLIError(f"--out {out!r} already holds a run that is not a search; choose another "
+                       "directory")
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, f".probe-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise CLIError(f"--out {out!r}: cannot write there ({e.strerror or e})") from None
+    return out, continuing
+
+
+# --------------------------------------------------------------------------- retraining
+def train_command(config: dict, params: dict, *, epochs: int) -> str:
+    """The ``jaxnn train`` line that retrains one trial: its training flags with the trial's
+    values (every flag spelled out, floats exactly)."""
+    c = dict(config)
+    for name, value in params.items():
+        c[_MEMBER_FLAGS.get(name, name)] = value
+    c["epochs"] = int(epochs)
+    argv = ["jaxnn", "train"]
+    for k in TRAIN_FLAGS:
+        v = c.get(k)
+        if v is None or v is False:
+            continue
+        flag = "--" + k.replace("_", "-")
+        argv += [flag] if v is True else [flag, repr(v) if isinstance(v, float) else str(v)]
+    return shlex.join(argv)
+
+
+# --------------------------------------------------------------------------- search
 def run_search(args) -> int:
-    import jax
+    import optuna
 
     from jaxnn import plots, search
 
     _check_search_flags(args)
-    space, varied = _space(args)
-    if args.method == "grid":
-        _grid_points(args.trials, len(varied))
+    space, varied, choices = _space(args)
+    spec = search.normalize(space)
+    combos = math.prod(len(v) for v in choices.values()) if choices else 1
+    grid_points = (_grid_points(args.trials, len(varied), combos) if args.method == "grid"
+                   else None)
     config = config_from_args(args)
-    setup = build(config)  # validates everything and loads the data before writing anything
-    run_dir = new_run_dir(args.out, "search")
+    # A searched (or fixed) init scale is each member's; the shared model keeps its own scale.
+    base = {**config, "init_scale": 1.0}
+    setup = build(base)  # validates everything and loads the data before writing anything
+    group_configs = {}
 
-    key = jax.random.key(args.seed)
-    common = dict(data=setup.data, batch_size=args.batch_size, model=setup.model,
-                  loss=setup.loss, optimizer=setup.optimizer)
+    def build_group(values: dict) -> dict:
+        c = {**base, **values}
+        key = tuple(sorted(values.items()))
+        if key not in group_configs:
+            s = build(c)
+            group_configs[key] = {"model": s.model, "optimizer": s.optimizer, "loss": s.loss}
+        return group_configs[key]
+
+    for name, vals in choices.items():  # every categorical value must build before training
+        if name not in _MEMBER_FLAGS:
+            for v in vals:
+                build_group({name: v})
+    out, continuing = _search_dir(args.out)
+    storage = args.storage or f"sqlite:///{os.path.abspath(os.path.join(out, _STUDY_FILE))}"
+    search_config = {**config, **{k: getattr(args, k) for k in _SEARCH_FLAGS}}
+    stage_epochs = ([args.epochs] if args.method != "coarse-to-fine" else
+                    [args.coarse_epochs or max(1, -(-args.epochs // 3))] * (args.stages - 1)
+                    + [args.epochs])
+
+    def attrs(trial) -> dict:
+        budget = stage_epochs[trial.stage or 0]
+        return {"command": train_command(config, trial.params, epochs=budget)}
+
+    def progress(r) -> None:
+        if args.quiet:
+            return
+        best = ("-" if r.best is None else
+                f"val_loss {r.best.val_loss:.4f} val_acc {_acc(r.best.val_acc)} "
+                f"(trial {r.best.number})")
+        print(f"round {r.number}: {r.finished}/{r.total} trials  best {best}  alive "
+              f"{r.alive}/{r.members}  ({r.groups} population{'s' if r.groups != 1 else ''}, "
+              f"{r.seconds:.1f}s)", flush=True)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study_storage = search.open_storage(storage)
+    except Exception as e:  # a bad URL, a missing database driver, an unreachable server
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CLIError(f"--storage {storage}: {msg}") from None
     start = time.perf_counter()
-    if args.method == "coarse-to-fine":
-        epochs = (args.epochs if args.coarse_epochs is None else
-                  [args.coarse_epochs] * (args.stages - 1) + [args.epochs])
-        res = search.coarse_to_fine(space, stages=args.stages, trials=args.trials, epochs=epochs,
-                                    key=key, top_k=args.top_k,
-                                    devices=population_devices(args, args.trials), **common)
-    else:
-        if args.method == "grid":
-            trials = search.grid(space, points=_grid_points(args.trials, len(varied)))
-        else:
-            trials = search.random(space, args.trials, key=jax.random.fold_in(key, 1))
-        ranked = search.run_trials(trials, epochs=args.epochs, key=key,
-                                   devices=population_devices(args, len(trials)), **common)
-        res = search.SearchResult(trials=ranked, best=ranked[0], stages=[])
+    try:
+        res = search.optimize(
+            space, data=setup.data, epochs=args.epochs, trials=args.trials,
+            key_seed=args.seed, method=args.method, population=args.population,
+            storage=study_storage, study_name=args.study_name, pruner=args.pruner,
+            batch_size=args.batch_size, model=setup.model, loss=setup.loss,
+            optimizer=setup.optimizer, build=build_group if choices else None,
+            grid_points=grid_points, stages=args.stages, coarse_epochs=args.coarse_epochs,
+            top_k=args.top_k, devices=population_devices(args, args.population),
+            metadata={k: v for k, v in search_config.items()
+                      if (k in TRAIN_FLAGS and k not in ("data_dir", "data_url"))
+                      or k in _STUDY_KEYS},
+            trial_attrs=attrs, on_round=progress)
+    except optuna.exceptions.StorageInternalError as e:
+        raise CLIError(f"--storage {storage}: {e}") from None
     seconds = time.perf_counter() - start
 
-    out = {
+    trials = [{**search.to_json(t), "stage": None if t.stage is None else t.stage + 1,
+               "command": train_command(config, t.params,
+                                        epochs=stage_epochs[t.stage or 0])}
+              for t in res.trials]
+    if args.method != "coarse-to-fine":
+        for t in trials:
+            del t["stage"]
+    best = next((t for t in trials if t["status"] != "diverged" and t["val_loss"] is not None),
+                None)
+    result = {
         "method": args.method,
-        "config": {**config, **{k: getattr(args, k) for k in _SEARCH_FLAGS}},
-        "space": search.to_json(search.normalize(space)),
+        "config": search_config,
+        "space": search.to_json(spec),
+        "study": {"storage": storage, "name": args.study_name},
         "seconds": seconds,
-        "trials": search.to_json(res.trials),
-        "best": search.to_json(res.best),
+        "trained_now": res.trained,
+        "trials": trials,
+        "best": best,
     }
-    if args.method == "coarse-to-fine":
-        out["stages"] = search.to_json(res.stages)
-    os.makedirs(run_dir, exist_ok=True)
-    write_json(os.path.join(run_dir, "results.json"), out)
-    plotted = [t for t in out["trials"] if t["val_acc"] is not None]
-    if plotted:
-        plots.scatter_by_param(plotted, varied, os.path.join(run_dir, "search.png"),
-                               log_params=[n for n in varied if n in search.LOG_SCALE])
+    write_json(os.path.join(out, "results.json"), result)
+    numeric = [n for n in spec if isinstance(spec[n], search.LogUniform | search.Uniform)]
+    plotted = [t for t in trials if t["val_acc"] is not None
+               and all(n in t["params"] for n in numeric)]
+    if plotted and numeric:
+        plots.scatter_by_param(plotted, numeric, os.path.join(out, "search.png"),
+                               log_params=[n for n in numeric
+                                           if isinstance(spec[n], search.LogUniform)],
+                               title=f"{args.method} search, {len(trials)} trials")
 
-    for i, st in enumerate(res.stages):
-        ranges = "  ".join(f"{n} [{st.space[n].low:.3g}, {st.space[n].high:.3g}]" for n in varied)
-        print(f"stage {i + 1}: {len(st.trials)} trials x {st.epochs} epochs  {ranges}  "
-              f"best val_acc {_acc(st.trials[0].val_acc)}")
-    print(_trial_table(out["trials"], varied))
-    n_div = sum(t["status"] == "diverged" for t in out["trials"])
-    best = out["best"]
-    print("best: " + "  ".join(f"{n}={best['params'][n]:.4g}" for n in varied)
-          + f"  val_acc {_acc(best['val_acc'])}  ({len(out['trials'])} trials, {n_div} diverged, "
-          f"{seconds:.1f}s)")
-    print(f"results: {os.path.join(run_dir, 'results.json')}")
+    shown = [n for n in spec if n in varied or n in choices]
+    print(_trial_table(trials, shown))
+    n_div = sum(t["status"] == "diverged" for t in trials)
+    n_pruned = sum(t["status"] == "pruned" for t in trials)
+    summary = (f"{len(trials)} trials ({n_div} diverged, {n_pruned} pruned; {res.trained} "
+               f"trained now), {seconds:.1f}s")
+    print(f"results: {os.path.join(out, 'results.json')}  study: {args.study_name} in {storage}")
+    if best is None:
+        sys.stderr.write(f"jaxnn search: no usable trial: {summary}; every trial diverged (try "
+                         "a lower --lr-range)\n")
+        return 1
+    print("best: " + "  ".join(f"{n}={_fmt(best['params'].get(n))}" for n in shown)
+          + f"  val_loss {best['val_loss']:.4f}  val_acc {_acc(best['val_acc'])}  ({summary})")
+    print(f"retrain it: {best['command']}")
     return 0
 
 
@@ -200,14 +432,18 @@ def _acc(v) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
-def _trial_table(trials: list[dict], varied: list[str]) -> str:
-    rows = [[i + 1, *(float(t["params"][n]) for n in varied),
-             "-" if t["val_acc"] is None else t["val_acc"],
-             "-" if t["val_loss"] is None else t["val_loss"], t["status"]]
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _trial_table(trials: list[dict], shown: list[str]) -> str:
+    rows = [[i + 1, t["number"], *(_fmt(t["params"].get(n)) for n in shown),
+             "-" if t["val_loss"] is None else t["val_loss"],
+             "-" if t["val_acc"] is None else t["val_acc"], t["status"]]
             for i, t in enumerate(trials)]
     if len(rows) > _SHOWN:
         rows = rows[:_SHOWN - 2] + [["..."] + [""] * (len(rows[0]) - 1)] + rows[-1:]
-    return table(rows, ["rank", *varied, "val_acc", "val_loss", "status"])
+    return table(rows, ["rank", "trial", *shown, "val_loss", "val_acc", "status"])
 
 
 # --------------------------------------------------------------------------- ensemble
@@ -219,8 +455,10 @@ def run_ensemble(args) -> int:
 
     if args.members < 1:
         raise CLIError(f"--members must be >= 1, got {args.members}")
+    if getattr(args, "augment", None):
+        raise CLIError("--augment: ensemble trains a population, which does not augment yet")
     config = config_from_args(args)
-    setup = build(config)
+    setup = build({**config, "init_scale": 1.0})
     run_dir = new_run_dir(args.out, "ensemble")
 
     start = time.perf_counter()
@@ -228,6 +466,7 @@ def run_ensemble(args) -> int:
         setup.data, members=args.members, epochs=args.epochs, key=jax.random.key(args.seed),
         model=setup.model, loss=setup.loss, optimizer=setup.optimizer,
         batch_size=args.batch_size, learning_rate=args.lr, l2=args.l2,
+        init_scale=config.get("init_scale", 1.0),
         devices=population_devices(args, args.members))
     seconds = time.perf_counter() - start
     summary = {
@@ -248,11 +487,16 @@ def run_ensemble(args) -> int:
             enumerate(zip(res.member_test_acc, res.member_test_loss, res.status, strict=True))]
     rows.append(["mean member", float(np.mean(res.member_test_acc)),
                  float(np.mean(res.member_test_loss)), ""])
-    rows.append([f"ensemble of {sum(s != 'diverged' for s in res.status)}",
-                 float(res.ensemble_test_acc), float(res.ensemble_test_loss), ""])
+    healthy = sum(s != "diverged" for s in res.status)
+    rows.append([f"ensemble of {healthy}", float(res.ensemble_test_acc),
+                 float(res.ensemble_test_loss), ""])
     print(table(rows, ["model", "test_acc", "test_loss", "status"]))
+    print(f"summary: {os.path.join(run_dir, 'summary.json')}")
+    if healthy == 0:
+        sys.stderr.write(f"jaxnn ensemble: every member diverged ({seconds:.1f}s); try a lower "
+                         "--lr\n")
+        return 1
     gain = res.ensemble_test_acc - float(np.mean(res.member_test_acc))
     print(f"ensemble test accuracy {res.ensemble_test_acc:.4f} ({gain:+.4f} vs the mean member, "
           f"{seconds:.1f}s)")
-    print(f"summary: {os.path.join(run_dir, 'summary.json')}")
     return 0
