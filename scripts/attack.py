@@ -140,7 +140,7 @@ def kills(d: str, n_kills: int, seed: int = 0) -> dict:
     rng = random.Random(seed)
     run = os.path.join(d, "killed")
     metrics = os.path.join(run, "metrics.jsonl")
-    argv, done_kills, resumes, tracebacks = ["train", *args, "--out", run], 0, 0, 0
+    argv, done_kills, resumes, tracebacks, skipped = ["train", *args, "--out", run], 0, 0, 0, 0
     while True:
         before = len(_lines(metrics)) if os.path.exists(metrics) else 0
         p = subprocess.Popen([sys.executable, "-m", "jaxnn", *argv], stdout=subprocess.PIPE,
@@ -157,6 +157,7 @@ def kills(d: str, n_kills: int, seed: int = 0) -> dict:
                 done_kills += 1
         _, err = p.communicate()
         tracebacks += "Traceback" in err
+        skipped += err.count("skipped checkpoint")
         if os.path.exists(os.path.join(run, "summary.json")):
             break
         argv = ["resume", run, "--quiet"]
@@ -166,6 +167,8 @@ def kills(d: str, n_kills: int, seed: int = 0) -> dict:
         a["train_loss"]) and abs(a["val_loss"] - b["val_loss"]) <= 1e-6 * abs(a["val_loss"])
         for a, b in zip(want, got, strict=False)]
     return {"kills": done_kills, "resumes": resumes, "tracebacks": tracebacks,
+            "checkpoints_skipped": skipped,
+            "left_in_checkpoints": sorted(os.listdir(os.path.join(run, "checkpoints"))),
             "epochs": len(got), "expected_epochs": len(want),
             "identical_epochs": int(sum(same)),
             "identical": len(got) == len(want) and all(same)}
@@ -182,7 +185,8 @@ def main() -> int:
     n_clean = sum(r["clean"] for r in bad)
     print(f"bad inputs: {len(bad)} tried, {n_clean} clean one-line errors (exit 2, nothing left)")
     if k:
-        print(f"kill -9: {k['kills']} kills, {k['resumes']} resumes, {k['tracebacks']} tracebacks; "
+        print(f"kill -9: {k['kills']} kills, {k['resumes']} resumes, {k['tracebacks']} tracebacks, "
+              f"{k['checkpoints_skipped']} checkpoints skipped as unreadable; "
               f"{k['identical_epochs']}/{k['expected_epochs']} epochs identical to the "
               f"uninterrupted run")
     if args.out:
