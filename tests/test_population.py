@@ -3,9 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from jaxnn import layers, optim, population, train
+from jaxnn import layers, losses, models, optim, population, train
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +16,7 @@ def dataset(make_blobs):
 
 @pytest.fixture(scope="module")
 def model():
-    return layers.mlp([6, 12, 3])
+    return models.mlp([6, 12, 3])
 
 
 HP = {
@@ -119,3 +120,124 @@ def test_probe_adds_a_history_entry(dataset, model):
     p1, s1 = population.member(res, 1)
     expected = float(jnp.mean(model.apply(p1, s1, x_probe)[0]))
     assert res.history["mean_logit"][-1, 1] == pytest.approx(expected, rel=1e-5)
+
+
+def _fit(model, dataset, opt, key, *, epochs=3, l2=0.0, loss="softmax_cross_entropy"):
+    return train.fit(model, dataset, optimizer=opt, epochs=epochs, batch_size=32, key=key,
+                     l2=l2, loss=loss)
+
+
+def test_momentum_and_keys_per_member_equal_fit(dataset, model):
+    # Member i with momentum m[i] and its own key trains as fit() with those settings.
+    keys = jnp.stack([jax.random.key(7), jax.random.key(9)])
+    res = population.train_population(
+        data=dataset, hparams={"learning_rate": np.array([0.05, 0.05]),
+                               "momentum": np.array([0.5, 0.95])},
+        epochs=3, batch_size=32, key=keys, model=model, optimizer=optim.momentum(1.0))
+    for i, (k, m) in enumerate(((7, 0.5), (9, 0.95))):
+        hist = _fit(model, dataset, optim.momentum(0.05, momentum=m), jax.random.key(k))
+        # float32 rounding (vmapped vs plain matmuls) over 12 steps: far below 1e-5 relative.
+        np.testing.assert_allclose(res.history["val_loss"][:, i], hist["val_loss"], rtol=1e-5)
+    with pytest.raises(ValueError, match="injectable 'momentum'"):
+        population.train_population(data=dataset, hparams={"learning_rate": [0.1],
+                                                           "momentum": [0.5]},
+                                    epochs=1, batch_size=32, key=jax.random.key(0), model=model,
+                                    optimizer=optim.adam(0.1))
+    with pytest.raises(ValueError, match="seed"):
+        population.train_population(data=dataset, hparams={"learning_rate": [0.1, 0.2],
+                                                           "seed": [0, 1]},
+                                    epochs=1, batch_size=32, key=keys, model=model)
+
+
+def test_schedule_gives_each_member_its_own_rate(dataset, model):
+    # Under a cosine schedule member i follows lr[i] * cosine shape: the same run as optax's own
+    # cosine_decay_schedule(lr[i]) (the reference, built with optax directly).
+    steps = 3 * 4  # 3 epochs of ceil(100 / 32) batches
+    shape = optim.get_schedule("cosine", 1.0, total_steps=steps)
+    lrs = np.array([0.3, 0.03])
+    res = population.train_population(
+        data=dataset, hparams={"learning_rate": lrs, "seed": np.array([0, 0])}, epochs=3,
+        batch_size=32, key=jax.random.key(2), model=model, optimizer=optim.sgd(1.0, schedule=shape))
+    for i, lr in enumerate(lrs):
+        ref = optax.inject_hyperparams(optax.sgd)(
+            learning_rate=optax.cosine_decay_schedule(float(lr), steps))
+        hist = _fit(model, dataset, ref, jax.random.fold_in(jax.random.key(2), 0))
+        np.testing.assert_allclose(res.history["train_loss"][:, i], hist["train_loss"], rtol=1e-5)
+        # The rate of the last step, by hand: lr (1 + cos(pi t / T)) / 2 at t = T - 1.
+        expected = lr * 0.5 * (1 + np.cos(np.pi * (steps - 1) / steps))
+        assert hist["lr"][-1] == pytest.approx(expected, rel=1e-5)
+    # Had the schedule overridden the members' rates, the two members would be one run.
+    assert not np.allclose(res.history["train_loss"][:, 0], res.history["train_loss"][:, 1])
+
+
+def test_on_epoch_freezes_members_as_pruned(dataset, model, result):
+    seen = []
+
+    def on_epoch(epoch, metrics, trained):
+        seen.append((epoch, trained.copy(), metrics["val_loss"].copy()))
+        return np.array([False, epoch == 1, False])  # prune member 1 after its first epoch
+
+    res = population.train_population(
+        data=dataset, hparams=HP, epochs=3, batch_size=32, key=jax.random.key(1), model=model,
+        optimizer=optim.momentum(1.0), on_epoch=on_epoch)
+    assert res.status == ["ok", "pruned", "ok"]
+    np.testing.assert_array_equal(res.epochs, [3, 1, 3])
+    assert [list(t) for _, t, _ in seen] == [[True] * 3, [True, False, True], [True, False, True]]
+    # The others train as without it; member 1 keeps its epoch-1 numbers and parameters.
+    for i in (0, 2):
+        np.testing.assert_allclose(res.history["val_loss"][:, i], result.history["val_loss"][:, i],
+                                   rtol=2e-5)
+    assert np.isnan(res.history["val_loss"][1:, 1]).all()
+    assert res.final["val_loss"][1] == seen[0][2][1]
+    one_epoch = _run(dataset, model, _pick(HP, [1]), epochs=1)
+    np.testing.assert_allclose(np.asarray(res.params["layer_0"]["w"][1]),
+                               np.asarray(one_epoch.params["layer_0"]["w"][0]), rtol=1e-5,
+                               atol=1e-7)
+
+
+def test_nan_model_with_finite_loss_is_diverged(dataset, model):
+    # The hinge loss clips at 0: with lr 1e20 the weights turn NaN while the loss can look fine.
+    res = population.train_population(
+        data=dataset, hparams={"learning_rate": np.array([1e20, 0.05])}, epochs=2, batch_size=32,
+        key=jax.random.key(0), model=model, loss=losses.multiclass_hinge_loss,
+        optimizer=optim.momentum(1.0))
+    assert res.status == ["diverged", "ok"]
+    for leaf in jax.tree.leaves(res.params):
+        assert np.all(np.isfinite(np.asarray(leaf)))  # the last good (initial) parameters
+    assert res.epochs[0] == 0 and np.isnan(res.final["val_acc"][0])
+
+
+def _dropout_mlp(rate):
+    """6 -> 12 (relu, dropout rate) -> 3, with a dropout that takes a traced rate."""
+
+    def drop_init(key, input_shape):
+        return input_shape, {}, {}
+
+    def drop_apply(params, state, x, *, train=False, key=None, mask=None):
+        if not train:
+            return x, state
+        keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+        return jnp.where(keep, x / (1.0 - rate), 0.0), state
+
+    return models.serial(layers.Dense(12), layers.Activation("relu"),
+                         layers.Layer(drop_init, drop_apply, name="dropout"), layers.Dense(3),
+                         input_shape=(6,))
+
+
+def test_dropout_per_member_from_a_model_factory(dataset):
+    rates = np.array([0.0, 0.5])
+    res = population.train_population(
+        data=dataset, hparams={"learning_rate": np.array([0.1, 0.1]), "dropout": rates,
+                               "seed": np.array([0, 0])},
+        epochs=2, batch_size=32, key=jax.random.key(4), model=_dropout_mlp,
+        optimizer=optim.momentum(1.0))
+    for i, r in enumerate(rates):
+        hist = _fit(_dropout_mlp(float(r)), dataset, optim.momentum(0.1),
+                    jax.random.fold_in(jax.random.key(4), 0), epochs=2)
+        np.testing.assert_allclose(res.history["train_loss"][:, i], hist["train_loss"], rtol=1e-5)
+    assert not np.allclose(res.history["train_loss"][:, 0], res.history["train_loss"][:, 1])
+    with pytest.raises(ValueError, match="function rate -> Model"):
+        population.train_population(data=dataset, hparams={"learning_rate": [0.1],
+                                                           "dropout": [0.5]},
+                                    epochs=1, batch_size=32, key=jax.random.key(0),
+                                    model=models.mlp([6, 12, 3]))
