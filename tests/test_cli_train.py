@@ -148,9 +148,11 @@ def test_a_foreign_config_is_one_line_naming_file_and_key(capsys, tmp_path, good
 # --------------------------------------------------------------------------- resume
 def test_resume_after_a_corrupt_newest_checkpoint_continues_identically(capsys, tmp_path, npz):
     ref, run = tmp_path / "ref", tmp_path / "run"
-    code, _, err = _cli(capsys, "train", "--dataset", npz, *TINY, "--out", str(ref),
-                        "--epochs", "4")
+    code, stdout, err = _cli(capsys, "train", "--dataset", npz, *TINY, "--out", str(ref),
+                             "--epochs", "4")
     assert code == 0, err
+    rows = [s.split()[0] for s in stdout.splitlines() if s.strip()[:1].isdigit()]
+    assert rows == ["1", "2", "3", "4"]  # few epochs: every one in the table, no "..."
     code, _, err = _cli(capsys, "train", "--dataset", npz, *TINY, "--out", str(run),
                         "--epochs", "4")
     assert code == 0, err
@@ -205,6 +207,26 @@ def test_a_second_process_on_a_live_run_is_refused(tmp_path, npz):
     finally:
         first.kill()
         first.wait()
+
+
+@pytest.mark.slow
+def test_progress_lines_arrive_while_it_runs_when_piped(tmp_path, npz):
+    """Not a terminal: one flushed line per epoch, readable while the run goes on."""
+    p = _jaxnn("train", "--dataset", npz, *TINY, "--out", str(tmp_path / "r"),
+               "--epochs", "100000")
+    try:
+        first = p.stderr.readline()
+        second = p.stderr.readline()
+        assert p.poll() is None  # still running: the lines were flushed as they happened
+        assert first.startswith("epoch 1/100000") and second.startswith("epoch 2/100000")
+        assert "val_acc" in first
+    finally:
+        p.kill()
+        p.communicate()
+    quiet = _jaxnn("train", "--dataset", npz, *TINY, "--out", str(tmp_path / "q"),
+                   "--epochs", "2", "--quiet")
+    _, err = quiet.communicate(timeout=300)
+    assert quiet.returncode == 0 and "epoch 1/" not in err
 
 
 @pytest.mark.slow
