@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -168,7 +169,7 @@ def _help_of(parser, flag: str) -> str:
 
 def test_every_flag_of_every_verb_has_help_with_its_default():
     seen = 0
-    for path, parser in _parsers():
+    for _, parser in _parsers():
         text = parser.format_help()
         assert not re.search(r"\{[a-z_]+\}", text), f"placeholder left in `{parser.prog} --help`"
         for action in parser._actions:
@@ -327,3 +328,44 @@ def test_the_console_script_caches_compiles_and_a_warm_run_gives_the_same_losses
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0").returncode == 0
     assert not (tmp_path / "c3").exists() and len(os.listdir(mine)) > 0
     assert losses_of("cold") == losses_of("warm") == losses_of("off") == losses_of("users")
+
+
+# --------------------------------------------------------------------------- registry acceptance
+@pytest.fixture(scope="module")
+def base_config():
+    from jaxnn.cli._common import config_from_args
+
+    return config_from_args(_build_parser().parse_args(["train", "--hidden", "6"]))
+
+
+@pytest.mark.parametrize("name", activations.names())
+def test_every_registered_activation_is_accepted(base_config, name):
+    """`--activation NAME` builds a model for every registered name; its scores are finite and
+    shaped [batch, classes] on real inputs."""
+    from jaxnn.cli._common import build
+
+    setup = build({**base_config, "activation": name})
+    params, state = setup.model.init(jax.random.key(0))
+    x = np.asarray(setup.data.x_train[:3])
+    scores, _ = setup.model.apply(params, state, x)
+    assert scores.shape == (3, setup.data.num_classes) and np.all(np.isfinite(scores))
+
+
+@pytest.mark.parametrize("name", initializers.names())
+def test_every_registered_initializer_is_accepted_or_named_as_needing_arguments(base_config,
+                                                                                name):
+    from jaxnn.cli import CLIError
+    from jaxnn.cli._common import build
+
+    try:
+        initializers.get(name)
+        usable = True
+    except (ValueError, TypeError):
+        usable = False
+    if usable:
+        setup = build({**base_config, "init": name})
+        params, _ = setup.model.init(jax.random.key(0))
+        assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
+    else:
+        with pytest.raises(CLIError, match=f"--init: '{name}' needs arguments"):
+            build({**base_config, "init": name})
