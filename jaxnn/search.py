@@ -779,14 +779,17 @@ def optimize(
         "cmaes": lambda s: optuna.samplers.CmaEsSampler(seed=s, popsize=max(2, population),
                                                         warn_independent_sampling=False),
         "random": lambda s: optuna.samplers.RandomSampler(seed=s),
-        "grid": lambda s: _Grid(values, seed=s),
         "coarse-to-fine": lambda s: _Within(narrowed, s),
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # One grid sampler: its shuffled grid order must be the same for every trial (its
+        # first trials take grid point number = trial number, unique across processes).
+        sampler = (_Grid(values, seed=key_seed) if method == "grid" else
+                   _SeedPerTrial(makers[method], key_seed))
         study = optuna.create_study(storage=open_storage(storage), study_name=study_name,
                                     direction="minimize", load_if_exists=True, pruner=pruner,
-                                    sampler=_SeedPerTrial(makers[method], key_seed))
+                                    sampler=sampler)
     _check_metadata(study, {**dict(metadata or {}), "method": method,
                             "space": {k: to_json(s) for k, s in spec.items()},
                             "epochs": stage_epochs})

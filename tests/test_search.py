@@ -7,9 +7,10 @@ import math
 
 import jax
 import numpy as np
+import optuna
 import pytest
 
-from jaxnn import layers, optim, population, search
+from jaxnn import models, optim, population, search, train
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def dataset(make_blobs):
 
 @pytest.fixture(scope="module")
 def model():
-    return layers.mlp([6, 12, 3])
+    return models.mlp([6, 12, 3])
 
 
 def _trial(lr, l2, acc, loss=0.5, status="ok"):
@@ -129,14 +130,17 @@ def test_random_is_deterministic_per_key():
 
 
 # --------------------------------------------------------------------------- ranking, narrowing
-def test_sort_trials_by_val_acc_diverged_last():
-    trials = [_trial(0.1, 0, 0.80), _trial(0.2, 0, 0.99, status="diverged"),
-              _trial(0.3, 0, 0.90, loss=0.4), _trial(0.4, 0, None), _trial(0.5, 0, 0.90, loss=0.3),
-              _trial(0.6, 0, 0.95, status="stopped")]
+def test_sort_trials_by_val_loss_diverged_last():
+    trials = [_trial(0.1, 0, 0.80, loss=0.9), _trial(0.2, 0, 0.99, loss=0.01, status="diverged"),
+              _trial(0.3, 0, 0.90, loss=0.4), _trial(0.4, 0, None, loss=None),
+              _trial(0.5, 0, 0.95, loss=0.4), _trial(0.6, 0, 0.85, loss=0.2, status="stopped"),
+              _trial(0.7, 0, 0.70, loss=0.3, status="pruned")]
     ranked = search.sort_trials(trials)
     order = [t.params["learning_rate"] for t in ranked]
-    assert order[:4] == [0.6, 0.5, 0.3, 0.1]  # "stopped" is healthy; ties by val_loss
-    assert set(order[4:]) == {0.2, 0.4}
+    # "stopped" and "pruned" are usable; equal losses rank by val_acc.
+    assert order[:5] == [0.6, 0.7, 0.5, 0.3, 0.1]
+    assert set(order[5:]) == {0.2, 0.4}
+    assert [search.usable(t) for t in ranked] == [True] * 5 + [False] * 2
 
 
 def test_narrow_lies_inside_and_contains_the_best():
@@ -200,10 +204,11 @@ def test_run_trials_sorted_with_divergence_stopped(ran):
     assert len(out) == 4
     assert sorted(map(str, (t.params for t in out))) == sorted(map(str, trials))
     assert out[-1].params["learning_rate"] == 1e4 and out[-1].status == "diverged"
-    healthy = [t.val_acc for t in out if t.status == "ok"]
-    assert len(healthy) == 3 and healthy == sorted(healthy, reverse=True)
+    healthy = [t.val_loss for t in out if t.status == "ok"]
+    assert len(healthy) == 3 and healthy == sorted(healthy)
     json.loads(json.dumps(search.to_json(out)))  # plain JSON, NaN as null
-    assert set(search.to_json(out[0])) == {"params", "val_acc", "val_loss", "train_loss", "status"}
+    assert set(search.to_json(out[0])) == {"params", "val_acc", "val_loss", "train_loss", "status",
+                                           "number", "epochs", "key_seed", "stage"}
 
 
 def test_run_trials_keeps_each_trial_with_its_own_numbers(dataset, model, ran):
@@ -260,9 +265,171 @@ def test_coarse_to_fine_epochs_default_and_checks():
                               key=jax.random.key(0))
 
 
-def test_public_names():
-    assert set(search.__all__) == {
-        "LOG_SCALE", "LogUniform", "Uniform", "Choice", "loguniform", "uniform", "choice",
-        "normalize", "grid", "random", "Trial", "Stage", "SearchResult", "run_trials",
-        "sort_trials", "narrow", "coarse_to_fine", "to_json"}
-    assert all(hasattr(search, n) for n in search.__all__)
+# --------------------------------------------------------------------------- Optuna studies
+@pytest.fixture(scope="module")
+def tiny():
+    return models.mlp([6, 8, 3])
+
+
+@pytest.fixture(scope="module")
+def sgd_opt():
+    return optim.momentum(1.0)  # one object, so every study reuses its compiled epoch
+
+
+SPACE = {"learning_rate": (1e-2, 1.0), "l2": (1e-6, 1e-2)}
+
+
+def _optimize(dataset, tiny, sgd_opt, space=SPACE, **kw):
+    kw = {"trials": 4, "population": 4, "pruner": "none", "epochs": 2, **kw}
+    return search.optimize(space, data=dataset, batch_size=32, model=tiny, optimizer=sgd_opt,
+                           **kw)
+
+
+def _fit_val_loss(tiny, dataset, params, *, epochs=2, key_seed=0, loss="softmax_cross_entropy"):
+    hist = train.fit(tiny, dataset, optimizer=optim.momentum(params["learning_rate"]),
+                     epochs=epochs, batch_size=32, key=jax.random.key(key_seed),
+                     l2=params.get("l2", 0.0), loss=loss)
+    return hist["val_loss"]
+
+
+def test_tpe_study_is_read_by_optuna_and_a_rerun_continues_it(tmp_path, dataset, tiny, sgd_opt):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    first = _optimize(dataset, tiny, sgd_opt, storage=url, study_name="s")
+    assert first.trained == 4 and len(first.trials) == 4
+    study = optuna.load_study(study_name="s", storage=url)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    for t in first.trials:
+        ft = study.trials[t.number]
+        assert ft.params == t.params and ft.value == t.val_loss
+        assert sorted(ft.intermediate_values) == [1, 2]  # every epoch's validation loss
+        assert ft.intermediate_values[2] == t.val_loss
+        assert ft.user_attrs["status"] == "ok" and ft.user_attrs["key_seed"] == 0
+    # The told value is what fit() reaches with the trial's settings and jax.random.key(0)
+    # (float32 rounding over 8 steps, vmapped or not: far below 1e-4 relative).
+    best = first.best
+    np.testing.assert_allclose(best.val_loss, _fit_val_loss(tiny, dataset, best.params)[-1],
+                               rtol=1e-4)
+    # The same call with more trials continues the study; its first trials are untouched.
+    second = _optimize(dataset, tiny, sgd_opt, storage=url, study_name="s", trials=7)
+    assert second.trained == 3
+    assert sorted(t.number for t in second.trials) == list(range(7))
+    by_number = {t.number: t for t in second.trials}
+    assert all(by_number[t.number] == t for t in first.trials)
+    assert _optimize(dataset, tiny, sgd_opt, storage=url, study_name="s", trials=7).trained == 0
+    # A different search may not continue it.
+    with pytest.raises(ValueError, match="holds a different search"):
+        _optimize(dataset, tiny, sgd_opt, storage=url, study_name="s", trials=8, method="random")
+
+
+def test_a_killed_process_running_trial_is_neither_counted_nor_waited_for(dataset, tiny,
+                                                                          sgd_opt):
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="k")
+    study.ask()  # left RUNNING, as by a process killed in the middle of its round
+    res = _optimize(dataset, tiny, sgd_opt, storage=storage, study_name="k", trials=3)
+    states = [t.state for t in optuna.load_study(study_name="k", storage=storage).trials]
+    assert res.trained == 3 and len(res.trials) == 3
+    assert states.count(optuna.trial.TrialState.RUNNING) == 1
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3
+
+
+def test_a_failed_round_leaves_no_trial_running(dataset, tiny, sgd_opt, monkeypatch):
+    def broken(**kw):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(population, "train_population", broken)
+    storage = optuna.storages.InMemoryStorage()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        _optimize(dataset, tiny, sgd_opt, storage=storage, study_name="f")
+    states = {t.state for t in optuna.load_study(study_name="f", storage=storage).trials}
+    assert states == {optuna.trial.TrialState.FAIL}
+
+
+def test_categorical_values_train_as_one_population_each(dataset, sgd_opt, monkeypatch):
+    nets = {a: models.mlp([6, 8, 3], activation=a) for a in ("relu", "tanh")}
+    built, calls = [], []
+    real = population.train_population
+
+    def spy(**kw):
+        calls.append((kw["model"], [float(v) for v in kw["hparams"]["learning_rate"]]))
+        return real(**kw)
+
+    def build(values):
+        built.append(dict(values))
+        return {"model": nets[values["activation"]]}
+
+    monkeypatch.setattr(population, "train_population", spy)
+    res = search.optimize({"learning_rate": (1e-2, 1.0), "activation": ["relu", "tanh"]},
+                          data=dataset, epochs=1, batch_size=32, trials=8, population=8,
+                          method="random", pruner="none", optimizer=sgd_opt, build=build)
+    acts = {t.params["activation"] for t in res.trials}
+    assert acts == {"relu", "tanh"}  # 8 random draws: both, with probability 1 - 2^-7
+    assert len(calls) == len(acts) and sorted(map(str, built)) == sorted(
+        str({"activation": a}) for a in acts)  # one build and one population per value
+    for t in res.trials:
+        model, lrs = next(c for c in calls if c[0] is nets[t.params["activation"]])
+        assert t.params["learning_rate"] in lrs
+
+
+def test_pruned_members_are_frozen_and_the_others_unaffected(dataset, tiny, sgd_opt):
+    class PruneFastOnes(optuna.pruners.BasePruner):
+        def prune(self, study, trial):
+            return trial.params["learning_rate"] > 0.3 and trial.last_step == 1
+
+    res = _optimize(dataset, tiny, sgd_opt, space={"learning_rate": [0.05, 0.5]}, epochs=3,
+                    method="grid", pruner=PruneFastOnes())
+    slow, fast = sorted(res.trials, key=lambda t: t.params["learning_rate"])
+    assert (slow.status, slow.epochs) == ("ok", 3) and (fast.status, fast.epochs) == ("pruned", 1)
+    ft = res.study.trials[fast.number]
+    assert ft.state == optuna.trial.TrialState.PRUNED and sorted(ft.intermediate_values) == [1]
+    # The pruned trial keeps its epoch-1 numbers; its neighbour trains as it would alone.
+    np.testing.assert_allclose(fast.val_loss, _fit_val_loss(tiny, dataset, fast.params,
+                                                            epochs=1)[-1], rtol=1e-4)
+    np.testing.assert_allclose(slow.val_loss, _fit_val_loss(tiny, dataset, slow.params,
+                                                            epochs=3)[-1], rtol=1e-4)
+
+
+def test_nan_models_are_diverged_and_never_best(dataset, tiny, sgd_opt):
+    kw = {"method": "grid", "loss": "multiclass_hinge_loss"}
+    res = _optimize(dataset, tiny, sgd_opt, space={"learning_rate": [1e20, 0.05]}, **kw)
+    wild = next(t for t in res.trials if t.params["learning_rate"] == 1e20)
+    assert wild.status == "diverged" and not search.usable(wild)
+    assert res.study.trials[wild.number].state == optuna.trial.TrialState.PRUNED
+    assert res.best.params["learning_rate"] == 0.05 and res.trials[0] == res.best
+    all_bad = _optimize(dataset, tiny, sgd_opt, space={"learning_rate": [1e20]}, **kw)
+    assert all_bad.best is None and [t.status for t in all_bad.trials] == ["diverged"]
+
+
+def test_grid_trains_every_point_once_over_rounds(dataset, tiny, sgd_opt):
+    space = {"learning_rate": [0.05, 0.2], "l2": [0.0, 1e-3], "seed": [3]}
+    res = _optimize(dataset, tiny, sgd_opt, space=space, trials=10, population=3,
+                    method="grid")
+    got = sorted((t.params["learning_rate"], t.params["l2"]) for t in res.trials)
+    assert got == sorted(itertools.product([0.05, 0.2], [0.0, 1e-3]))  # 4 points, 2 rounds
+    assert {t.key_seed for t in res.trials} == {3}  # a fixed seed is every trial's key
+
+
+def test_coarse_to_fine_study_narrows_its_second_stage(dataset, tiny, sgd_opt):
+    res = _optimize(dataset, tiny, sgd_opt, space={"learning_rate": (1e-3, 3.0)}, trials=4,
+                    method="coarse-to-fine", stages=2, top_k=2)
+    s0 = [t for t in res.trials if t.stage == 0]
+    s1 = [t for t in res.trials if t.stage == 1]
+    assert len(s0) == len(s1) == 4
+    assert {t.epochs for t in s0} <= {1} and {t.epochs for t in s1} <= {2}  # coarse: ceil(2/3)
+    rng = search.narrow({"learning_rate": (1e-3, 3.0)}, s0, top_k=2)["learning_rate"]
+    assert rng.high / rng.low < 3.0 / 1e-3
+    assert all(rng.low <= t.params["learning_rate"] <= rng.high for t in s1)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"method": "bayes"}, "method"),
+    ({"trials": 0}, "trials"),
+    ({"pruner": "hyperband"}, "pruner"),
+])
+def test_optimize_rejects(dataset, tiny, sgd_opt, kw, match):
+    with pytest.raises(ValueError, match=match):
+        _optimize(dataset, tiny, sgd_opt, **kw)
+    with pytest.raises(ValueError, match="build="):
+        _optimize(dataset, tiny, sgd_opt, space={**SPACE, "activation": ["relu", "tanh"]})
+    with pytest.raises(ValueError, match="learning_rate"):
+        _optimize(dataset, tiny, sgd_opt, space={"l2": (1e-6, 1e-2)})
