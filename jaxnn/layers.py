@@ -466,7 +466,8 @@ _LEARNABLE = {"prelu": ("alpha", 0.25)}
 
 
 def Activation(name: str, **kw: Any) -> Layer:
-    r"""The nonlinearity ``jaxnn.activations.get(name)`` as a layer, with options ``kw``.
+    r"""The nonlinearity ``jaxnn.activations.get(name)`` as a layer, with options ``kw``
+    (``name`` may also be a function ``f(x, **kw)``).
 
     ``Activation("leaky_relu", negative_slope=0.2)``; ``Activation("maxout", num_pieces=2)``
     takes the max over groups of consecutive channels (the last axis shrinks by
@@ -508,7 +509,8 @@ def Activation(name: str, **kw: Any) -> Layer:
         y, state, _ = trace(params, state, x)
         return y, state
 
-    return Layer(init_fn, apply, name=learn or "act", trace=trace, activation=name)
+    return Layer(init_fn, apply, name=learn or "act", trace=trace,
+                 activation=name if isinstance(name, str) else None)
 
 
 def Maxout(

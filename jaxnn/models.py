@@ -333,7 +333,7 @@ DEFAULT_ARCH = "conv:32,conv:32,pool,conv:64,pool,fc:128"
 class ArchItem(NamedTuple):
     """One entry of an architecture: ``kind`` is ``"conv"``, ``"pool"``, ``"avgpool"``,
     ``"fc"`` or ``"dropout"``; ``size`` the channels, units or drop probability; ``kernel`` the
-    convolution's kernel size."""
+    convolution's kernel size (``None``: 3)."""
 
     kind: str
     size: float | None = None
@@ -341,7 +341,8 @@ class ArchItem(NamedTuple):
 
     def __str__(self) -> str:
         if self.kind == "conv":
-            return f"conv:{int(self.size)}" + ("" if self.kernel == 3 else f":{self.kernel}")
+            return f"conv:{int(self.size)}" + ("" if self.kernel in (None, 3) else
+                                               f":{self.kernel}")
         if self.kind == "fc":
             return f"fc:{int(self.size)}"
         if self.kind == "dropout":
