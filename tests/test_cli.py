@@ -369,3 +369,23 @@ def test_every_registered_initializer_is_accepted_or_named_as_needing_arguments(
     else:
         with pytest.raises(CLIError, match=f"--init: '{name}' needs arguments"):
             build({**base_config, "init": name})
+
+
+def test_every_registered_optimizer_and_schedule_is_accepted(base_config):
+    """`--optimizer NAME` / `--schedule NAME` for every registry name give an optax optimizer
+    whose updates of a finite gradient are finite, and non-zero by the second step (a warm-up
+    schedule starts at learning rate 0)."""
+    from jaxnn import optim
+    from jaxnn.cli._common import build
+
+    for flag, names in (("optimizer", optim.names()), ("schedule", optim.schedule_names())):
+        for name in names:
+            setup = build({**base_config, flag: name})
+            params, _ = setup.model.init(jax.random.key(0))
+            grads = jax.tree.map(lambda p: p * 0 + 0.1, params)
+            state = setup.optimizer.init(params)
+            for _ in range(2):
+                updates, state = setup.optimizer.update(grads, state, params)
+            leaves = [np.asarray(u) for u in jax.tree.leaves(updates)]
+            assert all(np.all(np.isfinite(u)) for u in leaves), (flag, name)
+            assert any(np.any(u != 0) for u in leaves), (flag, name)
