@@ -289,6 +289,20 @@ def _search_dir(out: str | None) -> tuple[str, bool]:
     return out, continuing
 
 
+def _open_storage(url: str):
+    """The Optuna storage at ``url``, or a :class:`CLIError` naming it."""
+    import optuna
+
+    from jaxnn import search
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return search.open_storage(url)
+    except Exception as e:  # a bad URL, a missing database driver, an unreachable server
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CLIError(f"--storage {url}: {msg}") from None
+
+
 # --------------------------------------------------------------------------- retraining
 def train_command(config: dict, params: dict, *, epochs: int) -> str:
     """The ``jaxnn train`` line that retrains one trial: its training flags with the trial's
@@ -337,8 +351,11 @@ def run_search(args) -> int:
         if name not in _MEMBER_FLAGS:
             for v in vals:
                 build_group({name: v})
-    out, continuing = _search_dir(args.out)
+    study_storage = _open_storage(args.storage) if args.storage else None  # before writing
+    out, _ = _search_dir(args.out)
     storage = args.storage or f"sqlite:///{os.path.abspath(os.path.join(out, _STUDY_FILE))}"
+    if study_storage is None:
+        study_storage = _open_storage(storage)
     search_config = {**config, **{k: getattr(args, k) for k in _SEARCH_FLAGS}}
     stage_epochs = ([args.epochs] if args.method != "coarse-to-fine" else
                     [args.coarse_epochs or max(1, -(-args.epochs // 3))] * (args.stages - 1)
@@ -358,12 +375,6 @@ def run_search(args) -> int:
               f"{r.alive}/{r.members}  ({r.groups} population{'s' if r.groups != 1 else ''}, "
               f"{r.seconds:.1f}s)", flush=True)
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study_storage = search.open_storage(storage)
-    except Exception as e:  # a bad URL, a missing database driver, an unreachable server
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CLIError(f"--storage {storage}: {msg}") from None
     start = time.perf_counter()
     try:
         res = search.optimize(
