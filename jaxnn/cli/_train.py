@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from jaxnn.cli import CLIError
@@ -91,27 +92,33 @@ def run_train(args) -> int:
 def run_resume(args) -> int:
     from jaxnn import rundir
 
-    try:
-        run = rundir.RunDir.open(args.run_dir)
-    except rundir.RunDirError as e:
-        raise CLIError(str(e)) from None
-    with run:
-        path = run.file("config.json")
+    def read_config(run):
         try:
-            config = check_config(run.read_json("config.json"), source=path)
+            return check_config(run.read_json("config.json"), source=run.file("config.json"))
         except rundir.RunDirError as e:
             raise CLIError(str(e)) from None
-        if run.exists("summary.json"):
-            print(f"{run.path}: already finished (summary.json exists); nothing to do")
+
+    try:  # a first look, to know the devices (joining a multi-process run comes first)
+        peek = read_config(rundir.RunDir.open(args.run_dir, main=False))
+        if os.path.exists(os.path.join(args.run_dir, "summary.json")):
+            print(f"{args.run_dir}: already finished (summary.json exists); nothing to do")
             return 0
         # The saved device count unless --devices says otherwise (the numbers do not depend
         # on it); config.json records what this run uses.
-        dev = setup_devices(args, batch_size=int(config["batch_size"]),
-                            default=config.get("devices", 1) if args.coordinator is None else None)
+        dev = setup_devices(args, batch_size=int(peek["batch_size"]),
+                            default=peek.get("devices", 1) if args.coordinator is None else None)
+        run = rundir.RunDir.open(args.run_dir, main=dev.main)  # locked from here on
+    except rundir.RunDirError as e:
+        raise CLIError(str(e)) from None
+    with run:
+        config = read_config(run)
+        if run.exists("summary.json"):  # finished while this process was starting
+            print(f"{run.path}: already finished (summary.json exists); nothing to do")
+            return 0
         try:
             setup = build(config)
         except CLIError as e:
-            raise CLIError(f"{path}: {e}") from None
+            raise CLIError(f"{run.file('config.json')}: {e}") from None
         _check_effective_batch(setup, dev)
         if config.get("devices") != dev.count:
             run.write_json("config.json", {**config, "devices": dev.count})
