@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from jaxnn import layers as _layers
+from jaxnn import models as _models
 from jaxnn import population as _population
 
 __all__ = [
@@ -115,8 +115,9 @@ def ensemble(
     (:func:`jaxnn.population.train_population`, same hyperparameters for all) and evaluate each
     member and the average of their probabilities on the test split.
 
-    A member that diverges (loss NaN/inf or above 3x its initial loss) is frozen by the population
-    and left out of the average. The probabilities are the softmax of the model's outputs (for a
+    A member that diverges (:func:`jaxnn.train.diverged`: loss NaN/inf or above 3x its initial
+    loss, or NaN/inf parameters) is frozen by the population at its last good parameters and left
+    out of the average; with every member diverged the ensemble's numbers are NaN. The probabilities are the softmax of the model's outputs (for a
     model trained with the hinge loss, of its scores).
     """
     members = int(members)
@@ -132,7 +133,7 @@ def ensemble(
         "seed": np.arange(members),
     }
     if model is None:  # the population's default, built here because its outputs are read below
-        model = _layers.mlp([int(np.prod(x.shape[1:])), 64, 64, int(data.num_classes)])
+        model = _models.mlp([int(np.prod(x.shape[1:])), 64, 64, int(data.num_classes)])
     res = _population.train_population(
         data=data, hparams=hparams, epochs=epochs, batch_size=batch_size, key=key, model=model,
         loss=loss, optimizer=optimizer, devices=devices,

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnn import ensemble, layers, optim, population
+from jaxnn import ensemble, losses, models, optim, population
 
 
 def _softmax(z):
@@ -77,7 +77,7 @@ def dataset(make_blobs):
 
 @pytest.fixture(scope="module")
 def model():
-    return layers.mlp([6, 16, 3])
+    return models.mlp([6, 16, 3])
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +110,18 @@ def test_ensemble_numbers_match_a_direct_computation(result, dataset, model):
         -np.mean(np.log(avg[np.arange(len(y)), y])), rel=1e-4)
     # Jensen: the averaged distribution's NLL is at most the members' mean NLL.
     assert result.ensemble_test_loss <= np.mean(member_nll) + 1e-6
+
+
+def test_nan_members_are_diverged_and_left_out(dataset, model):
+    # The hinge loss clips at 0, so with lr 1e20 the loss can stay finite while the weights are
+    # NaN: such a member is diverged, never averaged in.
+    res = ensemble.ensemble(dataset, members=2, epochs=2, key=jax.random.key(0), model=model,
+                            loss=losses.multiclass_hinge_loss, optimizer=optim.momentum(1.0),
+                            batch_size=32, learning_rate=1e20)
+    assert res.status == ["diverged", "diverged"]
+    assert np.isnan(res.ensemble_test_acc) and np.isnan(res.ensemble_test_loss)
+    for leaf in jax.tree.leaves(res.population.params):
+        assert np.all(np.isfinite(np.asarray(leaf)))  # the last good parameters, not NaN
 
 
 def test_ensemble_rejects(dataset):
