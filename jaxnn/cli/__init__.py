@@ -2,8 +2,10 @@
 
 Each verb lives in its own module of this package and exposes ``add_parser(subparsers)``, which
 registers the verb's flags and sets ``func`` to a ``run(args) -> int`` function. User errors are
-raised as :class:`CLIError` (or ``ValueError``/``FileNotFoundError`` from the library) and printed
-as one line on stderr with a non-zero exit status, never a traceback.
+raised as :class:`CLIError` (or ``ValueError``/``OSError`` from the library) and printed as one
+line on stderr, ``jaxnn VERB: error: ...`` (argparse's own errors too), exit status 2, never a
+traceback; a failed file operation names the flag whose path it was. Every option's help shows
+its default, and choices come from the library's registries (:data:`REGISTRY_PLACEHOLDERS`).
 """
 
 from __future__ import annotations
