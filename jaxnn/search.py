@@ -739,6 +739,12 @@ def optimize(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method == "cmaes":
+        try:
+            import cmaes  # noqa: F401  (Optuna's CMA-ES sampler runs on it)
+        except ImportError:
+            raise ValueError("method 'cmaes' needs the cmaes package: pip install cmaes (or "
+                             "jaxnn[cmaes])") from None
     trials, population, epochs = int(trials), int(population), int(epochs)
     if trials < 1 or population < 1 or epochs < 1:
         raise ValueError(f"trials, population and epochs must be >= 1, got {trials}, "

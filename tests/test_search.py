@@ -433,3 +433,13 @@ def test_optimize_rejects(dataset, tiny, sgd_opt, kw, match):
         _optimize(dataset, tiny, sgd_opt, space={**SPACE, "activation": ["relu", "tanh"]})
     with pytest.raises(ValueError, match="learning_rate"):
         _optimize(dataset, tiny, sgd_opt, space={"l2": (1e-6, 1e-2)})
+
+
+def test_cmaes_study_samples_inside_the_space(dataset, tiny, sgd_opt):
+    pytest.importorskip("cmaes")
+    res = _optimize(dataset, tiny, sgd_opt, trials=8, method="cmaes", epochs=1)
+    assert len(res.trials) == 8 and len({t.number for t in res.trials}) == 8
+    for t in res.trials:
+        assert 1e-2 <= t.params["learning_rate"] <= 1.0 and 1e-6 <= t.params["l2"] <= 1e-2
+    gens = {res.study.trials[t.number].system_attrs.get("cma:generation") for t in res.trials}
+    assert len(gens - {None}) >= 1  # the second round was sampled by CMA-ES itself
