@@ -762,10 +762,9 @@ def optimize(
              len(s.values) == 1}
     free = {k: s for k, s in spec.items() if k not in fixed}
     groups_by = [k for k in spec if k not in member_names]
-    if any(k in free for k in groups_by) or any(k in fixed for k in groups_by):
-        if build is None and any(k in free for k in groups_by):
-            raise ValueError(f"space: {', '.join(k for k in groups_by if k in free)} "
-                             "change the model or optimizer; pass build=")
+    if build is None and any(k in free for k in groups_by):
+        raise ValueError(f"space: {', '.join(k for k in groups_by if k in free)} change the "
+                         "model or optimizer; pass build=")
     dists = {k: _distribution(s) for k, s in free.items()}
 
     stage_epochs = [epochs]
@@ -819,29 +818,19 @@ def optimize(
     trained, number = 0, 0
     while True:
         done = study.get_trials(deepcopy=False, states=FINISHED)
-        stage = 0
+        stage, ask = 0, min(population, total - len(done))
         if method == "coarse-to-fine":
-            per_stage = [sum(1 for t in done if t.user_attrs.get("stage") == s)
-                         for s in range(len(stage_epochs))]
-            stage = next((s for s, c in enumerate(per_stage) if c < trials), len(stage_epochs))
-            if stage == len(stage_epochs):
-                break
-            ask = min(population, trials - per_stage[stage])
+            stage, missing, space_now = _stage(done, trials, len(stage_epochs), free, fixed,
+                                               top_k)
+            ask = min(population, missing)
             narrowed.clear()
-            if stage > 0:
-                prev = [_result_trial(ft, fixed) for ft in done
-                        if ft.user_attrs.get("stage") == stage - 1]
-                narrowed.update({k: _distribution(s) for k, s in
-                                 narrow(free, [t for t in prev if t is not None],
-                                        top_k=top_k).items()})
-        else:
-            ask = min(population, total - len(done))
+            narrowed.update({k: _distribution(v) for k, v in space_now.items()})
         if ask <= 0:
             break
         number += 1
         t0 = time.perf_counter()
         alive, members, n_groups = _round(
-            study, ask, dists=dists, free=free, fixed=fixed, groups_by=groups_by,
+            study, ask, dists=dists, fixed=fixed, groups_by=groups_by,
             group_for=group_for, data=data, epochs=stage_epochs[stage], batch_size=batch_size,
             key_seed=key_seed, devices=devices, divergence_factor=divergence_factor,
             stage=stage if method == "coarse-to-fine" else None, trial_attrs=trial_attrs)
@@ -861,7 +850,22 @@ def _suggest(trial, name: str, dist):
     return trial.suggest_float(name, dist.low, dist.high, log=dist.log)
 
 
-def _round(study, ask: int, *, dists, free, fixed, groups_by, group_for, data, epochs,
+def _stage(done, trials: int, stages: int, free: dict, fixed: dict, top_k):
+    """Coarse-to-fine: the stage to work on (the first holding fewer than ``trials`` finished
+    trials), how many it misses, and its space: ``free`` narrowed around the previous stage's
+    best trials (:func:`narrow`). ``(stages, 0, {})`` when every stage is complete."""
+    per_stage = [sum(1 for t in done if t.user_attrs.get("stage") == s) for s in range(stages)]
+    stage = next((s for s, c in enumerate(per_stage) if c < trials), stages)
+    if stage == stages:
+        return stage, 0, {}
+    if stage == 0:
+        return 0, trials - per_stage[0], dict(free)
+    prev = [_result_trial(ft, fixed) for ft in done if ft.user_attrs.get("stage") == stage - 1]
+    return stage, trials - per_stage[stage], narrow(free, [t for t in prev if t is not None],
+                                                    top_k=top_k)
+
+
+def _round(study, ask: int, *, dists, fixed, groups_by, group_for, data, epochs,
            batch_size, key_seed, devices, divergence_factor, stage, trial_attrs):
     """Ask ``ask`` trials, train them (one population per categorical combination), tell the
     study. Returns (members alive at the end, members trained, populations)."""
