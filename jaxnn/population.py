@@ -52,6 +52,7 @@ __all__ = [
     "train_population",
     "population_logits",
     "member",
+    "default_devices",
 ]
 
 #: The hyperparameters a member can carry.
@@ -141,6 +142,27 @@ def _shard(tree, devices: int | None):
     from jaxnn import distributed
 
     return distributed.shard_population(tree, devices)
+
+
+def _replicate(tree, devices: int | None):
+    """A copy of ``tree`` (the data) on each of the first ``devices`` devices, placed once
+    rather than sent again at every epoch."""
+    if devices is None or devices == 1:
+        return tree
+    from jaxnn import distributed
+
+    return distributed.replicate(tree, distributed.population_mesh(devices))
+
+
+def default_devices(n: int) -> int | None:
+    """The devices a population of ``n`` members is split over by default: on CPU, the largest
+    number of local devices that divides ``n`` (with the host split into one device per core,
+    as the ``jaxnn`` population verbs do, the members train on every core); on GPU/TPU and in
+    multi-process runs one device (``None``), unless ``devices=`` says otherwise."""
+    if jax.default_backend() != "cpu" or jax.process_count() > 1:
+        return None
+    d = max(k for k in range(1, jax.local_device_count() + 1) if n % k == 0)
+    return None if d == 1 else d
 
 
 # Compiled pieces are cached by (model, loss, optimizer, ...) identity, so the stages of a search
@@ -268,7 +290,9 @@ def train_population(
       optimizer: an optimizer from :mod:`jaxnn.optim` (default ``momentum``); its injected
         ``learning_rate``/``momentum``/``weight_decay`` are replaced by each member's (a schedule
         keeps its shape: member ``i``'s rate is ``learning_rate[i] * schedule(t)``).
-      devices: shard the member axis over this many devices (``N`` must divide by it).
+      devices: shard the member axis over this many devices (``N`` must divide by it);
+        ``None``: :func:`default_devices` (on CPU every host device that divides ``N``, else
+        one); ``1``: one device.
       divergence_factor: the divergence rule of :func:`jaxnn.train.diverged` (loss or parameters).
       patience: freeze a member (status ``"stopped"``) after this many epochs without a better
         validation loss.
@@ -303,7 +327,9 @@ def train_population(
         raise ValueError(f"model must be a Model (init, apply), got {model!r}")
     if optimizer is None:
         optimizer = _optim.momentum(0.1)
-    if devices is not None and devices > 1 and n % devices:
+    if devices is None:
+        devices = default_devices(n)
+    elif devices > 1 and n % devices:
         raise ValueError(f"the population size {n} must divide by devices={devices}")
 
     keys = _member_keys(key, hp, n, "seed" in hparams)
@@ -314,6 +340,7 @@ def train_population(
     l2 = jnp.asarray(hp["l2"])
     rate = jnp.asarray(hp["dropout"] if dropout else np.zeros(n, np.float32))
     states, l2, rate = _shard(states, devices), _shard(l2, devices), _shard(rate, devices)
+    x, y, xv, yv = _replicate((x, y, xv, yv), devices)
     evaluate = _evaluate_members_fn(base_model.apply, loss)
     initial = evaluate(states.params, states.model_state, x, y).loss
     run_epoch = _build_epoch(model, loss, optimizer, batch_size, divergence_factor, probe,

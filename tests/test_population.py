@@ -241,3 +241,54 @@ def test_dropout_per_member_from_a_model_factory(dataset):
                                                            "dropout": [0.5]},
                                     epochs=1, batch_size=32, key=jax.random.key(0),
                                     model=models.mlp([6, 12, 3]))
+
+
+_SPLIT = """
+import json, os, sys
+from jaxnn._hostdevices import cores, split_host_devices
+n = split_host_devices()
+import jax, numpy as np
+from jaxnn import models, optim, population
+sys.path.insert(0, {tests!r})
+from conftest import _blobs
+ds = _blobs(n=160, classes=3, spread=2, n_train=100, n_val=30)
+hp = {{"learning_rate": np.array([0.02, 0.1, 0.05, 0.2])}}
+kw = dict(data=ds, hparams=hp, epochs=2, batch_size=32, key=jax.random.key(1),
+          model=models.mlp([6, 12, 3]), optimizer=optim.momentum(1.0))
+split = population.train_population(**kw)  # default: over every host device that divides 4
+one = population.train_population(**kw, devices=1)
+print(json.dumps({{"split": n, "cores": cores(), "devices": jax.local_device_count(),
+                  "default4": population.default_devices(4),
+                  "default3": population.default_devices(3),
+                  "same": bool(np.allclose(split.history["val_loss"], one.history["val_loss"],
+                                           rtol=1e-5))}}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env, expect_split", [({}, True), ({"JAXNN_ONE_CPU_DEVICE": "1"}, False),
+                                               ({"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}, False)])
+def test_host_split_into_one_device_per_core(env, expect_split):
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES", "JAXNN_ONE_CPU_DEVICE")}
+    code = _SPLIT.format(tests=str(pathlib.Path(__file__).parent))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**base, "JAX_PLATFORMS": "cpu", **env})
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    if expect_split and got["cores"] >= 2:
+        assert got["split"] == got["devices"] == got["cores"]
+    else:
+        assert got["split"] is None
+        assert got["devices"] == (4 if "XLA_FLAGS" in env else 1)
+    d = got["devices"]
+    assert got["default4"] == (max(k for k in range(1, d + 1) if 4 % k == 0) if d > 1 else None)
+    assert got["default3"] in (None, 3)
+    # Members split over devices train as on one device (float32 rounding only).
+    assert got["same"]

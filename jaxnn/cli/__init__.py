@@ -32,6 +32,11 @@ VERBS = {
 }
 
 
+#: Verbs that train populations: the console script splits the CPU into one device per core
+#: for them (:mod:`jaxnn._hostdevices`), so the members train on every core.
+POPULATION_VERBS = ("search", "ensemble", "compare", "experiment")
+
+
 class CLIError(Exception):
     """A user error: printed as one line on stderr, exit status 2."""
 
@@ -157,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxnn`` console script (``argv=None``: ``sys.argv``).
 
     Run as the console script, it first keeps freed buffers in the process
-    (:mod:`jaxnn._malloc`) and turns on JAX's persistent compilation cache
-    (:mod:`jaxnn._startup`). A user error prints one line, ``jaxnn VERB: error: ...``, and
+    (:mod:`jaxnn._malloc`), turns on JAX's persistent compilation cache
+    (:mod:`jaxnn._startup`) and, for the verbs that train populations, splits the CPU into one
+    device per core (:mod:`jaxnn._hostdevices`). A user error prints one line, ``jaxnn VERB: error: ...``, and
     returns 2; no verb (or no experiment) prints the help on stderr and returns 2.
     """
     console = argv is None
@@ -179,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         from jaxnn._startup import enable_compile_cache
 
         enable_compile_cache()
+        if args.verb in POPULATION_VERBS:  # one CPU device per core, before JAX starts
+            from jaxnn._hostdevices import split_host_devices
+
+            split_host_devices()
     try:
         try:
             return int(args.func(args) or 0)
