@@ -99,6 +99,33 @@ def test_conv2d_matches_a_numpy_loop(key, kernel, strides, padding, pads):
     _close(y, want, kh * kw * 3)
 
 
+@pytest.mark.parametrize("kernel,strides,padding,hw", [
+    (3, 1, "SAME", (6, 5)), (3, 2, "SAME", (7, 6)), (3, 2, "VALID", (8, 7)),
+    ((2, 3), (2, 1), "SAME", (5, 6)), (5, 3, "VALID", (12, 11)), (3, 1, ((2, 0), (0, 1)), (5, 5)),
+])
+def test_conv2d_gradients_equal_those_of_lax_conv(kernel, strides, padding, hw):
+    """The layer's own backward (NHWC/HWIO convolutions, see jaxnn.layers._conv2d) against jax's
+    transpose rules of lax.conv_general_dilated, in float64."""
+    with jax.enable_x64(True):
+        layer = layers.Conv2D(3, kernel, strides=strides, padding=padding, use_bias=False,
+                              dtype=jnp.float64)
+        _, params, _ = layer.init(jax.random.key(1), (*hw, 2))
+        x = jnp.asarray(np.random.default_rng(1).normal(size=(2, *hw, 2)))
+        s = (strides, strides) if isinstance(strides, int) else strides
+
+        def reference(x, w):
+            y = jax.lax.conv_general_dilated(x, w, s, padding,
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            return jnp.sum(jnp.sin(y))
+
+        ours = jax.grad(lambda x, w: jnp.sum(jnp.sin(layer.apply({"w": w}, {}, x)[0])),
+                        (0, 1))(x, params["w"])
+        want = jax.grad(reference, (0, 1))(x, params["w"])
+        # float64 sums of at most 5*5*3 products: differences ~ 1e-16 x terms.
+        for got, ref in zip(ours, want, strict=True):
+            np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+
+
 def test_conv2d_kernel_is_jax_initializer_with_conv_fans(key):
     _, params, _ = layers.Conv2D(8, 5, init="lecun_uniform").init(key, (7, 7, 6))
     wkey, _ = jax.random.split(key)
