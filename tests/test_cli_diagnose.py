@@ -1,8 +1,11 @@
 """``jaxnn diagnose``, ``gradcheck``, ``experiment init-depth|activations|losses`` and ``compare``
 in-process: the files they write, what they print, their exit status."""
 
+import contextlib
 import importlib.util
+import io
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -36,9 +39,15 @@ def diagnoses(tmp_path_factory):
     for name, extra in (("default", []), ("high", ["--lr", "1000", *tb]),
                         ("low", ["--lr", "1e-6"])):
         out = base / name
-        rc = main(["diagnose", *SHORT, *extra, "--out", str(out)])
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            rc = main(["diagnose", *SHORT, *extra, "--out", str(out)])
         runs[name] = (rc, out, json.loads((out / "diagnosis.json").read_text()))
+        REPORTS[name] = printed.getvalue()
     return runs
+
+
+REPORTS: dict[str, str] = {}  # what each diagnosis of the fixture printed
 
 
 def test_diagnose_writes_the_diagnosis(diagnoses):
@@ -101,15 +110,17 @@ def test_tensorboard_without_the_extra_is_one_line_and_writes_nothing(tmp_path, 
     assert not out.exists()
 
 
-def test_diagnose_prints_a_report(tmp_path, capsys):
-    rc, stdout, _ = _run(["diagnose", "--hidden", "16", "--epochs", "1", "--overfit-epochs",
-                          "5", "--lr", "1e-6", "--out", str(tmp_path / "d")], capsys)
-    assert rc == 0
+def test_diagnose_prints_a_report(diagnoses, capsys):
+    stdout = REPORTS["low"]
     for needle in ("initial loss", "overfit", "layer_0", "update/weight", "verdicts",
-                   "learning rate too low", "overfit 20 examples, 5 healthy epochs",
-                   "training 1/1 epoch:"):
+                   "learning rate too low", "overfit 20 examples, 60 healthy epochs",
+                   "training 3/3 epochs:"):
         assert needle in stdout
-    rc, _, err = _run(["diagnose", "--out", str(tmp_path / "d")], capsys)  # already a run
+    for report in REPORTS.values():  # "1 epoch", "2 epochs"
+        for n, noun in re.findall(r"(\d+) (?:healthy )?(epochs?)\b", report):
+            assert noun == ("epoch" if n == "1" else "epochs"), report
+    out = diagnoses["low"][1]
+    rc, _, err = _run(["diagnose", "--out", str(out)], capsys)  # already a run
     assert rc == 2 and "already holds a run" in err and err.count("\n") == 1
 
 
@@ -171,6 +182,8 @@ def test_gradcheck_fails_on_a_wrong_gradient(capsys, monkeypatch):
 
     real_get = activations.get
     monkeypatch.setattr(activations, "get", lambda n: bad_tanh if n == "tanh" else real_get(n))
+    monkeypatch.setattr(_gradcheck, "_loss_cases", lambda rng: [])  # activations are enough
+    monkeypatch.setattr(_gradcheck, "_mlp_cases", lambda rng: [])
     rc, stdout, err = _run(["gradcheck"], capsys)
     assert rc == 1
     rows = [line.split() for line in stdout.splitlines()]
