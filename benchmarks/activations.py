@@ -305,8 +305,8 @@ def dense(s: Settings, names: list[str] | None, *, malloc: str) -> list[dict]:
     # Maxout (two pieces) against ReLU at equal output width, as layers.
     relu_layer = layers.Dense(d_out)
     maxout_layer = layers.Maxout(d_out, 2)
-    p_relu, _ = relu_layer.init(jax.random.key(2), d_in)
-    p_max, _ = maxout_layer.init(jax.random.key(3), d_in)
+    _, p_relu, _ = relu_layer.init(jax.random.key(2), (d_in,))
+    _, p_max, _ = maxout_layer.init(jax.random.key(3), (d_in,))
     from jaxnn import activations as A
 
     variants = {

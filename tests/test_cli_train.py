@@ -281,3 +281,23 @@ def test_tensorboard_events_follow_the_metrics(capsys, tmp_path, npz):
     got = {e.step: e.value for e in acc.Scalars("train/loss")}
     for rec in _metrics(run):
         assert got[rec["epoch"]] == pytest.approx(rec["train_loss"], rel=1e-6)
+
+
+def test_a_convnet_run_resumes_with_its_arch(capsys, tmp_path):
+    """--arch is recorded in config.json and rebuilt by resume; digits keep their 8x8x1 shape."""
+    run = tmp_path / "run"
+    arch = ["--arch", "conv:4,pool,fc:8", "--batch-norm", "--batch-size", "64"]
+    code, _, err = _cli(capsys, "train", *arch, "--out", str(run), "--epochs", "1")
+    assert code == 0, err
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["arch"] == "conv:4,pool,fc:8"
+    (run / "config.json").write_text(json.dumps({**cfg, "epochs": 2}))
+    os.remove(run / "summary.json")
+    code, _, err = _cli(capsys, "resume", str(run))
+    assert code == 0, err
+    assert [r["epoch"] for r in _metrics(run)] == [1, 2]
+    code, _, err = _cli(capsys, "train", *arch, "--hidden", "16", "--out", str(tmp_path / "b"))
+    _one_line_error(code, err, "--arch")
+    code, _, err = _cli(capsys, "train", "--arch", "conv:x", "--out", str(tmp_path / "c"))
+    _one_line_error(code, err, "--arch")
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()

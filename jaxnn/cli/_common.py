@@ -278,6 +278,11 @@ def parse_arch(config: dict):
 
 
 def config_from_args(args) -> dict:
+    """The training flags as a config dict; ``--arch`` and a non-default ``--hidden`` together
+    are refused (one would be ignored)."""
+    if getattr(args, "arch", None) is not None and getattr(args, "hidden", "128,64") != "128,64":
+        raise CLIError("--hidden and --arch both give the hidden layers; use one (--hidden 128,64 "
+                       "is --arch fc:128,fc:64)")
     return {k: getattr(args, k) for k in TRAIN_FLAGS}
 
 

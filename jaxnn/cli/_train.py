@@ -249,7 +249,8 @@ def _fit_and_report(setup, run, *, resume: bool, args, dev) -> int:
     }
     if records:
         plots.learning_curves(records, run.file("curves.png"),
-                              title=f"{c['dataset']}: {c['hidden']} {c['activation']}")
+                              title=f"{c['dataset']}: {c.get('arch') or c['hidden']} "
+                                    f"{c['activation']}")
     run.write_json("summary.json", summary)
 
     if records:
