@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import importlib
+import importlib.util
 import io
 import math
 import os
@@ -515,13 +516,29 @@ def _num_classes(origin: str, *labels: np.ndarray) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _load_digits(*, seed, val_fraction, test_fraction, flatten) -> Dataset:
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as ``(images [1797, 8, 8] pixel counts 0..16, targets)``.
+
+    Read straight from the ``digits.csv.gz`` scikit-learn ships (64 pixel columns, then the
+    target), found without importing scikit-learn: the import alone takes longer than a short
+    training run. Falls back to ``sklearn.datasets.load_digits`` if the file is not there."""
+    spec = importlib.util.find_spec("sklearn")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(root, "datasets", "data", "digits.csv.gz")
+        if os.path.isfile(path):
+            table = np.loadtxt(path, delimiter=",")
+            return table[:, :64].reshape(-1, 8, 8), table[:, 64]
     from sklearn.datasets import load_digits  # lazy: scikit-learn is only needed here
 
     bunch = load_digits()
-    x = np.asarray(bunch.images, dtype=np.float32) / 16.0  # pixel counts 0..16 -> [0, 1]
+    return np.asarray(bunch.images), np.asarray(bunch.target)
+
+
+def _load_digits(*, seed, val_fraction, test_fraction, flatten) -> Dataset:
+    images, target = _digits_arrays()
+    x = np.asarray(images, dtype=np.float32) / 16.0  # pixel counts 0..16 -> [0, 1]
     x = x.reshape(-1, 64) if flatten else x[..., None]
-    y = np.asarray(bunch.target, dtype=np.int64)
+    y = np.asarray(target, dtype=np.int64)
     return _make_dataset(
         x,
         y,

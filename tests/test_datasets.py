@@ -640,3 +640,14 @@ def test_published_checksum_table():
         for f in files:
             assert f.algorithm == algorithm and len(f.digest) == width[algorithm]
             int(f.digest, 16)
+
+
+def test_digits_read_without_importing_sklearn_equal_sklearns():
+    from sklearn.datasets import load_digits
+
+    from jaxnn.datasets import _digits_arrays
+
+    images, target = _digits_arrays()
+    ref = load_digits()
+    np.testing.assert_array_equal(images, ref.images)
+    np.testing.assert_array_equal(target, ref.target)
