@@ -504,10 +504,10 @@ def open_storage(storage: str | optuna.storages.BaseStorage | None):
     if not isinstance(storage, str):
         return storage
     if not storage.startswith("sqlite"):
-        return optuna.storages.RDBStorage(storage)
+        return _rdb(storage, {})
     import sqlalchemy
 
-    rdb = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
+    rdb = _rdb(storage, {"connect_args": {"timeout": 60}})
 
     def _pragmas(dbapi_connection, _record):
         cursor = dbapi_connection.cursor()
@@ -518,6 +518,21 @@ def open_storage(storage: str | optuna.storages.BaseStorage | None):
     sqlalchemy.event.listen(rdb.engine, "connect", _pragmas)
     rdb.engine.dispose()  # connections opened from now on get the pragmas
     return rdb
+
+
+def _rdb(url: str, engine_kwargs: dict, attempts: int = 5):
+    """``RDBStorage(url)``. Processes that open a new database at the same moment race to create
+    its tables (one of them fails on the schema-version row); the loser opens it again once the
+    tables exist."""
+    import sqlalchemy
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 class _SeedPerTrial(optuna.samplers.BaseSampler):

@@ -412,15 +412,16 @@ def run_search(args) -> int:
         "trials": trials,
         "best": best,
     }
-    write_json(os.path.join(out, "results.json"), result)
+    # Several processes may share --out: each writes under a name of its own, then renames.
+    _shared_write(os.path.join(out, "results.json"), lambda p: write_json(p, result))
     numeric = [n for n in spec if isinstance(spec[n], search.LogUniform | search.Uniform)]
     plotted = [t for t in trials if t["val_acc"] is not None
                and all(n in t["params"] for n in numeric)]
     if plotted and numeric:
-        plots.scatter_by_param(plotted, numeric, os.path.join(out, "search.png"),
-                               log_params=[n for n in numeric
-                                           if isinstance(spec[n], search.LogUniform)],
-                               title=f"{args.method} search, {len(trials)} trials")
+        _shared_write(os.path.join(out, "search.png"), lambda p: plots.scatter_by_param(
+            plotted, numeric, p, log_params=[n for n in numeric
+                                             if isinstance(spec[n], search.LogUniform)],
+            title=f"{args.method} search, {len(trials)} trials"))
 
     shown = [n for n in spec if n in varied or n in choices]
     print(_trial_table(trials, shown))
@@ -437,6 +438,19 @@ def run_search(args) -> int:
           + f"  val_loss {best['val_loss']:.4f}  val_acc {_acc(best['val_acc'])}  ({summary})")
     print(f"retrain it: {best['command']}")
     return 0
+
+
+def _shared_write(path: str, write) -> None:
+    """``write(tmp)`` to a name of this process's own, then rename it to ``path`` (atomic; the
+    last process to finish wins, with the study as it then stands)."""
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.{os.getpid()}{ext}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _acc(v) -> str:
