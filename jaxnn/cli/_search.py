@@ -384,7 +384,7 @@ def run_search(args) -> int:
             batch_size=args.batch_size, model=setup.model, loss=setup.loss,
             optimizer=setup.optimizer, build=build_group if choices else None,
             grid_points=grid_points, stages=args.stages, coarse_epochs=args.coarse_epochs,
-            top_k=args.top_k, devices=population_devices(args, args.population),
+            top_k=args.top_k, devices=_devices(args, args.population),
             metadata={k: v for k, v in search_config.items()
                       if (k in TRAIN_FLAGS and k not in ("data_dir", "data_url"))
                       or k in _STUDY_KEYS},
@@ -440,6 +440,14 @@ def run_search(args) -> int:
     return 0
 
 
+def _devices(args, size: int) -> int | None:
+    """``--devices`` for a population of ``size``: ``None`` when not given (the population then
+    splits over the host's CPU devices, :func:`jaxnn.population.default_devices`), ``1`` for
+    ``--devices 1``."""
+    n = population_devices(args, size)
+    return n if n is not None or args.devices is None else 1
+
+
 def _shared_write(path: str, write) -> None:
     """``write(tmp)`` to a name of this process's own, then rename it to ``path`` (atomic; the
     last process to finish wins, with the study as it then stands)."""
@@ -492,7 +500,7 @@ def run_ensemble(args) -> int:
         model=setup.model, loss=setup.loss, optimizer=setup.optimizer,
         batch_size=args.batch_size, learning_rate=args.lr, l2=args.l2,
         init_scale=config.get("init_scale", 1.0),
-        devices=population_devices(args, args.members))
+        devices=_devices(args, args.members))
     seconds = time.perf_counter() - start
     summary = {
         "members": args.members,
