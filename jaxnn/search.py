@@ -1,5 +1,12 @@
-"""Hyperparameter search: grid, random (log-uniform where it matters) and coarse-to-fine, each
-set of trials trained as **one** population (:func:`jaxnn.population.train_population`).
+"""Hyperparameter search: Optuna decides, jaxnn trains a whole batch of trials at once.
+
+:func:`optimize` drives an Optuna study (TPE, CMA-ES, random, grid or coarse-to-fine) through its
+ask-and-tell interface: each round asks for ``population`` trials and trains those that share
+their categorical values as **one** population (:func:`jaxnn.population.train_population`),
+reporting every epoch's validation loss (so Optuna's pruners can freeze members) and telling each
+trial's final validation loss, the objective. The study lives in any Optuna storage (SQLite,
+PostgreSQL, MySQL): the same call continues it, several processes share it. Without a study,
+:func:`grid`, :func:`random`, :func:`run_trials` and :func:`coarse_to_fine` do the same in memory.
 
 A *space* maps hyperparameter names to one of
 
@@ -28,6 +35,11 @@ Example::
 
     res = coarse_to_fine(space, stages=2, trials=16, epochs=10, data=ds, key=jax.random.key(0))
     res.best, res.stages[1].space                # stage 2 searched a narrowed space
+
+    res = optimize({**space, "activation": ["relu", "tanh"]}, data=ds, epochs=10, trials=64,
+                   population=16, storage="sqlite:///study.db",
+                   build=lambda v: {"model": jaxnn.models.mlp([64, 128, 10], v["activation"])})
+    res.best, res.study                          # the best trial, the optuna.Study
 
 Trials of one search share ``seed`` (the same initial weights and data order: common random
 numbers) unless the space varies it, so their differences come from the hyperparameters.
