@@ -1,6 +1,7 @@
 """``jaxnn search`` and ``jaxnn ensemble``: the study they keep, the files they write, the
 commands that retrain a trial, and bad flags."""
 
+import importlib.util
 import json
 import os
 import shlex
@@ -101,11 +102,14 @@ def test_the_same_command_continues_the_study(searched, capsys):
 
 def test_categorical_choices_group_and_reach_the_command(tmp_path, capsys):
     out = tmp_path / "g"
+    tb = ["--tensorboard"] if importlib.util.find_spec("tensorboardX") else []
     rc, stdout, _ = _run(["search", "--method", "grid", "--trials", "2", "--lr-range", "none",
                           "--l2-range", "none", "--space", "activation=relu|tanh", *TINY,
-                          "--out", str(out)], capsys)
+                          "--out", str(out), *tb], capsys)
     assert rc == 0
     res = _results(out)
+    if tb:  # one HParams session per trial
+        assert len([d for d in os.listdir(out / "tensorboard") if d.startswith("trial-")]) == 2
     assert sorted(t["params"]["activation"] for t in res["trials"]) == ["relu", "tanh"]
     for t in res["trials"]:
         argv = shlex.split(t["command"])

@@ -114,6 +114,9 @@ def add_parser(sub) -> None:
                    help="output directory (default runs/search-<time>); the same --out "
                         "continues its search")
     g.add_argument("--quiet", action="store_true", help="no progress lines")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also write every trial's hyperparameters and final metrics into "
+                        "OUT/tensorboard for TensorBoard's HParams tab (needs jaxnn[tensorboard])")
     add_train_flags(p, epochs=10)
     add_device_flags(p, multi_process=False)
     p.set_defaults(func=run_search)
@@ -328,6 +331,10 @@ def run_search(args) -> int:
     from jaxnn import plots, search
 
     _check_search_flags(args)
+    if args.tensorboard:
+        from jaxnn.cli._diagnose import require_tensorboard
+
+        require_tensorboard()
     space, varied, choices = _space(args)
     spec = search.normalize(space)
     combos = math.prod(len(v) for v in choices.values()) if choices else 1
@@ -423,6 +430,10 @@ def run_search(args) -> int:
                                              if isinstance(spec[n], search.LogUniform)],
             title=f"{args.method} search, {len(trials)} trials"))
 
+    if args.tensorboard:
+        from jaxnn.tensorboard import write_hparams
+
+        write_hparams(out, trials)  # all of the study's trials, also those of other processes
     shown = [n for n in spec if n in varied or n in choices]
     print(_trial_table(trials, shown))
     n_div = sum(t["status"] == "diverged" for t in trials)
