@@ -227,13 +227,13 @@ def _conv2d(x, w, strides, pads):
     the step sits inside a ``lax.scan`` (an epoch in one scan: tens of times slower). Here both
     gradients are written as NHWC/HWIO convolutions of explicitly transposed operands:
 
-    .. math:: \partial W_{u,v,c,o} = \sum_{n,i,j} 	ilde x_{n, s_h i + u, s_w j + v, c}\,
+    .. math:: \partial W_{u,v,c,o} = \sum_{n,i,j} \tilde x_{n, s_h i + u, s_w j + v, c}\,
         \delta_{n,i,j,o}, \qquad
-        \partial 	ilde x = \operatorname{corr}(\operatorname{dilate}_s(\delta),
-        \operatorname{flip}(W)^{	op_{io}})
+        \partial \tilde x = \operatorname{corr}(\operatorname{dilate}_s(\delta),
+        \operatorname{flip}(W)^{\top_{io}})
 
-    (:math:`	ilde x` the padded input, :math:`\delta` the output gradient); the padding
-    rows are then cropped off :math:`\partial 	ilde x`.
+    (:math:`\tilde x` the padded input, :math:`\delta` the output gradient); the padding
+    rows are then cropped off :math:`\partial \tilde x`.
     """
     return _conv_nhwc(x, w, strides, pads)
 
