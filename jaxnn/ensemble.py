@@ -110,6 +110,7 @@ def ensemble(
     l2: float = 1e-4,
     init_scale: float = 1.0,
     devices: int | None = None,
+    on_epoch: Callable | None = None,
 ) -> EnsembleResult:
     """Train ``members`` models with seeds ``0..K-1`` as one population
     (:func:`jaxnn.population.train_population`, same hyperparameters for all) and evaluate each
@@ -117,8 +118,10 @@ def ensemble(
 
     A member that diverges (:func:`jaxnn.train.diverged`: loss NaN/inf or above 3x its initial
     loss, or NaN/inf parameters) is frozen by the population at its last good parameters and left
-    out of the average; with every member diverged the ensemble's numbers are NaN. The probabilities are the softmax of the model's outputs (for a
-    model trained with the hinge loss, of its scores).
+    out of the average; with every member diverged the ensemble's numbers are NaN. The
+    probabilities are the softmax of the model's outputs (for a model trained with the hinge
+    loss, of its scores). ``on_epoch`` is :func:`jaxnn.population.train_population`'s hook (e.g.
+    for progress).
     """
     members = int(members)
     if members < 1:
@@ -136,7 +139,7 @@ def ensemble(
         model = _models.mlp([int(np.prod(x.shape[1:])), 64, 64, int(data.num_classes)])
     res = _population.train_population(
         data=data, hparams=hparams, epochs=epochs, batch_size=batch_size, key=key, model=model,
-        loss=loss, optimizer=optimizer, devices=devices,
+        loss=loss, optimizer=optimizer, devices=devices, on_epoch=on_epoch,
     )
     logits = _population.population_logits(model, res.params, res.model_state, x)
     labels = jnp.asarray(y)

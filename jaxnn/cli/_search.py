@@ -128,6 +128,7 @@ def add_parser(sub) -> None:
                     "of their averaged predicted probabilities. Writes summary.json.")
     e.add_argument("--members", type=int, default=5, help="ensemble size K")
     e.add_argument("--out", default=None, help="output directory (default runs/ensemble-<time>)")
+    e.add_argument("--quiet", action="store_true", help="no progress lines")
     add_train_flags(e, epochs=15)
     add_device_flags(e, multi_process=False)
     e.set_defaults(func=run_ensemble)
@@ -491,6 +492,20 @@ def _trial_table(trials: list[dict], shown: list[str]) -> str:
 
 
 # --------------------------------------------------------------------------- ensemble
+def _ensemble_progress(epochs: int, members: int):
+    """One flushed line per epoch (on a terminal or not): members still training and their
+    mean validation accuracy."""
+    import numpy as np
+
+    def on_epoch(epoch, metrics, trained):
+        acc = np.asarray(metrics["val_acc"])[np.asarray(trained, bool)]
+        mean = f"{acc.mean():.4f}" if acc.size else "-"
+        print(f"epoch {epoch}/{epochs}: {int(np.sum(trained))}/{members} members training, "
+              f"mean val_acc {mean}", flush=True)
+
+    return on_epoch
+
+
 def run_ensemble(args) -> int:
     import jax
     import numpy as np
@@ -511,7 +526,8 @@ def run_ensemble(args) -> int:
         model=setup.model, loss=setup.loss, optimizer=setup.optimizer,
         batch_size=args.batch_size, learning_rate=args.lr, l2=args.l2,
         init_scale=config.get("init_scale", 1.0),
-        devices=_devices(args, args.members))
+        devices=_devices(args, args.members),
+        on_epoch=None if args.quiet else _ensemble_progress(args.epochs, args.members))
     seconds = time.perf_counter() - start
     summary = {
         "members": args.members,
