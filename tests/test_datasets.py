@@ -555,12 +555,12 @@ def test_checksum_mismatch_leaves_nothing(server, monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("where, needle", [
     ("missing/", "HTTP 404"),
-    (DEAD, "Connection refused"),
+    ("dead", "Connection refused"),
     ("short/mnist/", "stopped after"),  # the server sends half of what it announced
 ])
 def test_failed_download_leaves_nothing(server, monkeypatch, tmp_path, where, needle):
     url, root, _ = server
-    base = where if where.startswith("http") else f"{url}{where}"
+    base = DEAD if where == "dead" else f"{url}{where}"
     trust(monkeypatch, "mnist", root / "mnist", url=base)
     expected = datasets.SOURCES["mnist"].files[0].digest
     with pytest.raises(datasets.DownloadError) as e:
