@@ -301,6 +301,15 @@ def _half_centered(x: Array, mean: Array) -> Array:
     return x * 0.5 - mean * 0.5
 
 
+def _divide(a: Array, b: Array) -> Array:
+    """``a / b`` exact to rounding for any finite float32 ``b``: ``b = m 2^e`` with
+    ``m`` in [0.5, 1), and ``(a 2^-e) / m``. XLA divides by a broadcast divisor as a multiply by
+    its reciprocal, and the reciprocal of ``b`` above about 8.5e37 is subnormal, which XLA:CPU
+    flushes to zero (``x / 1e38`` would give 0)."""
+    m, e = jnp.frexp(b)
+    return jnp.ldexp(a, -e) / m
+
+
 def _project(x: Array, mean: Array, matrix: Array) -> Array:
     """``(x - mean) @ matrix``, with the centring halved (and doubled back) against overflow."""
     return jnp.matmul(_half_centered(x, mean), matrix, precision=_HIGHEST) * 2
@@ -500,7 +509,7 @@ def standardize(*, eps: float = 1e-8) -> Preprocessor:
 
     def transform(state: StandardizeState, x: ArrayLike) -> Array:
         x, out = _transform_input(x, state.mean.shape, f"{step}.transform", state.mean)
-        return (_half_centered(x, state.mean) / state.scale * 2).astype(out)
+        return (_divide(_half_centered(x, state.mean), state.scale) * 2).astype(out)
 
     def inverse_transform(state: StandardizeState, x: ArrayLike) -> Array:
         x, out = _transform_input(x, state.mean.shape, f"{step}.inverse_transform", state.mean)

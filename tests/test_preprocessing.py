@@ -24,7 +24,10 @@ from hypothesis.extra import numpy as hnp
 from jaxnn import preprocessing as pp
 
 U32 = 2.0**-24  # float32 unit roundoff: round-to-nearest relative error
-TINY32 = 2.0**-149  # smallest float32 subnormal: bounds the absolute error of an underflow
+# The absolute error of an underflow: the smallest normal float32, not the smallest subnormal,
+# because XLA:CPU may flush subnormal operands and results to zero (whether it does depends on
+# the build and the CPU; a subnormal mean of [0, 2**-126] became 0 on one machine).
+TINY32 = 2.0**-126
 EPS64 = 2.0**-52
 
 
@@ -201,6 +204,16 @@ def test_power_of_two_rescaling_is_exact(name, e):
     mean, m = reference(name, x * c)
     tol = TINY32 * (x.shape[1] + np.abs(x * c).sum(-1, keepdims=True) + np.abs(m).sum(0))
     assert_within(zc / float(c) ** degree, z1, tol / float(c) ** degree, f"{name} 2**{e}")
+
+
+def test_a_feature_spread_near_the_float32_max():
+    """The case that found the reciprocal flush: std 8.5e37 (its reciprocal is subnormal)."""
+    from jaxnn.preprocessing import standardize
+
+    x = np.array([[1.701412e38], [0.0]], np.float32)
+    pre = standardize()
+    z = np.asarray(jax.jit(pre.transform)(pre.fit(x), x))
+    np.testing.assert_allclose(z, [[1.0], [-1.0]], rtol=4 * np.finfo(np.float32).eps)
 
 
 @settings(max_examples=40, deadline=None)
