@@ -125,6 +125,7 @@ def test_diagnose_prints_a_report(diagnoses, capsys):
 
 
 # --------------------------------------------------------------------------- gradcheck
+@pytest.mark.slow  # several compiles: in the slow suite
 def test_gradcheck_passes_and_lists_everything(capsys):
     rc, stdout, _ = _run(["gradcheck"], capsys)
     assert rc == 0

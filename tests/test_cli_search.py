@@ -143,9 +143,7 @@ def test_ensemble_writes_summary(tmp_path, capsys):
     # One progress line per epoch (TINY trains 2), printed as each epoch ends.
     assert [ln.split(":")[0] for ln in stdout.splitlines() if ln.startswith("epoch ")] == [
         "epoch 1/2", "epoch 2/2"]
-    rc, stdout, _ = _run(["ensemble", "--members", "2", *TINY, "--out", str(tmp_path / "q"),
-                          "--quiet"], capsys)
-    assert rc == 0 and "epoch 1/2" not in stdout
+
 
 
 def test_ensemble_of_nan_models_exits_1(tmp_path, capsys):

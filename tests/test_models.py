@@ -235,6 +235,7 @@ def test_parse_arch_errors_name_the_entry_and_the_grammar(text):
     assert "bad architecture entry" in str(info.value)
 
 
+@pytest.mark.slow  # several compiles: in the slow suite
 def test_convnet_default_stack(key):
     model = models.convnet((8, 8, 1), 10, batch_norm=True, dropout=0.5)
     params, state = model.init(key)

@@ -224,6 +224,7 @@ def _dropout_mlp(rate):
                          input_shape=(6,))
 
 
+@pytest.mark.slow  # several compiles: in the slow suite
 def test_dropout_per_member_from_a_model_factory(dataset):
     rates = np.array([0.0, 0.5])
     res = population.train_population(
