@@ -32,12 +32,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -51,6 +52,7 @@ __all__ = [
     "RunInUseError",
     "RunDir",
     "Restored",
+    "jsonable",
     "write_json_atomic",
     "read_json",
     "read_metrics",
@@ -72,14 +74,19 @@ class RunInUseError(RunDirError):
     """Another live process holds the run directory's lock."""
 
 
-def _jsonable(obj):
-    """``obj`` made strict JSON: NamedTuples as dicts, numpy values plain, NaN/inf as ``None``."""
+def jsonable(obj, *, convert: Callable[[Any], Any] | None = None):
+    """``obj`` as strict JSON values: NamedTuples and mappings as dicts, tuples and arrays as
+    lists, numpy scalars plain, NaN/inf as ``None``; ``convert(x)`` may first replace any value
+    (return ``x`` itself to leave it to these rules). The one JSON sanitizer of jaxnn."""
+    if convert is not None:
+        obj = convert(obj)
+    rec = functools.partial(jsonable, convert=convert)
     if hasattr(obj, "_asdict"):
         obj = obj._asdict()
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, Mapping):
+        return {str(k): rec(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple | np.ndarray):
-        return [_jsonable(v) for v in obj]
+        return [rec(v) for v in obj]
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -88,20 +95,11 @@ def _jsonable(obj):
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as strict JSON to ``path``: a temporary file in the same directory, flushed
-    to disk, then renamed over ``path`` (readers see the old file or the new one, never half)."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(_jsonable(obj), f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+    """Write ``obj`` as strict JSON (:func:`jsonable`) to ``path``: a temporary file in the same
+    directory, flushed to disk, then renamed over ``path`` (readers see the old file or the new
+    one, never half of one)."""
+    text = json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n"  # fails before writing
+    _write_text_atomic(os.fspath(path), text)
 
 
 def _write_text_atomic(path: str, text: str) -> None:
@@ -386,7 +384,7 @@ class RunDir:
             return
         records = sorted(records, key=lambda r: r["epoch"])
         _write_text_atomic(self.file("metrics.jsonl"),
-                           "".join(json.dumps(_jsonable(r)) + "\n" for r in records))
+                           "".join(json.dumps(jsonable(r)) + "\n" for r in records))
         self._file_epochs = {r["epoch"] for r in records}
         self._written = True
 
@@ -401,7 +399,7 @@ class RunDir:
             self.write_metrics([r for r in records if r["epoch"] != rec["epoch"]] + [rec])
             return
         with open(self.file("metrics.jsonl"), "a") as f:
-            f.write(json.dumps(_jsonable(rec)) + "\n")
+            f.write(json.dumps(jsonable(rec)) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self._file_epochs.add(rec["epoch"])
@@ -538,7 +536,7 @@ def fit(
         def on_epoch(rec, state):
             records.append(rec)
             ckpts[0].save(rec["epoch"], state, {"epoch": rec["epoch"], "initial_loss": initial[0],
-                                            "records": _jsonable(records)})
+                                            "records": jsonable(records)})
             run.record_epoch(rec)
             if callback is not None:
                 callback(rec, state)

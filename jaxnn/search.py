@@ -63,6 +63,7 @@ import optuna
 
 from jaxnn import optim as _optim
 from jaxnn import population as _population
+from jaxnn import rundir as _rundir
 
 __all__ = [
     "LOG_SCALE",
@@ -983,18 +984,13 @@ def to_json(obj):
     """Plain JSON data from search objects: a :class:`Trial` becomes a dict, a range
     ``{"loguniform": [low, high]}``/``{"uniform": [low, high]}``, a choice ``{"choice": [...]}``,
     NaN/inf ``None``; containers are converted recursively."""
+    return _rundir.jsonable(obj, convert=_spec_json)
+
+
+def _spec_json(obj):
+    """A search space entry as JSON: ``{"loguniform": [low, high]}``, ``{"choice": [...]}``."""
     if isinstance(obj, LogUniform | Uniform):
         return {type(obj).__name__.lower(): [obj.low, obj.high]}
     if isinstance(obj, Choice):
-        return {"choice": [to_json(v) for v in obj.values]}
-    if hasattr(obj, "_asdict"):
-        return {k: to_json(v) for k, v in obj._asdict().items()}
-    if isinstance(obj, Mapping):
-        return {str(k): to_json(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple | np.ndarray):
-        return [to_json(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
+        return {"choice": list(obj.values)}
     return obj

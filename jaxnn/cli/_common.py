@@ -528,7 +528,7 @@ def jsonable(obj):
     """``obj`` as strict JSON values (NamedTuples as dicts, numpy plain, NaN/inf as ``None``)."""
     from jaxnn import rundir
 
-    return rundir._jsonable(obj)
+    return rundir.jsonable(obj)
 
 
 def write_json(path, obj) -> None:
