@@ -247,3 +247,18 @@ def test_a_killed_search_loses_at_most_its_round_in_flight(tmp_path):
     assert len(done) == 6 and all(done[n] == p for n, p in told.items())
     running = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
     assert len(running) <= 2  # the round killed in flight, not counted
+
+
+def test_a_convnet_search_trains_images_and_retrains_by_command(tmp_path, capsys):
+    """A search over a convnet (--arch with convolutions keeps digits as 8x8x1 images)."""
+    out = tmp_path / "conv"
+    rc, _, err = _run(["search", "--method", "random", "--trials", "2", "--population", "2",
+                       "--arch", "conv:4,pool,fc:8", "--epochs", "1", "--batch-size", "128",
+                       "--pruner", "none", "--out", str(out)], capsys)
+    assert rc == 0, err
+    res = _results(out)
+    assert len(res["trials"]) == 2 and {t["status"] for t in res["trials"]} == {"ok"}
+    for t in res["trials"]:
+        argv = shlex.split(t["command"])
+        assert argv[argv.index("--arch") + 1] == "conv:4,pool,fc:8"
+        assert 0.0 <= t["val_acc"] <= 1.0
