@@ -30,6 +30,8 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import inspect
 import math
@@ -56,6 +58,7 @@ __all__ = [
     "Dropout",
     "Activation",
     "Maxout",
+    "native_conv_gradients",
     # builders, defined in jaxnn.models (resolved on first use by __getattr__ below)
     "Model",  # noqa: F822
     "serial",  # noqa: F822
@@ -266,6 +269,27 @@ def _conv2d_bwd(strides, pads, res, dy):
 
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
+_NATIVE_CONV_GRADIENTS = contextvars.ContextVar("jaxnn_native_conv_gradients", default=False)
+
+
+@contextlib.contextmanager
+def native_conv_gradients(enabled: bool = True):
+    """While tracing inside this context, :func:`Conv2D` differentiates with jax's own
+    transpose rules instead of its NHWC/HWIO backward pass.
+
+    jax's rules are the faster choice for a step jitted on its own (on XLA:CPU about 1.8x on the
+    kernel gradient); inside ``lax.scan`` XLA:CPU runs them through a slow loop, which is why the
+    NHWC/HWIO form is the default. :func:`jaxnn.train.make_train_step` traces its step in this
+    context; :func:`jaxnn.train.make_epoch` does not. The setting is read when a function is
+    traced, so it belongs around the tracing (e.g. inside the function given to ``jax.jit``).
+    Both give the same gradients up to float rounding.
+    """
+    token = _NATIVE_CONV_GRADIENTS.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _NATIVE_CONV_GRADIENTS.reset(token)
+
 
 def Conv2D(
     features: int,
@@ -305,7 +329,8 @@ def Conv2D(
     def conv(x, w):
         pads = pad if not isinstance(pad, str) else tuple(lax.padtype_to_pads(
             x.shape[1:3], (kh, kw), window_strides, pad))
-        return _conv2d(x, w.astype(x.dtype), window_strides, tuple(map(tuple, pads)))
+        conv = _conv_nhwc if _NATIVE_CONV_GRADIENTS.get() else _conv2d
+        return conv(x, w.astype(x.dtype), window_strides, tuple(map(tuple, pads)))
 
     def init_fn(key, input_shape):
         shape = _shape(input_shape, "Conv2D", rank=3)

@@ -35,6 +35,7 @@ import optax
 
 from jaxnn import data as _data
 from jaxnn import distributed as _dist
+from jaxnn import layers as _layers
 from jaxnn import losses as _losses
 from jaxnn import optim as _optim
 from jaxnn import regularizers as _reg
@@ -190,7 +191,13 @@ def make_train_step(
     global-batch mean loss. The batch size must divide by the number of devices.
     """
     raw = train_step_fn(apply, loss, optimizer)
-    step = lambda state, batch: raw(state, _dist.constrain_batch(batch, mesh), l2)
+
+    def step(state, batch):
+        # One step jitted alone: jax's own convolution gradients are the fast ones here (inside
+        # an epoch's lax.scan they are not; see jaxnn.layers.native_conv_gradients).
+        with _layers.native_conv_gradients():
+            return raw(state, _dist.constrain_batch(batch, mesh), l2)
+
     return _jit(step, mesh, donate)
 
 

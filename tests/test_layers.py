@@ -348,3 +348,28 @@ def test_maxout_tie_gradient_goes_to_the_lowest_piece(key):
     g = jax.grad(lambda p: jnp.sum(layer.apply(p, {}, x)[0]))(params)
     np.testing.assert_array_equal(g["b"], [0.0, 1.0, 0.0])
     np.testing.assert_array_equal(g["w"], [[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+
+
+def test_native_conv_gradients_equal_the_nhwc_backward_pass():
+    """Inside ``native_conv_gradients`` Conv2D differentiates with jax's own rules; both give the
+    same gradients (float64: the two orders of summation differ by rounding only)."""
+    with jax.enable_x64(True):
+        conv = layers.Conv2D(3, 3, strides=2, dtype=jnp.float64)
+        _, params, state = conv.init(jax.random.key(0), (7, 6, 2))
+        x = jax.random.normal(jax.random.key(1), (2, 7, 6, 2), jnp.float64)
+
+        def loss(p, x):
+            return jnp.sum(jnp.sin(conv.apply(p, state, x)[0]))
+
+        def native(p, x):
+            with layers.native_conv_gradients():
+                return loss(p, x)
+
+        ref = jax.grad(loss, argnums=(0, 1))(params, x)
+        got = jax.jit(jax.grad(native, argnums=(0, 1)))(params, x)
+        for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        assert not layers._NATIVE_CONV_GRADIENTS.get()  # the context is left as it was
+        # ... and the switch is real: only the default goes through the custom backward pass.
+        assert "custom_vjp" in str(jax.make_jaxpr(loss)(params, x))
+        assert "custom_vjp" not in str(jax.make_jaxpr(native)(params, x))
