@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from typing import Any, NamedTuple
 
 from jaxnn.cli import CLIError
-from jaxnn.cli._data import DownloadProgress, augment_arg
 
 #: Flags saved in ``config.json`` and read back by ``jaxnn resume``.
 TRAIN_FLAGS = (
@@ -551,3 +551,53 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) < 1e-3 or abs(v) >= 1e4 else f"{v:.4f}"
     return str(v)
+
+
+# --------------------------------------------------------------------------- data
+class DownloadProgress:
+    """A ``progress(file_name, bytes_done, bytes_total)`` callback for the library's downloads:
+    one tqdm bar per file on stderr when ``enabled`` (default: stderr is a terminal), nothing
+    otherwise. ``fetched`` lists the files transferred. Use it as a context manager so that the
+    last bar is closed."""
+
+    def __init__(self, enabled: bool | None = None):
+        self.enabled = sys.stderr.isatty() if enabled is None else bool(enabled)
+        self.fetched: list[str] = []
+        self._bar = None
+
+    def __call__(self, name: str, done: int, total: int | None) -> None:
+        if done == 0:  # a transfer starts
+            self.close()
+            self.fetched.append(name)
+            if self.enabled:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=total, desc=name, unit="B", unit_scale=True,
+                                 unit_divisor=1024, leave=False, file=sys.stderr)
+        if self._bar is not None:
+            self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> DownloadProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def augment_arg(text: str) -> str | None:
+    """argparse type of ``--augment``: the spec checked (:func:`jaxnn.batching.parse_augment`)
+    and written canonically (``"crop:4,flip"``); ``none`` gives ``None``."""
+    from jaxnn.batching import parse_augment
+
+    try:
+        spec = parse_augment(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if spec is None:
+        return None
+    return ",".join([f"crop:{spec.crop}"] * bool(spec.crop) + ["flip"] * spec.flip)

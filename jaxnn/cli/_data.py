@@ -4,9 +4,8 @@ bar every verb that loads data shows on a terminal (:class:`DownloadProgress`)."
 
 from __future__ import annotations
 
-import sys
-
 from jaxnn.cli import CLIError
+from jaxnn.cli._common import DownloadProgress, augment_arg, table  # noqa: F401 (re-exported)
 
 #: The datasets that download (``jaxnn.datasets.SOURCES``), in ``jaxnn data list`` order.
 DOWNLOADABLE = ("mnist", "fashion_mnist", "cifar10")
@@ -52,41 +51,6 @@ def _add_dir_flag(p) -> None:
                    help="the cache directory (default: $JAXNN_DATA, else ~/.cache/jaxnn)")
 
 
-class DownloadProgress:
-    """A ``progress(file_name, bytes_done, bytes_total)`` callback for the library's downloads:
-    one tqdm bar per file on stderr when ``enabled`` (default: stderr is a terminal), nothing
-    otherwise. ``fetched`` lists the files transferred. Use it as a context manager so that the
-    last bar is closed."""
-
-    def __init__(self, enabled: bool | None = None):
-        self.enabled = sys.stderr.isatty() if enabled is None else bool(enabled)
-        self.fetched: list[str] = []
-        self._bar = None
-
-    def __call__(self, name: str, done: int, total: int | None) -> None:
-        if done == 0:  # a transfer starts
-            self.close()
-            self.fetched.append(name)
-            if self.enabled:
-                from tqdm import tqdm
-
-                self._bar = tqdm(total=total, desc=name, unit="B", unit_scale=True,
-                                 unit_divisor=1024, leave=False, file=sys.stderr)
-        if self._bar is not None:
-            self._bar.update(done - self._bar.n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-    def __enter__(self) -> DownloadProgress:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
 def _size(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
@@ -129,7 +93,6 @@ def run_download(args) -> int:
 
 def run_list(args) -> int:
     from jaxnn import datasets
-    from jaxnn.cli._common import table
 
     root = datasets.cache_dir(args.data_dir)
     rows = [["digits", "embedded", "-", "-", "(scikit-learn)"]]
@@ -150,19 +113,3 @@ def run_list(args) -> int:
     print(f"cache: {root}")
     print(table(rows, ["dataset", "status", "files", "size", "directory"]))
     return 0
-
-
-def augment_arg(text: str) -> str | None:
-    """argparse type of ``--augment``: the spec checked (:func:`jaxnn.batching.parse_augment`)
-    and written canonically (``"crop:4,flip"``); ``none`` gives ``None``."""
-    import argparse
-
-    from jaxnn.batching import parse_augment
-
-    try:
-        spec = parse_augment(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    if spec is None:
-        return None
-    return ",".join([f"crop:{spec.crop}"] * bool(spec.crop) + ["flip"] * spec.flip)
