@@ -56,6 +56,7 @@ from jaxnn.layers import (
     Layer,
     LayerActivations,
     MaxPool,
+    _shape,
 )
 
 __all__ = [
@@ -136,15 +137,7 @@ def serial(*layers: Layer, input_shape: Sequence[int] | int) -> Model:
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
             raise ValueError(f"serial: layer {i} must be a jaxnn.layers.Layer, got {layer!r}")
-    if isinstance(input_shape, int):
-        input_shape = (input_shape,)
-    try:
-        in_shape = tuple(int(d) for d in input_shape)
-    except TypeError:
-        raise ValueError(f"serial: input_shape must be a tuple of sizes without the batch axis, "
-                         f"got {input_shape!r}") from None
-    if not in_shape or min(in_shape) < 1:
-        raise ValueError(f"serial: input_shape must be non-empty positive sizes, got {in_shape}")
+    in_shape = _shape(input_shape, "serial")
     plan, n_blocks = _plan(layers)
     has_input = plan[0].block < 0
     names = tuple(f"layer_{i}" for i in range(n_blocks))

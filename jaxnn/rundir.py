@@ -388,7 +388,7 @@ class RunDir:
         self._file_epochs = {r["epoch"] for r in records}
         self._written = True
 
-    def record_epoch(self, rec: dict, file_records: list[dict] | None = None) -> None:
+    def record_epoch(self, rec: dict) -> None:
         """Add one epoch's record: appended as one whole line, or, when ``metrics.jsonl`` already
         holds that epoch (a rerun after a fallback), an atomic rewrite replacing it."""
         if not self.main:
@@ -457,7 +457,7 @@ def _short_reason(e: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------- fit in a run directory
-def _check_meta(meta: dict, epochs: int) -> str | None:
+def _check_meta(meta: dict) -> str | None:
     """A reason to reject checkpoint metadata, or ``None``."""
     ep, l0, recs = meta.get("epoch"), meta.get("initial_loss"), meta.get("records")
     if not isinstance(ep, int) or ep < 0:
@@ -509,7 +509,7 @@ def fit(
     try:
         if resume:
             ckpts.append(run.checkpointer(keep=keep_checkpoints))
-            start = _resume_point(run, ckpts[0], model, optimizer, key, epochs, say)
+            start = _resume_point(run, ckpts[0], model, optimizer, key, say)
         elif run.exists("checkpoints") and os.listdir(run.file("checkpoints")):
             raise RunDirError(f"{run.path} already holds checkpoints; resume it or choose "
                               "another directory")
@@ -548,11 +548,11 @@ def fit(
             ckpt.close()
 
 
-def _resume_point(run, ckpt, model, optimizer, key, epochs, say):
+def _resume_point(run, ckpt, model, optimizer, key, say):
     """The :class:`jaxnn.train.Start` to continue from, and ``metrics.jsonl`` rebuilt."""
     template = _train.init_train_state(model, optimizer, key=key)
     found = run.restore(ckpt, template=template,
-                        check=lambda st, meta: _check_meta(meta, epochs) or (
+                        check=lambda st, meta: _check_meta(meta) or (
                             None if _tree_finite(st) else "parameters are not finite"))
     for step, reason in found.skipped:
         say(f"skipped checkpoint {step} ({reason}); moved to corrupt-checkpoints/")

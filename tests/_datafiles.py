@@ -164,3 +164,6 @@ def refused_url() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"http://127.0.0.1:{port}/dead/"
+
+
+DEAD = refused_url()  # nothing listens there: a refused connection (one per session)

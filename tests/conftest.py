@@ -48,3 +48,27 @@ def _blobs(*, n: int, classes: int, spread: float, n_train: int, n_val: int, d: 
 def make_blobs():
     """A small separable classification Dataset, built by keyword (see ``_blobs``)."""
     return _blobs
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No test reaches the official dataset locations, and none writes to ~/.cache (the data
+    tests use it on every test: ``pytestmark = pytest.mark.usefixtures("offline")``)."""
+    from _datafiles import DEAD
+
+    from jaxnn import datasets
+
+    monkeypatch.delenv("JAXNN_DATA_URL", raising=False)
+    monkeypatch.setenv("JAXNN_DATA", str(tmp_path / "default-cache"))
+    for name, source in list(datasets.SOURCES.items()):
+        monkeypatch.setitem(datasets.SOURCES, name, source._replace(url=DEAD))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``(base_url, served_dir, requests)`` of a local server of original-format data files."""
+    from _datafiles import serve, served_tree
+
+    root = served_tree(tmp_path_factory.mktemp("served"))
+    with serve(root) as (url, requests):
+        yield url, root, requests

@@ -6,28 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from _datafiles import refused_url, serve, served_tree, trust
+from _datafiles import DEAD, trust
 
 from jaxnn import datasets
 from jaxnn.cli import main
 from jaxnn.cli._data import DownloadProgress, augment_arg
 
-DEAD = refused_url()  # nothing listens there: a refused connection
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.delenv("JAXNN_DATA_URL", raising=False)
-    monkeypatch.setenv("JAXNN_DATA", str(tmp_path / "default-cache"))
-    for name, source in list(datasets.SOURCES.items()):
-        monkeypatch.setitem(datasets.SOURCES, name, source._replace(url=DEAD))
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = served_tree(tmp_path_factory.mktemp("served"))
-    with serve(root) as (url, requests):
-        yield url, root, requests
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 @pytest.fixture

@@ -11,11 +11,9 @@ import numpy as np
 import pytest
 from _datafiles import (
     CIFAR_BATCHES,
+    DEAD,
     digest,
     idx_bytes,
-    refused_url,
-    serve,
-    served_tree,
     trust,
     write_cifar,
     write_cifar_archive,
@@ -24,24 +22,7 @@ from _datafiles import (
 
 from jaxnn import datasets
 
-DEAD = refused_url()  # nothing listens there: a refused connection
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """No test reaches the official locations, and none writes to ~/.cache."""
-    monkeypatch.delenv("JAXNN_DATA_URL", raising=False)
-    monkeypatch.setenv("JAXNN_DATA", str(tmp_path / "default-cache"))
-    for name, source in list(datasets.SOURCES.items()):
-        monkeypatch.setitem(datasets.SOURCES, name, source._replace(url=DEAD))
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """``(base_url, served_dir, requests)`` of a local server of original-format files."""
-    root = served_tree(tmp_path_factory.mktemp("served"))
-    with serve(root) as (url, requests):
-        yield url, root, requests
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 def files_under(path) -> list:

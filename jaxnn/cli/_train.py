@@ -264,9 +264,9 @@ def _fit_and_report(setup, run, *, resume: bool, args, dev) -> int:
     if history.diverged:
         good = history.epochs_done
         print(f"{history.stopped_reason}")
+        state_name = f"epoch {good}" if good else "the initial parameters"
         print(f"test accuracy {summary['test_acc']:.4f}  test loss {summary['test_loss']:.4f}  "
-              f"(of the last good state: {'the initial parameters' if good == 0 else ''}"
-              f"{'epoch ' + str(good) if good else ''})")
+              f"(of the last good state: {state_name})")
         print(f"run directory: {run.path}")
         sys.stderr.write(f"jaxnn {'resume' if resume else 'train'}: {history.stopped_reason}; "
                          f"the last good state (epoch {good}) is kept in "
