@@ -23,7 +23,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -234,6 +234,7 @@ def activation_comparison(
     dropout: float = 0.0,
     probe_examples: int = 256,
     on_group: Callable[[ComparisonRow], None] | None = None,
+    model: Callable[[str, str], Any] | None = None,
 ) -> list[ComparisonRow]:
     """Train the same MLP on the same data with every (activation, init) pair.
 
@@ -256,6 +257,9 @@ def activation_comparison(
       bias_init, batch_norm, dropout: as in :func:`jaxnn.layers.mlp`.
       probe_examples: size of the batch the dead fraction is measured on.
       on_group: called with each row as soon as its group is done (progress reporting).
+      model: ``model(activation, init) -> Model`` builds each pair's model (any architecture,
+        e.g. ``lambda a, i: jaxnn.config.build_model(cfg.replace(activation=a, init=i), ...)``);
+        default: the MLP of ``hidden``, ``bias_init``, ``batch_norm`` and ``dropout``.
 
     Returns:
       One :class:`ComparisonRow` per pair, activations outer, inits inner.
@@ -271,17 +275,19 @@ def activation_comparison(
     seed_ids = _seeds(seeds)
     optimizer = _optim.momentum(learning_rate) if optimizer is None else optimizer
     sizes = [_n_inputs(data), *[int(h) for h in hidden], int(data.num_classes)]
+    make = model if model is not None else (
+        lambda a, i: _layers.mlp(sizes, activation=a, init=i, bias_init=bias_init,
+                                 batch_norm=batch_norm, dropout=dropout))
     x_probe = jnp.asarray(data.x_val[:probe_examples])
     if x_probe.shape[0] == 0:
         x_probe = jnp.asarray(data.x_train[:probe_examples])
     rows = []
     for activation in activations:
         for init in inits:
-            model = _layers.mlp(sizes, activation=activation, init=init, bias_init=bias_init,
-                                batch_norm=batch_norm, dropout=dropout)
+            net = make(activation, init)
             res = _population.train_population(
-                data=data, epochs=epochs, batch_size=batch_size, key=key, model=model,
-                loss=loss, optimizer=optimizer, probe=dead_fraction_probe(model, x_probe),
+                data=data, epochs=epochs, batch_size=batch_size, key=key, model=net,
+                loss=loss, optimizer=optimizer, probe=dead_fraction_probe(net, x_probe),
                 hparams={"learning_rate": np.full(seed_ids.size, learning_rate),
                          "l2": np.full(seed_ids.size, l2), "seed": seed_ids},
             )
@@ -414,6 +420,7 @@ def loss_comparison(
     l2: float = 0.0,
     probe_examples: int = 512,
     other_scores: Sequence[float] = (1.0, -1.0),
+    model: Any = None,
 ) -> LossComparison:
     """Hinge loss against cross-entropy, on the same scores and in training.
 
@@ -421,14 +428,16 @@ def loss_comparison(
     data (same seeds, hence the same initial weights and data order) once per loss, each as a
     population over ``seeds`` (:func:`jaxnn.population.train_population`), and tracks on the
     first ``probe_examples`` training examples the mean margin, the fraction of examples whose
-    hinge loss is 0, and both losses.
+    hinge loss is 0, and both losses. ``model`` (any :class:`jaxnn.models.Model` for the data)
+    replaces the MLP of ``hidden``, ``activation`` and ``init``.
     """
     for name in losses:
         _losses.get(name)
     seed_ids = _seeds(seeds)
     optimizer = _optim.momentum(learning_rate) if optimizer is None else optimizer
-    model = _layers.mlp([_n_inputs(data), *[int(h) for h in hidden], int(data.num_classes)],
-                        activation=activation, init=init)
+    if model is None:
+        model = _layers.mlp([_n_inputs(data), *[int(h) for h in hidden],
+                             int(data.num_classes)], activation=activation, init=init)
     probe = _margin_probe(model, data.x_train[:probe_examples], data.y_train[:probe_examples])
     rows = []
     for name in losses:

@@ -314,87 +314,9 @@ def mlp(
     return serial(*layers, input_shape=(sizes[0],))
 
 
-# --------------------------------------------------------------------------- arch mini-language
-#: The ``--arch`` grammar, for error messages and help.
-ARCH_GRAMMAR = ("comma-separated conv:C (C channels, 3x3, SAME), conv:C:K (KxK), pool (2x2 max), "
-                "avgpool (2x2 average), fc:N (N units), dropout:P (drop probability P)")
-
-#: The usual small image classifier.
-DEFAULT_ARCH = "conv:32,conv:32,pool,conv:64,pool,fc:128"
-
-
-class ArchItem(NamedTuple):
-    """One entry of an architecture: ``kind`` is ``"conv"``, ``"pool"``, ``"avgpool"``,
-    ``"fc"`` or ``"dropout"``; ``size`` the channels, units or drop probability; ``kernel`` the
-    convolution's kernel size (``None``: 3)."""
-
-    kind: str
-    size: float | None = None
-    kernel: int | None = None
-
-    def __str__(self) -> str:
-        if self.kind == "conv":
-            return f"conv:{int(self.size)}" + ("" if self.kernel in (None, 3) else
-                                               f":{self.kernel}")
-        if self.kind == "fc":
-            return f"fc:{int(self.size)}"
-        if self.kind == "dropout":
-            return f"dropout:{self.size:g}"
-        return self.kind
-
-
-def _positive_int(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise ValueError(text)
-    return n
-
-
-def _parse_item(token: str) -> ArchItem:
-    kind, *args = token.strip().lower().split(":")
-    if kind == "conv" and len(args) in (1, 2):
-        return ArchItem("conv", _positive_int(args[0]),
-                        _positive_int(args[1]) if len(args) == 2 else 3)
-    if kind == "fc" and len(args) == 1:
-        return ArchItem("fc", _positive_int(args[0]))
-    if kind in ("pool", "avgpool") and not args:
-        return ArchItem(kind)
-    if kind == "dropout" and len(args) == 1:
-        p = float(args[0])
-        if not 0.0 <= p < 1.0:
-            raise ValueError(token)
-        return ArchItem("dropout", p)
-    raise ValueError(token)
-
-
-def parse_arch(arch: str | Sequence[str | ArchItem]) -> tuple[ArchItem, ...]:
-    """Parse the architecture mini-language (:data:`ARCH_GRAMMAR`) into :class:`ArchItem`\\ s.
-
-    ``"conv:32,conv:32,pool,conv:64,pool,fc:128"`` is two 3x3 convolutions with 32 channels, a
-    2x2 max pooling, one with 64, a pooling, and a fully connected layer of 128 units; the
-    output layer is not part of it. An empty string is no hidden layer. A sequence of entries
-    (strings or :class:`ArchItem`) works too.
-
-    Raises:
-      ValueError: naming the bad entry and giving the grammar.
-
-    >>> [str(i) for i in parse_arch("conv:16:5, pool, fc:64, dropout:0.5")]
-    ['conv:16:5', 'pool', 'fc:64', 'dropout:0.5']
-    """
-    if isinstance(arch, str):
-        tokens = [] if not arch.strip() else arch.split(",")
-    else:
-        tokens = list(arch)
-    items = []
-    for tok in tokens:
-        if isinstance(tok, ArchItem):
-            tok = str(tok)
-        try:
-            items.append(_parse_item(str(tok)))
-        except ValueError:
-            raise ValueError(f"bad architecture entry {str(tok).strip()!r} in {arch!r}; "
-                             f"expected {ARCH_GRAMMAR}") from None
-    return tuple(items)
+# --------------------------------------------------------------------------- architectures
+# The --arch mini-language and its table of kinds live in jaxnn.arch; these names are re-exported.
+from jaxnn.arch import ARCH_GRAMMAR, DEFAULT_ARCH, ArchItem, parse_arch  # noqa: E402
 
 
 def convnet(
@@ -411,15 +333,17 @@ def convnet(
     bn_momentum: float = 0.9,
     prelu_init: float = 0.25,
 ) -> Model:
-    """The usual conv-[bn]-act-...-pool-...-fc stack, from the architecture mini-language.
+    """A model from the architecture mini-language (:mod:`jaxnn.arch`): the hidden layers of
+    ``arch``, then the output ``Dense(num_classes)`` (after a :func:`~jaxnn.layers.Flatten` if
+    the last hidden layer still gives images).
 
-    ``arch`` (:func:`parse_arch`): each ``conv:C[:K]`` becomes ``Conv2D(C, K) -> [BatchNorm] ->
-    Activation``; ``pool`` / ``avgpool`` a 2x2 :func:`~jaxnn.layers.MaxPool` /
-    :func:`~jaxnn.layers.AvgPool`; ``fc:N`` becomes ``Dense(N) -> [BatchNorm] -> Activation ->
-    [Dropout(dropout)]``, after a :func:`~jaxnn.layers.Flatten` if the input is still an image;
-    ``dropout:P`` a :func:`~jaxnn.layers.Dropout`. The output ``Dense(num_classes)`` (no
-    nonlinearity) is added. The other options are :func:`mlp`'s; with only ``fc`` entries (and
-    flat inputs) the model is ``mlp([in, N..., num_classes], ...)``, the same for the same key.
+    Each ``conv:C[:K]`` is ``Conv2D(C, K) -> [BatchNorm] -> Activation``; ``pool`` / ``avgpool``
+    a 2x2 :func:`~jaxnn.layers.MaxPool` / :func:`~jaxnn.layers.AvgPool`; ``fc:N`` is
+    ``Dense(N) -> [BatchNorm] -> Activation -> [Dropout(dropout)]`` (after a ``Flatten`` if the
+    input is still an image); ``dropout:P`` a :func:`~jaxnn.layers.Dropout`; ``res(...)`` a
+    :func:`~jaxnn.layers.Residual` around the entries inside. The other options are
+    :func:`mlp`'s; with only ``fc`` entries (and flat inputs) the model is
+    ``mlp([in, N..., num_classes], ...)``, the same for the same key.
 
     Args:
       input_shape: one example's shape: ``(height, width, channels)`` (NHWC) for
@@ -433,9 +357,10 @@ def convnet(
 
     Example::
 
-        model = convnet((8, 8, 1), 10, "conv:32,conv:32,pool,conv:64,pool,fc:128",
-                        batch_norm=True)
+        model = convnet((8, 8, 1), 10, "conv:16,res(conv:16,conv:16),pool,fc:64")
     """
+    from jaxnn import arch as _arch
+
     items = parse_arch(arch)
     shape = (int(input_shape),) if isinstance(input_shape, int) else tuple(input_shape)
     if int(num_classes) < 1:
@@ -443,40 +368,20 @@ def convnet(
     options = _activation_options(activation, num_pieces=num_pieces, prelu_init=prelu_init)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"convnet: dropout must be a drop probability in [0, 1), got {dropout}")
-    hidden = dict(activation=activation, options=options, batch_norm=batch_norm,
-                  bn_momentum=bn_momentum)
-    flat = len(shape) == 1
-    layers: list[Layer] = []
-    for item in items:
-        if item.kind in ("conv", "pool", "avgpool") and (flat or len(shape) != 3):
-            where = "after an fc entry" if len(shape) == 3 else f"on inputs of shape {shape}"
-            raise ValueError(f"convnet: {item} needs images (height, width, channels), not "
-                             f"{where}; put convolutions and pooling before the fc entries")
-        if item.kind == "conv":
-            kernel = item.kernel
-
-            def conv(n, use_bias=True, kernel=kernel):
-                return Conv2D(n, kernel, init=init, bias_init=bias_init, use_bias=use_bias)
-
-            layers += _hidden(conv, int(item.size), dropout=0.0, **hidden)
-        elif item.kind in ("pool", "avgpool"):
-            layers.append(MaxPool(2) if item.kind == "pool" else AvgPool(2))
-        elif item.kind == "fc":
-            if not flat:
-                layers.append(Flatten())
-                flat = True
-
-            def dense(n, use_bias=True):
-                return Dense(n, init=init, bias_init=bias_init, use_bias=use_bias)
-
-            layers += _hidden(dense, int(item.size), dropout=dropout, **hidden)
-        else:  # dropout
-            layers.append(Dropout(float(item.size)))
-    if not flat:
+    opts = _arch.BuildOptions(activation=activation, options=options, init=init,
+                              bias_init=bias_init, batch_norm=batch_norm,
+                              bn_momentum=bn_momentum, dropout=dropout)
+    image = len(shape) == 3
+    try:
+        layers, image = _arch.build_layers(items, opts, image=image)
+    except ValueError as e:
+        raise ValueError(f"convnet: {e}" + ("" if image or len(shape) == 3 else
+                                            f" (inputs of shape {shape})")) from None
+    if image:
         layers.append(Flatten())
     layers.append(Dense(int(num_classes), init=init, bias_init=bias_init))
     try:
         return serial(*layers, input_shape=shape)
     except ValueError as e:
-        raise ValueError(f"convnet: arch {','.join(map(str, items))!r} does not fit inputs of "
+        raise ValueError(f"convnet: arch {_arch.format_arch(items)!r} does not fit inputs of "
                          f"shape {shape}: {e}") from None

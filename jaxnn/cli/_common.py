@@ -5,10 +5,10 @@ written, so a bad flag leaves no run directory behind."""
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from typing import Any, NamedTuple
 
+from jaxnn.arch import ARCH_HELP
 from jaxnn.cli import CLIError
 
 #: Flags saved in ``config.json`` and read back by ``jaxnn resume``.
@@ -44,10 +44,9 @@ def add_train_flags(p: argparse.ArgumentParser, *, epochs: int = 30, lr: float =
     g.add_argument("--hidden", default="128,64",
                    help="hidden layer widths, comma-separated (shorthand for --arch fc:128,fc:64)")
     g.add_argument("--arch", default=None,
-                   help="hidden layers, replacing --hidden: comma-separated conv:C (3x3 SAME), "
-                        "conv:C:K (KxK), pool (2x2 max), avgpool (2x2 average), fc:N, dropout:P; "
-                        "--activation follows every conv and fc, the output layer is added; "
-                        "e.g. conv:32,conv:32,pool,conv:64,pool,fc:128")
+                   help="hidden layers, replacing --hidden: " + ARCH_HELP + "; --activation "
+                        "follows every conv and fc, the output layer is added; e.g. "
+                        "conv:16,res(conv:16,conv:16),pool,fc:64")
     g.add_argument("--activation", default="relu", help="hidden activation: {activations}")
     g.add_argument("--init", default="he_normal", help="weight initializer: {initializers}")
     g.add_argument("--bias-init", type=float, default=0.0,
@@ -72,54 +71,6 @@ def add_train_flags(p: argparse.ArgumentParser, *, epochs: int = 30, lr: float =
     g.add_argument("--epochs", type=int, default=epochs, help="passes over the training split")
     g.add_argument("--seed", type=int, default=0,
                    help="seeds the initialization, the data order and dropout")
-
-
-def label_loss(name: str):
-    """``--loss NAME`` as a loss of ``(scores [batch, C], integer labels [batch])``: the name
-    itself when the registry's loss takes class labels, else that loss applied to one-hot
-    labels (losses of targets shaped like the scores: l2, mse, sigmoid_binary_cross_entropy, ...).
-    Which of the two is found by calling the loss once on a tiny batch."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxnn import losses
-
-    if name not in losses.names():
-        raise CLIError(f"--loss: unknown {name!r}; valid: {', '.join(losses.names())}")
-    fn = losses.get(name)
-    scores, labels = jnp.zeros((2, 3), jnp.float32), jnp.asarray([0, 2], jnp.int32)
-
-    def on_one_hot(scores, labels):
-        return fn(scores, jax.nn.one_hot(labels, scores.shape[-1], dtype=scores.dtype))
-
-    for candidate in (fn, on_one_hot):
-        try:
-            if jnp.shape(candidate(scores, labels)) == (2,):
-                return name if candidate is fn else on_one_hot
-        except (ValueError, TypeError):
-            pass
-    raise CLIError(f"--loss {name}: takes neither class labels nor one-hot targets, so it "
-                   f"cannot train a classifier")
-
-
-def check_initializer(name: str) -> None:
-    """``--init NAME`` names an initializer that needs no options, else a :class:`CLIError`."""
-    from jaxnn import initializers
-
-    if name not in initializers.names():
-        raise CLIError(f"--init: unknown {name!r}; valid: {', '.join(initializers.names())}")
-    try:
-        initializers.get(name)
-    except (ValueError, TypeError):
-        usable = []
-        for n in initializers.names():
-            try:
-                initializers.get(n)
-                usable.append(n)
-            except (ValueError, TypeError):
-                pass
-        raise CLIError(f"--init: {name!r} needs arguments the command line does not take; "
-                       f"choose one of {', '.join(usable)}") from None
 
 
 def _devices_arg(text: str):
@@ -242,177 +193,51 @@ def population_devices(args, population_size: int) -> int | None:
     return None if n == 1 else n
 
 
-class Setup(NamedTuple):
-    """What the training flags resolve to."""
-
-    config: dict
-    data: Any  # jaxnn.data.Dataset, preprocessed
-    model: Any  # jaxnn.layers.Model
-    optimizer: Any
-    loss: str
-    hidden: list[int]
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
 
 
-def parse_hidden(text: str) -> list[int]:
+def config_error(e, *, source: str | None = None) -> CLIError:
+    """A :class:`jaxnn.config.ConfigError` as the CLI's one line: ``--flag: problem`` for a
+    config made from flags, ``FILE: key 'k': problem`` for one read from a file."""
+    if e.source is not None or source is not None:
+        return CLIError(str(e if source is None else e.with_source(source)))
+    return CLIError(f"{_flag(e.key)}: {e.problem}")
+
+
+def config_from_args(args, **extra):
+    """The training flags (and ``extra`` run keys) as a validated
+    :class:`jaxnn.config.RunConfig`; a bad value is a :class:`CLIError` naming its flag."""
+    from jaxnn.config import ConfigError, RunConfig
+
+    values = {k: getattr(args, k) for k in TRAIN_FLAGS if hasattr(args, k)}
+    values.update(extra)
     try:
-        sizes = [int(s) for s in str(text).split(",") if s.strip()]
-    except ValueError:
-        raise CLIError(f"--hidden must be comma-separated integers, got {text!r}") from None
-    if any(s < 1 for s in sizes):
-        raise CLIError(f"--hidden widths must be >= 1, got {text!r}")
-    return sizes
+        return RunConfig(**values)
+    except ConfigError as e:
+        raise config_error(e) from None
 
 
-def parse_arch(config: dict):
-    """The hidden layers of a config: ``--arch`` parsed (:func:`jaxnn.models.parse_arch`), else
-    ``--hidden`` as ``fc`` entries."""
-    from jaxnn import models
+def replace_config(cfg, **changes):
+    """``cfg.replace(**changes)``, a bad value a :class:`CLIError` (naming the flag)."""
+    from jaxnn.config import ConfigError
 
-    arch = config.get("arch")
-    if arch is None:
-        return tuple(models.ArchItem("fc", n) for n in parse_hidden(config["hidden"]))
     try:
-        return models.parse_arch(arch)
-    except ValueError as e:
-        raise CLIError(f"--arch: {e}") from None
+        return cfg.replace(**changes)
+    except ConfigError as e:
+        raise config_error(e) from None
 
 
-def config_from_args(args) -> dict:
-    """The training flags as a config dict; ``--arch`` and a non-default ``--hidden`` together
-    are refused (one would be ignored)."""
-    if getattr(args, "arch", None) is not None and getattr(args, "hidden", "128,64") != "128,64":
-        raise CLIError("--hidden and --arch both give the hidden layers; use one (--hidden 128,64 "
-                       "is --arch fc:128,fc:64)")
-    return {k: getattr(args, k) for k in TRAIN_FLAGS}
+def build(cfg, *, source: str | None = None):
+    """:func:`jaxnn.config.build` with a download progress bar on a terminal; a config the data
+    cannot serve is a :class:`CLIError` (naming the flag, or ``source``'s key)."""
+    from jaxnn import config
 
-
-def _preprocess(data, spec: str):
-    from jaxnn import preprocessing
-
-    name, _, arg = str(spec).partition(":")
-    if name in ("", "none"):
-        return data
-    kw = {}
-    if arg:
-        try:
-            kw["k"] = int(arg)
-        except ValueError:
-            raise CLIError(f"--preprocess {spec!r}: expected NAME or pca:K") from None
     try:
-        pre = preprocessing.get(name, **kw)
-    except (ValueError, TypeError) as e:
-        raise CLIError(f"--preprocess {spec!r}: {e}") from None
-    try:
-        st = pre.fit(data.x_train)  # fitted on the training split only
-    except ValueError as e:
-        raise CLIError(f"--preprocess {spec}: {e}") from None
-    return data._replace(**{f"x_{s}": _np(pre.transform(st, getattr(data, f"x_{s}")))
-                            for s in ("train", "val", "test")})
-
-
-def _np(a):
-    import numpy as np
-
-    return np.asarray(a)
-
-
-def build(config: dict) -> Setup:
-    """Load the data and build model and optimizer from a config dict (flags or config.json)."""
-    from jaxnn import activations, data, models, optim
-
-    c = check_config(dict(config))
-    arch = parse_arch(c)
-    hidden = [int(i.size) for i in arch if i.kind == "fc"]
-    images = any(i.kind in ("conv", "pool", "avgpool") for i in arch)
-    for flag, lo in (("batch_size", 1), ("epochs", 1)):
-        if int(c[flag]) < lo:
-            raise CLIError(f"--{flag.replace('_', '-')} must be >= {lo}, got {c[flag]}")
-    if not c["lr"] > 0:
-        raise CLIError(f"--lr must be positive, got {c['lr']}")
-    if c["l2"] < 0:
-        raise CLIError(f"--l2 must be >= 0, got {c['l2']}")
-    if not 0 <= c["dropout"] < 1:
-        raise CLIError(f"--dropout is a drop probability in [0, 1), got {c['dropout']}")
-    if c["activation"] not in activations.names():
-        raise CLIError(f"--activation: unknown {c['activation']!r}; valid: "
-                       f"{', '.join(activations.names())}")
-    loss = label_loss(c["loss"])
-    check_initializer(c["init"])
-    if c["optimizer"] not in optim.names():
-        raise CLIError(f"--optimizer: unknown {c['optimizer']!r}; valid: {', '.join(optim.names())}")
-    if c["schedule"] not in optim.schedule_names():
-        raise CLIError(f"--schedule: unknown {c['schedule']!r}; valid: "
-                       f"{', '.join(optim.schedule_names())}")
-
-    # The split is fixed (seed 0) so that runs with different --seed share one test set.
-    with DownloadProgress() as progress:  # a bar on a terminal when a dataset downloads
-        ds = data.load(c["dataset"], data_dir=c["data_dir"], seed=c.get("split_seed", 0),
-                       flatten=not images,  # convolutions see [H, W, C] images
-                       data_url=c.get("data_url"), progress=progress)
-    ds = _preprocess(ds, c["preprocess"])
-    if images and ds.x_train.ndim != 4:
-        raise CLIError(f"--arch {c['arch']}: convolutions and pooling need images [height, "
-                       f"width, channels]; {c['dataset']} gives examples of shape "
-                       f"{tuple(ds.x_train.shape[1:])}")
-    if c.get("augment") and (not images or ds.x_train.ndim != 4):
-        raise CLIError(f"--augment {c['augment']}: crop and flip need images; {c['dataset']} "
-                       f"is used as examples of shape {tuple(ds.x_train.shape[1:])} here (an "
-                       "--arch with conv or pool layers keeps the image shape)")
-    if not images and ds.x_train.ndim != 2:
-        ds = ds._replace(**{f"x_{s}": getattr(ds, f"x_{s}").reshape(
-            getattr(ds, f"x_{s}").shape[0], -1) for s in ("train", "val", "test")})
-    try:
-        model = models.convnet(ds.x_train.shape[1:], ds.num_classes, arch,
-                               activation=c["activation"], init=c["init"],
-                               bias_init=c["bias_init"], batch_norm=c["batch_norm"],
-                               dropout=c["dropout"])
-    except ValueError as e:
-        raise CLIError(f"--arch: {e}") from None
-    model = _scaled_init(model, c.get("init_scale", 1.0))
-    steps_per_epoch = -(-ds.x_train.shape[0] // min(c["batch_size"], ds.x_train.shape[0]))
-    # The rate stays a number and a schedule is its shape (value 1), so a population can give
-    # each member its own rate under the same schedule (jaxnn.optim).
-    shape = None if c["schedule"] == "constant" else optim.get_schedule(
-        c["schedule"], 1.0, total_steps=steps_per_epoch * c["epochs"])
-    optimizer = optim.get(c["optimizer"], learning_rate=c["lr"], schedule=shape,
-                          **_optimizer_options(c))
-    return Setup(c, ds, model, optimizer, loss, hidden)
-
-
-def _optimizer_options(c: dict) -> dict:
-    """``--momentum`` / ``--weight-decay`` for the optimizers that take them."""
-    opts = {}
-    for key, takers in (("momentum", ("momentum", "nesterov")), ("weight_decay", ("adamw",))):
-        v = c.get(key)
-        if v is None:
-            continue
-        if c["optimizer"] not in takers:
-            raise CLIError(f"--{key.replace('_', '-')}: only for --optimizer "
-                           f"{' or '.join(takers)}, got {c['optimizer']}")
-        opts[key] = v
-    return opts
-
-
-def _scaled_init(model, scale: float):
-    """``model`` whose ``init`` multiplies every weight matrix by ``scale`` (as a population
-    member's ``init_scale`` does); the model itself for 1."""
-    if scale == 1.0:
-        return model
-    if not scale > 0:
-        raise CLIError(f"--init-scale must be positive, got {scale}")
-    import jax
-    import jax.numpy as jnp
-
-    from jaxnn import regularizers
-
-    def init(key):
-        params, state = model.init(key)
-        flags = regularizers.weight_mask(params)
-        params = jax.tree.map(lambda p, f: p * jnp.asarray(scale, p.dtype) if f else p,
-                              params, flags)
-        return params, state
-
-    return model._replace(init=init)
+        with DownloadProgress() as progress:  # a bar on a terminal when a dataset downloads
+            return config.build(cfg, progress=progress)
+    except config.ConfigError as e:
+        raise config_error(e, source=source) from None
 
 
 #: Run directories created by this process; the CLI abandons those left empty by an error.
@@ -432,96 +257,6 @@ def new_run_dir(out: str | None, verb: str, *, main: bool = True):
         return run
     except rundir.RunDirError as e:
         raise CLIError(f"--out: {e}" if out is not None else str(e)) from None
-
-
-def _flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
-
-
-def _config_types() -> dict[str, tuple[Any, bool]]:
-    """``{key: (type, may_be_none)}`` of every key in :data:`TRAIN_FLAGS`, read off the parser
-    (so a flag added to :func:`add_train_flags` is checked too)."""
-    p = argparse.ArgumentParser(add_help=False)
-    add_train_flags(p)
-    out = {}
-    for a in p._actions:
-        if a.dest not in TRAIN_FLAGS:
-            continue
-        if isinstance(a, argparse._StoreTrueAction | argparse._StoreFalseAction):
-            out[a.dest] = (bool, False)
-        else:
-            out[a.dest] = (a.type or str, a.default is None)
-    return out
-
-
-#: Keys a train run adds to its config besides the flags: (type, may be None).
-_EXTRA_KEYS = {"keep_checkpoints": (int, False), "patience": (int, True), "devices": (int, True),
-               "tensorboard": (bool, False)}
-
-
-#: The keys every `jaxnn train` config.json has held since jaxnn 0.1.0; keys added since then
-#: take their flag's default when an older config lacks them.
-_REQUIRED_KEYS = ("dataset", "data_dir", "hidden", "activation", "init", "bias_init", "batch_norm",
-                  "dropout", "loss", "optimizer", "lr", "schedule", "l2", "batch_size", "epochs",
-                  "preprocess", "seed")
-
-
-def _with_defaults(config: dict) -> dict:
-    """``config`` with every train flag it lacks set to the flag's default."""
-    p = argparse.ArgumentParser(add_help=False)
-    add_train_flags(p)
-    return {**{k: p.get_default(k) for k in TRAIN_FLAGS}, **config}
-
-
-def check_config(config: dict, *, source: str | None = None) -> dict:
-    """Check a run's config before anything runs: every key present with a value of its flag's
-    type, numbers finite. ``source`` is the file it came from (``config.json``), named in the
-    error with the key; without it the error names the flag. Returns the config."""
-    if not isinstance(config, dict):
-        raise CLIError(f"{source}: expected a JSON object")
-
-    def where(k):
-        return f"{source}: key {k!r}" if source else _flag(k)
-
-    types = {**_config_types(), **(_EXTRA_KEYS if source else {})}
-    if source:
-        missing = [k for k in _REQUIRED_KEYS if k not in config]
-        if missing:
-            raise CLIError(f"{source}: missing key {missing[0]!r} (is this a `jaxnn train` "
-                           "run directory?)")
-        unknown = sorted(set(config) - set(types) - {"split_seed"})
-        if unknown:
-            raise CLIError(f"{source}: unknown key {unknown[0]!r}")
-        config = _with_defaults(config)
-    for k, (typ, may_be_none) in types.items():
-        if k not in config:
-            continue
-        v = config[k]
-        if v is None:
-            if may_be_none:
-                continue
-            raise CLIError(f"{where(k)}: expected a value, got null")
-        if typ is bool:
-            ok = isinstance(v, bool)
-        elif typ is int:
-            ok = isinstance(v, int) and not isinstance(v, bool)
-        elif typ is float:
-            ok = isinstance(v, int | float) and not isinstance(v, bool)
-        elif typ is str:
-            ok = isinstance(v, str)
-        else:  # a custom argparse type: it must accept the value's text
-            try:
-                typ(str(v))
-                ok = not isinstance(v, dict | list)
-            except (argparse.ArgumentTypeError, TypeError, ValueError):
-                ok = False
-        if not ok:
-            name = {int: "an integer", float: "a number", bool: "true or false",
-                    str: "a string"}.get(typ, "a valid value")
-            raise CLIError(f"{where(k)}: expected {name}, got {v!r}")
-        if typ is float and not math.isfinite(v):
-            raise CLIError(f"{where(k)} must be a finite number, got {v}")
-    return config
 
 
 def jsonable(obj):

@@ -87,16 +87,16 @@ def run_diagnose(args) -> int:
     if args.tensorboard:
         require_tensorboard()
     out = new_run_dir(args.out, "diagnose")  # created, locked and writable before any data
-    setup = build(config_from_args(args))
-    c, data, model = setup.config, setup.data, setup.model
-    key = jax.random.key(c["seed"])
+    exp = build(config_from_args(args))
+    c, data, model = exp.config, exp.data, exp.model
+    key = jax.random.key(c.seed)
     say = lambda msg: print(msg, flush=True)
 
-    say(f"diagnosing: {c['dataset']}, hidden {c['hidden']} {c['activation']} ({c['init']}), "
-        f"{c['loss']}, {c['optimizer']} lr {c['lr']:g}, l2 {c['l2']:g}")
-    init = diagnostics.initial_loss_check(model, data, key=key, loss=setup.loss)
+    say(f"diagnosing: {c.dataset}, hidden {c.hidden} {c.activation} ({c.init}), "
+        f"{c.loss}, {c.optimizer} lr {c.lr:g}, l2 {c.l2:g}")
+    init = diagnostics.initial_loss_check(model, data, key=key, loss=exp.loss)
     overfit = diagnostics.overfit_check(
-        model, data, optimizer=setup.optimizer, key=key, loss=setup.loss,
+        model, data, optimizer=exp.optimizer, key=key, loss=exp.loss,
         num_examples=args.overfit_examples, epochs=args.overfit_epochs)
     x_probe, y_probe = data.x_val[:args.probe_examples], data.y_val[:args.probe_examples]
     if x_probe.shape[0] == 0:
@@ -106,33 +106,33 @@ def run_diagnose(args) -> int:
     if args.tensorboard:
         from jaxnn.tensorboard import TensorBoardCallback
 
-        tb = TensorBoardCallback(out, model, x_probe, y_probe, loss=setup.loss, l2=c["l2"],
-                                 optimizer=setup.optimizer, activation=c["activation"])
+        tb = TensorBoardCallback(out, model, x_probe, y_probe, loss=exp.loss, l2=c.l2,
+                                 optimizer=exp.optimizer, activation=c.activation)
         callbacks.append(tb)
         on_start = tb.on_start
         _written(out)
     try:
         history = train.fit(
-            model, data, optimizer=setup.optimizer, epochs=c["epochs"], key=key,
-            loss=setup.loss, batch_size=c["batch_size"], l2=c["l2"], on_start=on_start,
+            model, data, optimizer=exp.optimizer, epochs=c.epochs, key=key,
+            loss=exp.loss, batch_size=c.batch_size, l2=c.l2, on_start=on_start,
             callback=lambda rec, state: [cb(rec, state) for cb in callbacks])
     finally:
         if args.tensorboard:
             tb.close()
     st = history.state
     layers = diagnostics.layer_stats(
-        model, st.params, st.model_state, x_probe, y_probe, loss=setup.loss,
-        activation=c["activation"], optimizer=setup.optimizer, opt_state=st.opt_state,
-        l2=c["l2"])
+        model, st.params, st.model_state, x_probe, y_probe, loss=exp.loss,
+        activation=c.activation, optimizer=exp.optimizer, opt_state=st.opt_state,
+        l2=c.l2)
     verdict = diagnostics.diagnose(history)
 
     os.makedirs(out, exist_ok=True)
     plots.learning_curves(history.records, os.path.join(out, "curves.png"),
-                          title=f"diagnose: {c['optimizer']} lr {c['lr']:g}",
+                          title=f"diagnose: {c.optimizer} lr {c.lr:g}",
                           note=history.stopped_reason if history.diverged else "")
     _written(out)
     write_json(os.path.join(out, "diagnosis.json"), {
-        "config": c,
+        "config": c.to_dict(),
         "initial_loss": init._asdict(),
         "overfit": overfit._asdict(),
         "layers": [{k: v for k, v in s._asdict().items() if k != "activations"}
@@ -154,7 +154,7 @@ def run_diagnose(args) -> int:
         f"[{'ok' if overfit.ok else 'FAILED: a bug in the pipeline, or the learning rate'}]"
         + ("" if overfit.stopped_reason == "completed" else f" ({overfit.stopped_reason})"))
     last = history.records[-1] if history.records else None
-    say(f"3. training {len(history.records)}/{_count(c['epochs'], 'epoch')}: {history.stopped_reason}"
+    say(f"3. training {len(history.records)}/{_count(c.epochs, 'epoch')}: {history.stopped_reason}"
         + (f"; train loss {history.initial_loss:.4g} -> {last['train_loss']:.4g}, train acc "
            f"{last['train_acc']:.3f}, val acc {last['val_acc']:.3f}, dead "
            f"{last['dead_fraction']:.3f}" if last else ""))

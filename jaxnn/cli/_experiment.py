@@ -16,9 +16,9 @@ from jaxnn.cli import CLIError
 from jaxnn.cli._common import (
     add_train_flags,
     build,
-    check_initializer,
     config_from_args,
     new_run_dir,
+    replace_config,
     table,
     write_json,
 )
@@ -224,14 +224,21 @@ def run_compare(args) -> int:
     inits = _one_or_list(args, "init", "inits", "he_normal")
     _known(activations, activation_registry.names(), "--activations")
     _known(inits, initializers.names(), "--inits")
-    for name in inits:
-        check_initializer(name)
     _check_positive(seeds=args.seeds)
-    # The train flags are validated with the first pair (the groups build their own models).
-    config = {**config_from_args(args), "activation": activations[0], "init": inits[0]}
+    # The train flags are validated with every pair (the groups build their own models).
+    cfg = config_from_args(args, activation=activations[0], init=inits[0])
+    for a in activations:
+        for i in inits:
+            replace_config(cfg, activation=a, init=i)
     out = new_run_dir(args.out, args.verb_name)  # created, locked and writable before any data
-    setup = build(config)  # validates the train flags and loads the data
-    c = {k: v for k, v in setup.config.items() if k not in ("activation", "init")}
+    exp = build(cfg)  # loads the data
+    c = cfg
+
+    def model(activation, init):  # each pair's model: the configured architecture
+        from jaxnn.config import build_model
+
+        return build_model(replace_config(cfg, activation=activation, init=init),
+                           exp.data.x_train.shape[1:], exp.data.num_classes)
 
     done = []
 
@@ -242,11 +249,9 @@ def run_compare(args) -> int:
                   f"dead {row.dead_fraction:.3f}")
 
     rows = experiments.activation_comparison(
-        setup.data, key=jax.random.key(c["seed"]), activations=activations, inits=inits,
-        epochs=c["epochs"], seeds=args.seeds, hidden=setup.hidden, learning_rate=c["lr"],
-        optimizer=setup.optimizer, batch_size=c["batch_size"], loss=setup.loss, l2=c["l2"],
-        bias_init=c["bias_init"], batch_norm=c["batch_norm"], dropout=c["dropout"],
-        on_group=report)
+        exp.data, key=jax.random.key(c.seed), activations=activations, inits=inits,
+        epochs=c.epochs, seeds=args.seeds, learning_rate=c.lr, optimizer=exp.optimizer,
+        batch_size=c.batch_size, loss=exp.loss, l2=c.l2, model=model, on_group=report)
 
     os.makedirs(out, exist_ok=True)
     label = lambda r: r.activation if len(inits) == 1 else f"{r.activation} + {r.init}"
@@ -254,16 +259,16 @@ def run_compare(args) -> int:
     line_panels([
         {"title": "validation accuracy (mean over seeds)", "xlabel": "epoch",
          "ylabel": "val_acc", "lines": {label(r): (epochs(r.val_acc), r.val_acc) for r in rows}},
-        {"title": "training loss", "xlabel": "epoch", "ylabel": c["loss"], "logy": True,
+        {"title": "training loss", "xlabel": "epoch", "ylabel": c.loss, "logy": True,
          "lines": {label(r): (epochs(r.train_loss), r.train_loss) for r in rows}},
         {"title": "dead hidden units", "xlabel": "epoch", "ylabel": "fraction dead",
          "lines": {label(r): (epochs(r.dead_fraction_curve), r.dead_fraction_curve)
                    for r in rows}},
     ], os.path.join(out, "curves.png"),
-        title=f"{c['dataset']}: hidden {c['hidden']}, {c['optimizer']} lr {c['lr']:g}, "
-              f"{args.seeds} seeds")
+        title=f"{c.dataset}: {_arch_label(c)}, {c.optimizer} lr {c.lr:g}, {args.seeds} seeds")
     write_json(os.path.join(out, "results.json"), {
-        "config": {**c, "activations": activations, "inits": inits, "seeds": args.seeds},
+        "config": {**_without(c, "activation", "init"), "activations": activations,
+                   "inits": inits, "seeds": args.seeds},
         "rows": [{
             "activation": r.activation, "init": r.init, "val_acc_mean": r.val_acc_mean,
             "val_acc_std": r.val_acc_std, "dead_fraction": r.dead_fraction,
@@ -278,6 +283,15 @@ def run_compare(args) -> int:
                 ["activation", "init", "val_acc_mean", "val_acc_std", "dead_fraction", "status"]))
     print(f"output directory: {out}")
     return 0
+
+
+def _arch_label(c) -> str:
+    return f"arch {c.arch}" if c.arch is not None else f"hidden {c.hidden}"
+
+
+def _without(c, *keys) -> dict:
+    """The config's fields but ``keys`` (those the experiment varies itself)."""
+    return {k: v for k, v in c.to_dict().items() if k not in keys}
 
 
 def _status(statuses: list[str]) -> str:
@@ -297,12 +311,12 @@ def run_losses(args) -> int:
                        "softmax_cross_entropy; leave --loss out")
     _check_positive(seeds=args.seeds)
     out = new_run_dir(args.out, "losses")  # created, locked and writable before any data
-    setup = build({**config_from_args(args), "loss": "softmax_cross_entropy"})
-    c = {k: v for k, v in setup.config.items() if k != "loss"}
+    exp = build(config_from_args(args, loss="softmax_cross_entropy"))
+    c = exp.config
     res = experiments.loss_comparison(
-        setup.data, key=jax.random.key(c["seed"]), epochs=c["epochs"], seeds=args.seeds,
-        hidden=setup.hidden, activation=c["activation"], init=c["init"], learning_rate=c["lr"],
-        optimizer=setup.optimizer, batch_size=c["batch_size"], l2=c["l2"])
+        exp.data, key=jax.random.key(c.seed), epochs=c.epochs, seeds=args.seeds,
+        model=exp.model, learning_rate=c.lr, optimizer=exp.optimizer, batch_size=c.batch_size,
+        l2=c.l2)
     sw = res.sweep
 
     os.makedirs(out, exist_ok=True)
@@ -329,9 +343,9 @@ def run_losses(args) -> int:
         {"title": "validation accuracy", "xlabel": "epoch", "ylabel": "val_acc",
          "lines": {name(r): (epochs(r.val_acc), r.val_acc) for r in res.rows}},
     ], os.path.join(out, "curves.png"),
-        title=f"{c['dataset']}: hidden {c['hidden']} {c['activation']}, {args.seeds} seeds")
+        title=f"{c.dataset}: {_arch_label(c)} {c.activation}, {args.seeds} seeds")
     write_json(os.path.join(out, "results.json"), {
-        "config": {**c, "seeds": args.seeds},
+        "config": {**_without(c, "loss"), "seeds": args.seeds},
         "scores": {"other_scores": list(sw.other_scores), "correct_score": sw.correct_score,
                    "hinge": sw.hinge, "hinge_grad": sw.hinge_grad,
                    "cross_entropy": sw.cross_entropy, "cross_entropy_grad": sw.cross_entropy_grad},

@@ -10,9 +10,10 @@ from jaxnn.cli._common import (
     add_device_flags,
     add_train_flags,
     build,
-    check_config,
+    config_error,
     config_from_args,
     new_run_dir,
+    replace_config,
     setup_devices,
     table,
 )
@@ -63,40 +64,34 @@ def _add_output_flags(g) -> None:
 
 
 def run_train(args) -> int:
-    config = config_from_args(args)
-    config["keep_checkpoints"] = args.keep_checkpoints
-    config["patience"] = args.patience
-    check_config(config)
-    if args.keep_checkpoints < 1:
-        raise CLIError(f"--keep-checkpoints must be >= 1, got {args.keep_checkpoints}")
-    if args.patience is not None and args.patience < 1:
-        raise CLIError(f"--patience must be >= 1 (or left out), got {args.patience}")
     if args.tensorboard:
         from jaxnn.cli._diagnose import require_tensorboard
 
         require_tensorboard()
-    config["tensorboard"] = bool(args.tensorboard)
+    cfg = config_from_args(args, keep_checkpoints=args.keep_checkpoints, patience=args.patience,
+                           tensorboard=bool(args.tensorboard))
     if args.coordinator is not None and args.out is None:
         raise CLIError("a multi-process run needs --out: the same run directory in every process")
-    dev = setup_devices(args, batch_size=config["batch_size"])  # before any other JAX call
-    config["devices"] = dev.count
+    dev = setup_devices(args, batch_size=cfg.batch_size)  # before any other JAX call
+    cfg = replace_config(cfg, devices=dev.count)
     # The run directory is created, locked and checked writable before any data is loaded; it
     # is removed again if anything below fails before the run writes its first file.
     with new_run_dir(args.out, "train", main=dev.main) as run:
         _barrier(dev, "jaxnn: run directory checked")
-        setup = build(config)
-        _check_effective_batch(setup, dev)
-        return _fit_and_report(setup, run, resume=False, args=args, dev=dev)
+        exp = build(cfg)
+        _check_effective_batch(exp, dev)
+        return _fit_and_report(exp, run, resume=False, args=args, dev=dev)
 
 
 def run_resume(args) -> int:
     from jaxnn import rundir
+    from jaxnn.config import ConfigError, RunConfig
 
     def read_config(run):
         try:
-            return check_config(run.read_json("config.json"), source=run.file("config.json"))
-        except rundir.RunDirError as e:
-            raise CLIError(str(e)) from None
+            return RunConfig.load(run.file("config.json"))
+        except ConfigError as e:
+            raise config_error(e) from None
 
     try:  # a first look, to know the devices (joining a multi-process run comes first)
         peek = read_config(rundir.RunDir.open(args.run_dir, main=False))
@@ -105,30 +100,29 @@ def run_resume(args) -> int:
             return 0
         # The saved device count unless --devices says otherwise (the numbers do not depend
         # on it); config.json records what this run uses.
-        dev = setup_devices(args, batch_size=int(peek["batch_size"]),
-                            default=peek.get("devices", 1) if args.coordinator is None else None)
+        dev = setup_devices(args, batch_size=peek.batch_size,
+                            default=(peek.devices or 1) if args.coordinator is None else None)
         run = rundir.RunDir.open(args.run_dir, main=dev.main)  # locked from here on
     except rundir.RunDirError as e:
         raise CLIError(str(e)) from None
     with run:
-        config = read_config(run)
+        cfg = read_config(run)
         if run.exists("summary.json"):  # finished while this process was starting
             print(f"{run.path}: already finished (summary.json exists); nothing to do")
             return 0
-        try:
-            setup = build(config)
-        except CLIError as e:
-            raise CLIError(f"{run.file('config.json')}: {e}") from None
-        _check_effective_batch(setup, dev)
-        if config.get("devices") != dev.count:
-            run.write_json("config.json", {**config, "devices": dev.count})
-        return _fit_and_report(setup, run, resume=True, args=args, dev=dev)
+        exp = build(cfg, source=run.file("config.json"))
+        _check_effective_batch(exp, dev)
+        if cfg.devices != dev.count:
+            cfg = cfg.replace(devices=dev.count)
+            exp = exp._replace(config=cfg)
+            run.write_json("config.json", cfg.to_dict())
+        return _fit_and_report(exp, run, resume=True, args=args, dev=dev)
 
 
-def _check_effective_batch(setup, dev) -> None:
+def _check_effective_batch(exp, dev) -> None:
     """fit trains with min(batch size, training examples): that must divide by the devices."""
-    n = setup.data.x_train.shape[0]
-    if setup.config["batch_size"] > n and n % dev.count:
+    n = exp.data.x_train.shape[0]
+    if exp.config.batch_size > n and n % dev.count:
         raise CLIError(f"--batch-size: the whole training split ({n} examples) is one batch, "
                        f"which must divide by the number of data shards ({dev.count} devices)")
 
@@ -186,24 +180,24 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _fit_and_report(setup, run, *, resume: bool, args, dev) -> int:
+def _fit_and_report(exp, run, *, resume: bool, args, dev) -> int:
     import jax
 
     from jaxnn import distributed, plots, rundir, train
 
-    c = setup.config
+    c = exp.config
     quiet = getattr(args, "quiet", False) or getattr(args, "no_progress", False)
-    progress = _Progress(total=c["epochs"], quiet=quiet, enabled=dev.main)
+    progress = _Progress(total=c.epochs, quiet=quiet, enabled=dev.main)
     progress_started = []
 
     tb = None
-    if c.get("tensorboard") and dev.main:
+    if c.tensorboard and dev.main:
         from jaxnn.tensorboard import TensorBoardCallback
 
-        n = min(256, setup.data.x_val.shape[0])
-        tb = TensorBoardCallback(run, setup.model, setup.data.x_val[:n], setup.data.y_val[:n],
-                                 loss=setup.loss, l2=c["l2"], optimizer=setup.optimizer,
-                                 activation=c["activation"])
+        n = min(256, exp.data.x_val.shape[0])
+        tb = TensorBoardCallback(run, exp.model, exp.data.x_val[:n], exp.data.y_val[:n],
+                                 loss=exp.loss, l2=c.l2, optimizer=exp.optimizer,
+                                 activation=c.activation)
 
     def on_epoch(rec, state):
         if not progress_started:
@@ -215,11 +209,11 @@ def _fit_and_report(setup, run, *, resume: bool, args, dev) -> int:
 
     try:
         history = rundir.fit(
-            run, setup.model, setup.data, optimizer=setup.optimizer, epochs=c["epochs"],
-            key=jax.random.key(c["seed"]), loss=setup.loss, batch_size=c["batch_size"],
-            l2=c["l2"], keep_checkpoints=c.get("keep_checkpoints", 3), resume=resume,
-            patience=c.get("patience"), mesh=dev.mesh, config=None if resume else c,
-            augment=c.get("augment"),
+            run, exp.model, exp.data, optimizer=exp.optimizer, epochs=c.epochs,
+            key=jax.random.key(c.seed), loss=exp.loss, batch_size=c.batch_size,
+            l2=c.l2, keep_checkpoints=c.keep_checkpoints, resume=resume,
+            patience=c.patience, mesh=dev.mesh, config=None if resume else c.to_dict(),
+            augment=c.augment,
             callback=on_epoch, notify=_say if dev.main else None,
             on_start=None if tb is None or resume else tb.on_start,
         )
@@ -230,11 +224,11 @@ def _fit_and_report(setup, run, *, resume: bool, args, dev) -> int:
         if tb is not None:
             tb.close()
     state = history.state
-    x_test, y_test = setup.data.x_test, setup.data.y_test
+    x_test, y_test = exp.data.x_test, exp.data.y_test
     if dev.mesh is not None:
         x_test, y_test = distributed.replicate((x_test, y_test), dev.mesh)
-    test = train.evaluate(setup.model.apply, state.params, state.model_state, x_test, y_test,
-                          loss=setup.loss)
+    test = train.evaluate(exp.model.apply, state.params, state.model_state, x_test, y_test,
+                          loss=exp.loss)
     if not dev.main:  # only process 0 writes and prints
         return 1 if history.diverged else 0
     records = history.records
@@ -249,8 +243,7 @@ def _fit_and_report(setup, run, *, resume: bool, args, dev) -> int:
     }
     if records:
         plots.learning_curves(records, run.file("curves.png"),
-                              title=f"{c['dataset']}: {c.get('arch') or c['hidden']} "
-                                    f"{c['activation']}")
+                              title=f"{c.dataset}: {c.arch or c.hidden} {c.activation}")
     run.write_json("summary.json", summary)
 
     if records:
