@@ -27,8 +27,9 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 
 import jax
@@ -37,7 +38,7 @@ import numpy as np
 from jax import Array, lax
 from jax.typing import ArrayLike
 
-from jaxnn import _registry
+from jaxnn import registry as _registry
 
 __all__ = [
     "linear",
@@ -57,6 +58,9 @@ __all__ = [
     "maxout",
     "get",
     "names",
+    "entry",
+    "ActivationEntry",
+    "REGISTRY",
 ]
 
 
@@ -349,23 +353,53 @@ def maxout(z: ArrayLike, num_pieces: int, axis: int = -1) -> Array:
     return out
 
 
-_REGISTRY: dict[str, Callable[..., Array]] = {
-    "linear": linear,
-    "identity": identity,
-    "step": step,
-    "sigmoid": sigmoid,
-    "tanh": tanh,
-    "relu": relu,
-    "leaky_relu": leaky_relu,
-    "prelu": prelu,
-    "elu": elu,
-    "selu": selu,
-    "swish": swish,
-    "silu": silu,
-    "gelu": gelu,
-    "softplus": softplus,
-    "maxout": maxout,
-}
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ActivationEntry(_registry.Entry):
+    """An activation's registry entry: the function and what it needs from a layer.
+
+    Attributes:
+      params: learnable parameters, name -> default initial value (``prelu``:
+        ``{"alpha": 0.25}``). The function takes each as a keyword argument
+        (``fn(x, alpha=a)``); :func:`jaxnn.layers.Activation` holds one value per channel (the
+        last axis) and trains it.
+      pieces_option: the option that shrinks the last axis by its value (``maxout``:
+        ``"num_pieces"``, ``n`` inputs give ``n / num_pieces`` outputs); ``None`` for an
+        elementwise function. ``default_pieces`` is its usual value.
+      saturates: the output range ``(lo, hi)`` whose ends are the flat, gradient-free regime
+        (``tanh``: ``(-1, 1)``, ``sigmoid``: ``(0, 1)``); ``None`` if the function does not
+        saturate (:func:`jaxnn.diagnostics.saturated_fraction`).
+    """
+
+    params: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    pieces_option: str | None = None
+    default_pieces: int = 2
+    saturates: tuple[float, float] | None = None
+
+    @property
+    def elementwise(self) -> bool:
+        """The function maps each element on its own, with no parameters of its own: no
+        learnable parameter and no change of width."""
+        return not self.params and self.pieces_option is None
+
+
+#: The activations by name (:class:`jaxnn.registry.Registry` of :class:`ActivationEntry`).
+REGISTRY: _registry.Registry[ActivationEntry] = _registry.Registry(
+    "activation", entry_type=ActivationEntry)
+REGISTRY.register("linear", linear)
+REGISTRY.alias("identity", "linear")
+REGISTRY.register("step", step)
+REGISTRY.register("sigmoid", sigmoid, saturates=(0.0, 1.0))
+REGISTRY.register("tanh", tanh, saturates=(-1.0, 1.0))
+REGISTRY.register("relu", relu)
+REGISTRY.register("leaky_relu", leaky_relu)
+REGISTRY.register("prelu", prelu, params={"alpha": 0.25})
+REGISTRY.register("elu", elu)
+REGISTRY.register("selu", selu)
+REGISTRY.register("swish", swish)
+REGISTRY.register("silu", silu)
+REGISTRY.register("gelu", gelu)
+REGISTRY.register("softplus", softplus)
+REGISTRY.register("maxout", maxout, pieces_option="num_pieces")
 
 
 def names() -> tuple[str, ...]:
@@ -374,7 +408,7 @@ def names() -> tuple[str, ...]:
     >>> "relu" in names()
     True
     """
-    return tuple(_REGISTRY)
+    return REGISTRY.names()
 
 
 def get(name: str | Callable[..., Array]) -> Callable[..., Array]:
@@ -386,6 +420,18 @@ def get(name: str | Callable[..., Array]) -> Callable[..., Array]:
     >>> get("relu") is relu
     True
     """
-    if callable(name):
-        return name
-    return _registry.lookup(_REGISTRY, name, "activation")
+    return REGISTRY.get(name)
+
+
+def entry(name: str) -> ActivationEntry:
+    """The registry entry of ``name``: the function and its metadata (:class:`ActivationEntry`).
+
+    Raises:
+      ValueError: for an unknown name; the message lists the valid names.
+
+    >>> entry("prelu").params
+    {'alpha': 0.25}
+    >>> entry("tanh").saturates
+    (-1.0, 1.0)
+    """
+    return REGISTRY.entry(name)

@@ -46,6 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from jaxnn import registry as _registry
+
 __all__ = [
     "Initializer",
     "zeros",
@@ -67,6 +69,8 @@ __all__ = [
     "orthogonal",
     "get",
     "names",
+    "entry",
+    "REGISTRY",
 ]
 
 #: ``init(key, shape, dtype=jnp.float32) -> Array``
@@ -354,26 +358,22 @@ def orthogonal(scale: Any = 1.0, column_axis: int = -1, dtype: Any = None) -> In
     return _wrap(jax_init, dtype, f"orthogonal(scale={scale!r}) initializer.", upcast_16bit=True)
 
 
-# Name -> (object, is_factory).
-_REGISTRY: dict[str, tuple[Callable[..., Any], bool]] = {
-    "zeros": (zeros, False),
-    "ones": (ones, False),
-    "constant": (constant, True),
-    "normal": (normal, True),
-    "uniform": (uniform, True),
-    "variance_scaling": (variance_scaling, True),
-    "lecun_normal": (lecun_normal, True),
-    "lecun_uniform": (lecun_uniform, True),
-    "glorot_normal": (glorot_normal, True),
-    "glorot_uniform": (glorot_uniform, True),
-    "xavier_normal": (xavier_normal, True),
-    "xavier_uniform": (xavier_uniform, True),
-    "he_normal": (he_normal, True),
-    "he_uniform": (he_uniform, True),
-    "kaiming_normal": (kaiming_normal, True),
-    "kaiming_uniform": (kaiming_uniform, True),
-    "orthogonal": (orthogonal, True),
-}
+#: The initializers by name (:class:`jaxnn.registry.Registry`): ``zeros`` and ``ones`` are
+#: initializers, every other entry a factory that :func:`get` calls with the options.
+REGISTRY: _registry.Registry[_registry.Entry] = _registry.Registry("initializer", factory=True)
+REGISTRY.register("zeros", zeros, factory=False)
+REGISTRY.register("ones", ones, factory=False)
+for _f in (constant, normal, uniform, variance_scaling, lecun_normal, lecun_uniform,
+           glorot_normal, glorot_uniform):
+    REGISTRY.register(_f.__name__, _f)
+REGISTRY.alias("xavier_normal", "glorot_normal")
+REGISTRY.alias("xavier_uniform", "glorot_uniform")
+REGISTRY.register("he_normal", he_normal)
+REGISTRY.register("he_uniform", he_uniform)
+REGISTRY.alias("kaiming_normal", "he_normal")
+REGISTRY.alias("kaiming_uniform", "he_uniform")
+REGISTRY.register("orthogonal", orthogonal)
+del _f
 
 
 def names() -> tuple[str, ...]:
@@ -382,7 +382,7 @@ def names() -> tuple[str, ...]:
     >>> "he_normal" in names()
     True
     """
-    return tuple(_REGISTRY)
+    return REGISTRY.names()
 
 
 def get(name: str | Initializer, **kwargs: Any) -> Initializer:
@@ -398,21 +398,14 @@ def get(name: str | Initializer, **kwargs: Any) -> Initializer:
     >>> get("normal", stddev=1.0)(jax.random.key(0), (2, 2)).shape
     (2, 2)
     """
-    if callable(name):
-        if kwargs:
-            raise ValueError(f"get: options {sorted(kwargs)} given with an initializer object.")
-        return name
-    try:
-        obj, is_factory = _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"Unknown initializer {name!r}; valid names: {', '.join(_REGISTRY)}."
-        ) from None
-    if not is_factory:
-        if kwargs:
-            raise ValueError(f"Initializer {name!r} takes no options; got {sorted(kwargs)}.")
-        return obj
-    try:
-        return obj(**kwargs)
-    except TypeError as e:
-        raise ValueError(f"Bad options for initializer {name!r}: {e}") from None
+    return REGISTRY.get(name, **kwargs)
+
+
+def entry(name: str) -> _registry.Entry:
+    """The registry entry of ``name`` (:class:`jaxnn.registry.Entry`): the initializer or
+    factory, and ``entry(name).required``, the options it cannot do without.
+
+    >>> entry("constant").required, entry("he_normal").required
+    (('value',), ())
+    """
+    return REGISTRY.entry(name)

@@ -39,6 +39,8 @@ Array([0.6931472], dtype=float32)
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -47,7 +49,7 @@ import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
-from jaxnn import _registry
+from jaxnn import registry as _registry
 
 __all__ = [
     "l1_loss",
@@ -59,6 +61,10 @@ __all__ = [
     "multiclass_hinge_loss",
     "get",
     "names",
+    "entry",
+    "for_labels",
+    "LossEntry",
+    "REGISTRY",
 ]
 
 
@@ -443,20 +449,46 @@ def _hinge(scores: Array, labels: Array, margin: ArrayLike) -> Array:
 # --------------------------------------------------------------------------------------------
 # registry
 
-_REGISTRY: dict[str, Callable[..., Array]] = {
-    "l1_loss": l1_loss,
-    "l2_loss": l2_loss,
-    "mse": mse,
-    "sigmoid_binary_cross_entropy": sigmoid_binary_cross_entropy,
-    "softmax_cross_entropy": softmax_cross_entropy,
-    "softmax_cross_entropy_onehot": softmax_cross_entropy_onehot,
-    "multiclass_hinge_loss": multiclass_hinge_loss,
-    # short aliases
-    "l1": l1_loss,
-    "l2": l2_loss,
-    "cross_entropy": softmax_cross_entropy,
-    "hinge": multiclass_hinge_loss,
-}
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LossEntry(_registry.Entry):
+    """A loss's registry entry: the function and the kind of target it takes.
+
+    Attributes:
+      targets: ``"labels"`` -- integer class ids ``scores.shape[:-1]``
+        (:func:`softmax_cross_entropy`, :func:`multiclass_hinge_loss`); ``"scores"`` -- targets
+        shaped like the scores (regression losses, :func:`sigmoid_binary_cross_entropy`,
+        :func:`softmax_cross_entropy_onehot`), which train a classifier on one-hot labels
+        (:func:`for_labels`).
+      target_range: for ``"scores"`` losses, the closed interval ``(lo, hi)`` the target values
+        must lie in (``None``: unbounded on that side): ``(0, 1)`` for binary cross-entropy,
+        ``(0, None)`` for soft-target cross-entropy, ``(None, None)`` for regression.
+    """
+
+    targets: str = "scores"
+    target_range: tuple[float | None, float | None] = (None, None)
+
+    def __post_init__(self):
+        if self.targets not in ("labels", "scores"):
+            raise ValueError(f"loss {self.name!r}: targets must be 'labels' or 'scores', got "
+                             f"{self.targets!r}")
+
+
+#: The losses by name (:class:`jaxnn.registry.Registry` of :class:`LossEntry`).
+REGISTRY: _registry.Registry[LossEntry] = _registry.Registry("loss", entry_type=LossEntry)
+REGISTRY.register("l1_loss", l1_loss)
+REGISTRY.register("l2_loss", l2_loss)
+REGISTRY.register("mse", mse)
+REGISTRY.register("sigmoid_binary_cross_entropy", sigmoid_binary_cross_entropy,
+                  target_range=(0.0, 1.0))
+REGISTRY.register("softmax_cross_entropy", softmax_cross_entropy, targets="labels")
+REGISTRY.register("softmax_cross_entropy_onehot", softmax_cross_entropy_onehot,
+                  target_range=(0.0, None))
+REGISTRY.register("multiclass_hinge_loss", multiclass_hinge_loss, targets="labels")
+# short aliases
+REGISTRY.alias("l1", "l1_loss")
+REGISTRY.alias("l2", "l2_loss")
+REGISTRY.alias("cross_entropy", "softmax_cross_entropy")
+REGISTRY.alias("hinge", "multiclass_hinge_loss")
 
 
 def names() -> tuple[str, ...]:
@@ -465,7 +497,7 @@ def names() -> tuple[str, ...]:
     >>> "hinge" in names()
     True
     """
-    return tuple(_REGISTRY)
+    return REGISTRY.names()
 
 
 def get(name: str | Callable[..., Array]) -> Callable[..., Array]:
@@ -477,6 +509,67 @@ def get(name: str | Callable[..., Array]) -> Callable[..., Array]:
     >>> get("cross_entropy") is softmax_cross_entropy
     True
     """
-    if callable(name):
+    return REGISTRY.get(name)
+
+
+def entry(name: str) -> LossEntry:
+    """The registry entry of ``name``: the loss and its kind of target (:class:`LossEntry`).
+
+    Raises:
+      ValueError: for an unknown name; the message lists the valid names.
+
+    >>> entry("hinge").targets, entry("mse").targets
+    ('labels', 'scores')
+    """
+    return REGISTRY.entry(name)
+
+
+def for_labels(name: str | Callable[..., Array]) -> Callable[[Array, Array], Array]:
+    r"""The loss ``name`` as a function of ``(scores [batch, ..., C], integer labels)``.
+
+    A ``"labels"`` loss is returned as it is; a ``"scores"`` loss (``mse``, ``l2``,
+    ``sigmoid_binary_cross_entropy``, ...) is wrapped to compare the scores with the one-hot
+    encoding of the labels:
+
+    .. math:: \ell_i = \text{loss}(s_i, \operatorname{onehot}(y_i))
+
+    The wrapper checks the labels like :func:`softmax_cross_entropy` does (integer dtype, shape
+    ``scores.shape[:-1]``; eagerly a ``ValueError`` for a label outside ``[0, C)``, under ``jit``
+    a NaN loss for that example -- never the loss of an all-zero target). The same name gives the
+    same function object, so jitted steps built on it are cached. A callable is returned
+    unchanged (it is taken to accept labels already).
+
+    Raises:
+      ValueError: for an unknown name (the message lists the valid names).
+
+    >>> for_labels("cross_entropy") is softmax_cross_entropy
+    True
+    >>> for_labels("mse")(jnp.array([[1.0, 0.0]]), jnp.array([0]))
+    Array([0.], dtype=float32)
+    """
+    if callable(name) and not isinstance(name, str):
         return name
-    return _registry.lookup(_REGISTRY, name, "loss")
+    return _for_labels(REGISTRY.entry(name).canonical)
+
+
+@functools.cache
+def _for_labels(name: str) -> Callable[[Array, Array], Array]:
+    e = REGISTRY.entry(name)
+    if e.targets == "labels":
+        return e.obj
+    fn = e.obj
+
+    def on_labels(scores: ArrayLike, labels: ArrayLike) -> Array:
+        scores = jnp.asarray(scores)
+        labels = _check_int_labels(f"{name} on labels", scores, labels, "scores")
+        num_classes = scores.shape[-1]
+        dtype = scores.dtype if jnp.issubdtype(scores.dtype, jnp.inexact) else jnp.float32
+        loss = fn(scores, jax.nn.one_hot(labels, num_classes, dtype=dtype))
+        valid = (labels >= 0) & (labels < num_classes)
+        if valid.ndim > 1:
+            valid = jnp.all(valid, axis=tuple(range(1, valid.ndim)))
+        return jnp.where(valid, loss, jnp.nan).astype(loss.dtype)
+
+    on_labels.__name__ = on_labels.__qualname__ = f"{name}_on_labels"
+    on_labels.__doc__ = f":func:`{name}` of the scores and the one-hot encoding of ``labels``."
+    return on_labels

@@ -40,6 +40,8 @@ from typing import Any
 import jax.numpy as jnp
 import optax
 
+from jaxnn import registry as _registry
+
 __all__ = [
     "sgd",
     "momentum",
@@ -55,8 +57,11 @@ __all__ = [
     "warmup_cosine",
     "get",
     "names",
+    "entry",
     "get_schedule",
     "schedule_names",
+    "REGISTRY",
+    "SCHEDULES",
     "learning_rate",
     "set_hyperparam",
     "hyperparam_names",
@@ -204,27 +209,34 @@ def adamw(
                      b2=b2, eps=eps)
 
 
-_OPTIMIZERS = {
-    "sgd": sgd,
-    "momentum": momentum,
-    "nesterov": nesterov,
-    "adagrad": adagrad,
-    "rmsprop": rmsprop,
-    "adam": adam,
-    "adamw": adamw,
-}
+#: The update rules by name (:class:`jaxnn.registry.Registry` of factories
+#: ``rule(learning_rate, **options)``); ``REGISTRY.entry(name).options`` lists the options a
+#: rule takes (e.g. ``momentum`` for ``momentum`` and ``nesterov``).
+REGISTRY: _registry.Registry[_registry.Entry] = _registry.Registry("optimizer", factory=True)
+for _rule in (sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw):
+    REGISTRY.register(_rule.__name__, _rule)
+del _rule
 
 
-def names() -> list[str]:
+def names() -> tuple[str, ...]:
     """The optimizer names :func:`get` accepts."""
-    return list(_OPTIMIZERS)
+    return REGISTRY.names()
+
+
+def entry(name: str) -> _registry.Entry:
+    """The registry entry of the update rule ``name`` (:class:`jaxnn.registry.Entry`);
+    ``entry(name).options`` lists the options it takes."""
+    return REGISTRY.entry(name)
 
 
 def get(name: str, *, learning_rate: LearningRate, **kwargs) -> optax.GradientTransformation:
-    """Build an optimizer by name, e.g. ``get("adam", learning_rate=1e-3)``."""
-    if name not in _OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; valid names: {', '.join(_OPTIMIZERS)}")
-    return _OPTIMIZERS[name](learning_rate, **kwargs)
+    """Build an optimizer by name, e.g. ``get("adam", learning_rate=1e-3)``.
+
+    Raises:
+      ValueError: an unknown name (the message lists :func:`names`) or an option the rule does
+        not take.
+    """
+    return REGISTRY.get(name, learning_rate, **kwargs)
 
 
 # --------------------------------------------------------------------------- schedules
@@ -275,22 +287,23 @@ def warmup_cosine(
     return optax.warmup_cosine_decay_schedule(0.0, value, warmup_steps, decay_steps, end_value)
 
 
-_SCHEDULES = {
-    "constant": lambda value, total_steps: constant(value),
-    "step_decay": lambda value, total_steps: step_decay(value, step_size=max(1, total_steps // 3)),
-    "exponential_decay": lambda value, total_steps: exponential_decay(
-        value, decay_steps=max(1, total_steps)
-    ),
-    "cosine": lambda value, total_steps: cosine(value, decay_steps=max(1, total_steps)),
-    "warmup_cosine": lambda value, total_steps: warmup_cosine(
-        value, decay_steps=max(2, total_steps)
-    ),
-}
+#: The schedules by name, as :func:`get_schedule` builds them: factories
+#: ``(value, *, total_steps) -> schedule`` with defaults fitted to a run of ``total_steps``.
+SCHEDULES: _registry.Registry[_registry.Entry] = _registry.Registry("schedule", factory=True)
+SCHEDULES.register("constant", lambda value, *, total_steps: constant(value))
+SCHEDULES.register("step_decay", lambda value, *, total_steps: step_decay(
+    value, step_size=max(1, total_steps // 3)))
+SCHEDULES.register("exponential_decay", lambda value, *, total_steps: exponential_decay(
+    value, decay_steps=max(1, total_steps)))
+SCHEDULES.register("cosine", lambda value, *, total_steps: cosine(
+    value, decay_steps=max(1, total_steps)))
+SCHEDULES.register("warmup_cosine", lambda value, *, total_steps: warmup_cosine(
+    value, decay_steps=max(2, total_steps)))
 
 
-def schedule_names() -> list[str]:
+def schedule_names() -> tuple[str, ...]:
     """The schedule names :func:`get_schedule` accepts."""
-    return list(_SCHEDULES)
+    return SCHEDULES.names()
 
 
 def get_schedule(name: str, value: float, *, total_steps: int) -> optax.Schedule:
@@ -298,10 +311,11 @@ def get_schedule(name: str, value: float, *, total_steps: int) -> optax.Schedule
 
     ``step_decay`` halves the rate at each third of the run, ``exponential_decay`` reaches a tenth
     at the end, ``cosine`` decays to 0 at the end, ``warmup_cosine`` warms up over the first 5%.
+
+    Raises:
+      ValueError: an unknown name (the message lists :func:`schedule_names`).
     """
-    if name not in _SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; valid names: {', '.join(_SCHEDULES)}")
-    return _SCHEDULES[name](value, total_steps)
+    return SCHEDULES.get(name, value, total_steps=total_steps)
 
 
 # --------------------------------------------------------------------------- injected state

@@ -46,6 +46,7 @@ Conventions:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -55,7 +56,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from jaxnn import registry as _registry
+
 __all__ = [
+    "REGISTRY",
     "ChainState",
     "EmptyState",
     "MeanState",
@@ -65,11 +69,13 @@ __all__ = [
     "WhitenState",
     "center",
     "chain",
+    "entry",
     "get",
     "identity",
     "mean_image",
     "names",
     "pca",
+    "PreprocessingEntry",
     "per_channel_mean",
     "standardize",
     "whiten",
@@ -681,21 +687,37 @@ def chain(*steps: Preprocessor) -> Preprocessor:
 # registry
 # --------------------------------------------------------------------------------------------
 
-_REGISTRY: dict[str, Callable[..., Preprocessor]] = {
-    "none": identity,
-    "center": center,
-    "standardize": standardize,
-    "pca": pca,
-    "whiten": whiten,
-    "zca": functools.partial(whiten, method="zca"),
-    "mean_image": mean_image,
-    "per_channel_mean": per_channel_mean,
-}
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PreprocessingEntry(_registry.Entry):
+    """A preprocessing step's registry entry: the factory and, for a step that cannot be built
+    without options, ``usage``, how to give them (shown when they are missing)."""
+
+    usage: str | None = None
+
+
+#: The steps by name (:class:`jaxnn.registry.Registry` of factories returning a
+#: :class:`Preprocessor`).
+REGISTRY: _registry.Registry[PreprocessingEntry] = _registry.Registry(
+    "preprocessing", entry_type=PreprocessingEntry, factory=True)
+REGISTRY.register("none", identity)
+REGISTRY.register("center", center)
+REGISTRY.register("standardize", standardize)
+REGISTRY.register("pca", pca, usage="k, the number of components: get('pca', k=32)")
+REGISTRY.register("whiten", whiten)
+REGISTRY.register("zca", functools.partial(whiten, method="zca"))
+REGISTRY.register("mean_image", mean_image)
+REGISTRY.register("per_channel_mean", per_channel_mean)
 
 
 def names() -> tuple[str, ...]:
     """Names accepted by :func:`get`."""
-    return tuple(_REGISTRY)
+    return REGISTRY.names()
+
+
+def entry(name: str) -> PreprocessingEntry:
+    """The registry entry of ``name`` (:class:`PreprocessingEntry`): the factory, the options
+    it takes (``.options``) and needs (``.required``)."""
+    return REGISTRY.entry(name)
 
 
 def get(name: str, **kwargs: Any) -> Preprocessor:
@@ -713,11 +735,8 @@ def get(name: str, **kwargs: Any) -> Preprocessor:
       >>> isinstance(pre, Preprocessor)
       True
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown preprocessing {name!r}; valid names: {', '.join(_REGISTRY)}.")
-    if name == "pca" and "k" not in kwargs:
-        raise ValueError("preprocessing 'pca' needs k, the number of components: get('pca', k=32).")
-    try:
-        return _REGISTRY[name](**kwargs)
-    except TypeError as e:
-        raise ValueError(f"preprocessing {name!r}: bad options {kwargs} ({e}).") from None
+    e = REGISTRY.entry(name)
+    missing = [k for k in e.required if k not in kwargs]
+    if missing:
+        raise ValueError(f"preprocessing {name!r} needs {e.usage or ', '.join(missing)}.")
+    return REGISTRY.get(name, **kwargs)

@@ -153,7 +153,7 @@ def test_public_names():
     assert set(pp.__all__) == {
         "ChainState", "EmptyState", "MeanState", "PCAState", "Preprocessor", "StandardizeState",
         "WhitenState", "center", "chain", "get", "identity", "mean_image", "names", "pca",
-        "per_channel_mean", "standardize", "whiten",
+        "per_channel_mean", "standardize", "whiten", "entry", "REGISTRY", "PreprocessingEntry",
     }  # fmt: skip
     assert set(pp.names()) == set(STEPS)
 
