@@ -58,6 +58,8 @@ __all__ = [
     "Dropout",
     "Activation",
     "Maxout",
+    "Residual",
+    "Traced",
     "native_conv_gradients",
     # builders, defined in jaxnn.models (resolved on first use by __getattr__ below)
     "Model",  # noqa: F822
@@ -93,6 +95,10 @@ class Layer(NamedTuple):
       trace: for nonlinearities: ``apply`` that also returns the :class:`LayerActivations`
         (``trace(...) -> (y, state, LayerActivations)``); ``None`` for other layers.
       activation: the nonlinearity's :mod:`jaxnn.activations` name (for diagnostics), if any.
+      report: for blocks holding weights (:func:`serial` layers, :func:`Residual`): ``apply``
+        that also returns one :class:`Traced` per weight matrix inside, input to output
+        (``report(...) -> (y, state, [Traced, ...])``); ``None`` for other layers. A block is a
+        weighted layer of its enclosing serial (one model layer, its params a nested dict).
     """
 
     init: Callable[..., tuple[Shape, Any, Any]]
@@ -101,6 +107,28 @@ class Layer(NamedTuple):
     weighted: bool = False
     trace: Callable[..., tuple[jax.Array, Any, LayerActivations]] | None = None
     activation: str | None = None
+    report: Callable[..., tuple[jax.Array, Any, list[Traced]]] | None = None
+
+
+class Traced(NamedTuple):
+    r"""What one weight matrix inside a block reports when the block is traced
+    (:attr:`Layer.report`).
+
+    Attributes:
+      path: where its params sit inside the block's params, ``"/"``-separated dict keys
+        (``"layer_0"``, ``"layer_1/skip"``; ``""``: the block's own dict).
+      activation: the name of the nonlinearity ``acts`` come from (``None``: no nonlinearity).
+      acts: the pre-activations and activations it reports (both the output of its model layer
+        when it has no nonlinearity).
+      open: it ends the block without a nonlinearity of its own, so the enclosing model layer's
+        first nonlinearity after the block reports for it instead (ResNet's
+        :math:`\operatorname{relu}(x + f(x))` for a residual block's last convolution).
+    """
+
+    path: str
+    activation: str | None
+    acts: LayerActivations
+    open: bool = False
 
 
 # --------------------------------------------------------------------------- helpers
@@ -640,6 +668,163 @@ def Maxout(
         return y, state
 
     return Layer(init_fn, apply, name="maxout", weighted=True, trace=trace, activation="maxout")
+
+
+# --------------------------------------------------------------------------- blocks
+def _join(*parts: str) -> str:
+    """``"/"``-join the non-empty parts of a path."""
+    return "/".join(p for p in parts if p)
+
+
+def _report(layer: Layer, params, state, x, *, train=False, key=None, mask=None):
+    """``layer.apply`` plus one :class:`Traced` per weight matrix the layer holds: a block's own
+    report; for a plain weighted layer one entry at path ``""`` (its nonlinearity's if it has one,
+    as :func:`Maxout`; else its output, open); none for a layer without weights."""
+    if layer.report is not None:
+        y, state, entries = layer.report(params, state, x, train=train, key=key, mask=mask)
+        return y, state, list(entries)
+    if not layer.weighted:
+        y, state = layer.apply(params, state, x, train=train, key=key, mask=mask)
+        return y, state, []
+    if layer.trace is not None:
+        y, state, acts = layer.trace(params, state, x, train=train, key=key, mask=mask)
+        return y, state, [Traced("", layer.activation, acts)]
+    y, state = layer.apply(params, state, x, train=train, key=key, mask=mask)
+    return y, state, [Traced("", None, LayerActivations(y, y), open=True)]
+
+
+#: Where :func:`Residual` keeps its projection's params, next to the inner layer's.
+SKIP = "skip"
+
+
+def _stride(n: int, m: int) -> int | None:
+    r"""The stride ``s`` with which a 1x1 window maps ``n`` positions onto ``m``
+    (:math:`\lceil n/s \rceil = m`), or ``None`` if there is none."""
+    s = -(-n // m)
+    return s if s >= 1 and -(-n // s) == m else None
+
+
+def _projection(in_shape: Shape, out_shape: Shape) -> Layer:
+    """The 1x1 projection from ``in_shape`` to ``out_shape``: a 1x1 :func:`Conv2D` (with the
+    strides the spatial shrink needs) for NHWC images, else a :func:`Dense` on the last axis."""
+    where = f"the inner layer maps inputs of shape {in_shape} to outputs of shape {out_shape}"
+    if len(in_shape) == 3 and len(out_shape) == 3:
+        strides = (_stride(in_shape[0], out_shape[0]), _stride(in_shape[1], out_shape[1]))
+        if None in strides:
+            raise ValueError(f"Residual: {where}; no strided 1x1 convolution maps one onto the "
+                             f"other (each spatial size must be ceil(size / stride) of the "
+                             f"input's)")
+        return Conv2D(out_shape[-1], 1, strides=strides, padding="VALID", use_bias=False)
+    if len(in_shape) == len(out_shape) and in_shape[:-1] == out_shape[:-1]:
+        return Dense(out_shape[-1], use_bias=False)
+    raise ValueError(f"Residual: {where}; a projection can only change the last axis (or, for "
+                     f"NHWC images, shrink height and width by strides)")
+
+
+def Residual(layer: Layer, *, projection: bool | None = None) -> Layer:
+    r"""A residual block: the input added to what ``layer`` makes of it,
+
+    .. math:: y = x + f(x), \qquad\text{or, with a projection,}\qquad y = x W_p + f(x),
+
+    ``f`` being ``layer`` (any layer; usually a :func:`serial` of several, which nests). The
+    projection :math:`W_p` (no bias) maps the skip path to ``f``'s output shape: a
+    :func:`Dense` on the last axis for vectors, a 1x1 :func:`Conv2D` for NHWC images, with
+    strides ``(s_h, s_w)`` when ``f`` shrinks height and width (``ceil(H / s_h)`` output rows:
+    ``Conv2D(..., strides=2)`` inside ``f`` halves the image and the projection samples every
+    second position).
+
+    Args:
+      layer: the residual branch ``f``.
+      projection: ``None`` (default): project when ``f`` changes the shape; ``True``: always
+        project (a learned 1x1 map even when shapes agree); ``False``: never (shapes must
+        agree). Without ``projection=True`` a branch holding no weights does not get one.
+
+    Params and state are ``layer``'s own, unchanged (so ``Residual(f)`` holds exactly ``f``'s
+    params for the same key), plus, with a projection, ``{"skip": {"w"}}`` next to them (which
+    needs ``f``'s params to be a dict without a ``"skip"`` entry: wrap a ``Residual`` holding a
+    projection in :func:`serial` before wrapping it again). ``f`` is initialized with ``key``
+    itself, the projection with ``jax.random.fold_in(key, 1)``; ``apply``'s ``key`` (dropout)
+    goes to ``f``. Inside a serial model the block is one model layer and its weight matrices
+    are named by path (``"layer_2/layer_0"``, ..., ``"layer_2/skip"``; see
+    :mod:`jaxnn.models`).
+
+    Raises:
+      ValueError: (at ``init``, i.e. when the model is built) when ``f``'s output shape differs
+        from its input shape and no projection is allowed, or no 1x1 projection maps one onto
+        the other (the message names both shapes).
+
+    Example::
+
+        block = Residual(serial(Conv2D(16), BatchNorm(), Activation("relu"),
+                                Conv2D(16), BatchNorm()))
+        model = serial(Conv2D(16), Activation("relu"), block, Activation("relu"),
+                       Flatten(), Dense(10), input_shape=(8, 8, 3))
+    """
+    if not isinstance(layer, Layer):
+        raise ValueError(f"Residual: `layer` must be a jaxnn.layers.Layer, got {layer!r}")
+    if projection not in (None, True, False):
+        raise ValueError(f"Residual: `projection` must be None (automatic), True or False, got "
+                         f"{projection!r}")
+    weighted = layer.weighted or projection is True
+
+    def init_fn(key, input_shape):
+        shape = _shape(input_shape, "Residual")
+        out, params, state = layer.init(key, shape)
+        out = tuple(int(d) for d in out)
+        if out == shape and projection is not True:
+            return out, params, state
+        if projection is False:
+            raise ValueError(f"Residual: the inner layer maps inputs of shape {shape} to outputs "
+                             f"of shape {out}; without a projection (projection=False) they "
+                             f"must be equal")
+        if not weighted:
+            raise ValueError(f"Residual: the inner layer maps inputs of shape {shape} to outputs "
+                             f"of shape {out} and holds no weights; pass projection=True for a "
+                             f"learned 1x1 projection of the skip path")
+        proj = _projection(shape, out)
+        if not isinstance(params, dict) or SKIP in params:
+            raise ValueError(f"Residual: a projection keeps its params under {SKIP!r} next to "
+                             f"the inner layer's, which must then be a dict without that entry; "
+                             f"wrap the inner layer in serial(...)")
+        _, skip, _ = proj.init(jax.random.fold_in(key, 1), shape)
+        return out, {**params, SKIP: skip}, state
+
+    def run(params, state, x, train, key, mask, record):
+        x = jnp.asarray(x)
+        projected = isinstance(params, dict) and SKIP in params
+        inner = {k: v for k, v in params.items() if k != SKIP} if projected else params
+        if record:
+            f, state, entries = _report(layer, inner, state, x, train=train, key=key, mask=mask)
+        else:
+            (f, state), entries = layer.apply(inner, state, x, train=train, key=key,
+                                              mask=mask), []
+        if projected:
+            proj = _projection(tuple(x.shape[1:]), tuple(f.shape[1:]))
+            skip, _ = proj.apply(params[SKIP], {}, x)
+            entries.append(Traced(SKIP, None, LayerActivations(skip, skip)))
+        else:
+            if tuple(f.shape) != tuple(x.shape):
+                raise ValueError(f"Residual: the inner layer maps x of shape {tuple(x.shape)} to "
+                                 f"{tuple(f.shape)}; without a projection they must be equal")
+            skip = x
+        return (skip + f).astype(f.dtype), state, entries
+
+    def apply(params, state, x, *, train=False, key=None, mask=None):
+        y, state, _ = run(params, state, x, train, key, mask, record=False)
+        return y, state
+
+    def report(params, state, x, *, train=False, key=None, mask=None):
+        return run(params, state, x, train, key, mask, record=True)
+
+    trace = None
+    if not weighted and layer.trace is not None:  # a weightless branch: its own nonlinearity
+        def trace(params, state, x, *, train=False, key=None, mask=None):
+            f, state, acts = layer.trace(params, state, x, train=train, key=key, mask=mask)
+            return (jnp.asarray(x) + f).astype(f.dtype), state, acts
+
+    return Layer(init_fn, apply, name="residual", weighted=weighted, trace=trace,
+                 activation=layer.activation if trace is not None else None,
+                 report=report if weighted else None)
 
 
 # The builders live in jaxnn.models (one layer up); ``jaxnn.layers.mlp``, ``jaxnn.layers.Model``

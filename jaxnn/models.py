@@ -1,44 +1,73 @@
-r"""Models: :func:`serial` folds layers (:mod:`jaxnn.layers`) into a :class:`Model`; :func:`mlp`
-and :func:`convnet` are thin builders over it.
+r"""Models: :func:`serial` folds layers (:mod:`jaxnn.layers`) into a layer, or, given an input
+shape, into a :class:`Model`; :func:`mlp` and :func:`convnet` are thin builders over it.
 
-A :class:`Model` is ``init(key) -> (params, state)``,
+A :class:`Model` is a layer with its input shape: ``init(key) -> (params, state)``,
 ``apply(params, state, x, *, train=False, key=None, mask=None) -> (outputs, state)`` and
 ``trace(...)``, which is ``apply`` that also returns one :class:`~jaxnn.layers.LayerActivations`
-per hidden layer, so :mod:`jaxnn.train`, :mod:`jaxnn.population`, :mod:`jaxnn.diagnostics` and
-checkpoints take any model.
+per hidden weight matrix, so :mod:`jaxnn.train`, :mod:`jaxnn.population`, :mod:`jaxnn.diagnostics`
+and checkpoints take any model.
 
 **Model layers.** ``serial`` groups its layers into *model layers*, the curriculum's "layers":
 each weighted layer (:func:`~jaxnn.layers.Dense`, :func:`~jaxnn.layers.Conv2D`,
-:func:`~jaxnn.layers.Maxout`) starts one, named ``"layer_0"``, ``"layer_1"``, ..., and the layers
+:func:`~jaxnn.layers.Maxout`, or a block holding weights: a nested ``serial`` or a
+:func:`~jaxnn.layers.Residual`) starts one, named ``"layer_0"``, ``"layer_1"``, ..., and the layers
 after it (batch norm, nonlinearity, dropout, pooling) belong to it until the next weighted layer.
-The params are one dict per model layer: the weighted layer's own ``{"w", "b"}`` and, under their
-:attr:`~jaxnn.layers.Layer.name`, the params of the others (``"bn"`` for batch norm, ``"alpha"``
-for PReLU's slope); the state likewise. E.g. ``mlp([64, 128, 10], batch_norm=True)`` has params
+The params are one dict per model layer: the weighted layer's own (``{"w", "b"}``; a block's
+nested dict) and, under their :attr:`~jaxnn.layers.Layer.name`, the params of the others
+(``"bn"`` for batch norm, ``"alpha"`` for PReLU's slope); the state likewise. E.g.
+``mlp([64, 128, 10], batch_norm=True)`` has params
 ``{"layer_0": {"w", "bn": {"gamma", "beta"}}, "layer_1": {"w", "b"}}``. Layers before the first
-weighted layer keep what they hold under ``"input"``. ``trace`` reports, for every model layer but
-the last (the output), its first nonlinearity's input and output (pre-activations and
-activations; both the layer's output if it has no nonlinearity). Diagnostics read
-:attr:`Model.layer_names` and :attr:`Model.activations`.
+weighted layer keep what they hold under ``"input"``. A serial without weighted layers is a
+plain layer of its enclosing serial (its params under ``"serial"``).
+
+**Nesting and names.** ``serial(*layers)`` without ``input_shape`` is a
+:class:`~jaxnn.layers.Layer`, so serials nest (stax's contract), and
+``Residual(serial(...))`` is a residual block. A block's params sit in its model layer's dict
+with its own model layers inside: ``serial(Conv2D(8), Activation("relu"),
+Residual(serial(Conv2D(8), Activation("relu"), Conv2D(8))), Activation("relu"), Flatten(),
+Dense(3), input_shape=...)`` has params ``{"layer_0": {"w", "b"}, "layer_1": {"layer_0": {"w",
+"b"}, "layer_1": {"w", "b"}}, "layer_2": {"w", "b"}}`` (a projection adds
+``"layer_1": {..., "skip": {"w"}}``). Every weight matrix is named by its path, the ``"/"``-joined
+dict keys down to the dict holding its ``"w"``: ``"layer_0"``, ``"layer_1/layer_0"``,
+``"layer_1/layer_1"``, (``"layer_1/skip"``), ``"layer_2"``; a residual block's projection comes
+after its branch. :attr:`Model.layer_names` lists these paths input to output (a flat model's
+are ``"layer_0"``, ``"layer_1"``, ... as before) and :func:`param_at` fetches the sub-tree of
+params, state, gradients or updates at a path.
+
+**Traces.** ``trace`` reports, for every weight matrix but the last (the output), its model
+layer's first nonlinearity's input and output (pre-activations and activations; both the model
+layer's output if it has no nonlinearity), inside nested blocks too, in the order of
+:attr:`Model.layer_names`. A weight matrix that ends a block without a nonlinearity of its own
+reports the first nonlinearity after the block in the enclosing model layer (ResNet's
+:math:`\operatorname{relu}(x + f(x))` for a residual block's last convolution; the projection
+reports its own output). Diagnostics read :attr:`Model.layer_names` and
+:attr:`Model.activations`.
 
 **Randomness.** ``init`` splits ``key`` into one key per model layer (plus one for the layers
 before the first, if any); the weighted layer gets its model layer's key, the others
-``fold_in(that key, position in the model layer)``. ``apply`` derives dropout keys from its
-``key`` the same way.
+``fold_in(that key, position in the model layer)``. A nested serial applies the same rule to the
+key its model layer gives it; a :func:`~jaxnn.layers.Residual` gives its branch that key itself
+and its projection ``fold_in(key, 1)``. ``apply`` derives dropout keys from its ``key`` the same
+way.
 
 Example::
 
-    from jaxnn.layers import BatchNorm, Conv2D, Activation, MaxPool, Flatten, Dense
+    from jaxnn.layers import BatchNorm, Conv2D, Activation, MaxPool, Flatten, Dense, Residual
     model = serial(Conv2D(32), BatchNorm(), Activation("relu"), MaxPool(),
                    Flatten(), Dense(10), input_shape=(8, 8, 1))
     params, state = model.init(jax.random.key(0))
     logits, state = model.apply(params, state, x, train=True, mask=mask)
+
+    block = Residual(serial(Conv2D(16), BatchNorm(), Activation("relu"), Conv2D(16), BatchNorm()))
+    resnet = serial(Conv2D(16), Activation("relu"), block, Activation("relu"),
+                    Flatten(), Dense(10), input_shape=(8, 8, 1))
 
     model = convnet((8, 8, 1), 10, "conv:32,conv:32,pool,conv:64,pool,fc:128", batch_norm=True)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -56,12 +85,17 @@ from jaxnn.layers import (
     Layer,
     LayerActivations,
     MaxPool,
+    Traced,
+    _check_input,
+    _join,
+    _report,
     _shape,
 )
 
 __all__ = [
     "Model",
     "serial",
+    "param_at",
     "mlp",
     "convnet",
     "ArchItem",
@@ -75,16 +109,20 @@ _INPUT = "input"
 
 
 class Model(NamedTuple):
-    """A model: ``init(key) -> (params, state)``;
+    """A model: a layer with its input shape. ``init(key) -> (params, state)``;
     ``apply(params, state, x, *, train=False, key=None, mask=None) -> (outputs, state)``;
     ``trace(...)`` is ``apply`` that also returns one
-    :class:`~jaxnn.layers.LayerActivations` per hidden model layer (for diagnostics: dead units,
-    saturation, activation statistics).
+    :class:`~jaxnn.layers.LayerActivations` per hidden weight matrix, nested blocks included
+    (for diagnostics: dead units, saturation, activation statistics).
 
     Attributes (besides the three functions; all hashable, so a model can key a cache):
       input_shape, output_shape: per example (without the batch axis).
-      layer_names: the model layers, input to output (keys of ``params``: ``"layer_0"``, ...).
-      activations: each model layer's nonlinearity name (``None`` for none, e.g. the output).
+      layer_names: the weight matrices, input to output, by path (``"layer_0"``, ...,
+        ``"layer_2/layer_0"`` inside a block; :func:`param_at` fetches their params). ``trace``
+        reports all but the last.
+      activations: the nonlinearity each one reports (``None`` for none, e.g. the output).
+      layer: the :class:`~jaxnn.layers.Layer` the model wraps (``serial(*layers)``), e.g. to put
+        the model inside another serial; ``serial`` takes a model as one of its layers too.
     """
 
     init: Callable[..., tuple[Any, Any]]
@@ -94,6 +132,26 @@ class Model(NamedTuple):
     output_shape: tuple[int, ...] = ()
     layer_names: tuple[str, ...] = ()
     activations: tuple[str | None, ...] = ()
+    layer: Layer | None = None
+
+
+def param_at(tree: Any, path: str) -> Any:
+    """The sub-tree of ``tree`` (params, state, gradients, updates) at ``path``: its
+    ``"/"``-separated dict keys, as in :attr:`Model.layer_names` (``""``: ``tree`` itself).
+
+    >>> param_at({"layer_1": {"layer_0": {"w": 1}, "skip": {"w": 2}}}, "layer_1/skip")
+    {'w': 2}
+
+    Raises:
+      KeyError: naming the missing part of the path.
+    """
+    node = tree
+    for i, part in enumerate(path.split("/") if path else ()):
+        if not isinstance(node, Mapping) or part not in node:
+            where = "/".join(path.split("/")[:i]) or "the top level"
+            raise KeyError(f"param_at: no {part!r} at {where} of path {path!r}")
+        node = node[part]
+    return node
 
 
 class _Slot(NamedTuple):
@@ -122,22 +180,22 @@ def _plan(layers: Sequence[Layer]) -> tuple[list[_Slot], int]:
     return plan, block + 1
 
 
-def serial(*layers: Layer, input_shape: Sequence[int] | int) -> Model:
-    """Fold ``layers`` into a :class:`Model` for inputs ``[batch, *input_shape]``.
-
-    Shapes are checked here, once, without computing anything (:func:`jax.eval_shape` of
-    ``init`` and ``apply``): a layer that does not fit its input (a convolution after a flatten,
-    pooling an image smaller than the window) is a ``ValueError`` naming it.
-
-    Raises:
-      ValueError: for no layers, a bad ``input_shape``, or layers that do not fit together.
-    """
+def _as_layers(layers: Sequence[Any]) -> list[Layer]:
     if not layers:
         raise ValueError("serial: give at least one layer")
+    out = []
     for i, layer in enumerate(layers):
+        if isinstance(layer, Model) and isinstance(layer.layer, Layer):
+            layer = layer.layer
         if not isinstance(layer, Layer):
             raise ValueError(f"serial: layer {i} must be a jaxnn.layers.Layer, got {layer!r}")
-    in_shape = _shape(input_shape, "serial")
+        out.append(layer)
+    return out
+
+
+def _serial_layer(layers: Sequence[Layer]) -> tuple[Layer, Callable]:
+    """The serial layer of ``layers`` and its ``forward(params, state, x, train, key, mask,
+    record) -> (y, state, [Traced, ...], first nonlinearity's LayerActivations or None)``."""
     plan, n_blocks = _plan(layers)
     has_input = plan[0].block < 0
     names = tuple(f"layer_{i}" for i in range(n_blocks))
@@ -153,7 +211,7 @@ def serial(*layers: Layer, input_shape: Sequence[int] | int) -> Model:
                 jax.random.fold_in(keys[s.block if s.block >= 0 else n_blocks], s.pos)
                 for s in plan]
 
-    def init_with_shapes(key):
+    def init_with_shapes(key, in_shape):
         params, state, shapes = {}, {}, []
         shape = in_shape
         for i, (layer, slot, k) in enumerate(zip(layers, plan, layer_keys(key), strict=True)):
@@ -180,67 +238,147 @@ def serial(*layers: Layer, input_shape: Sequence[int] | int) -> Model:
                 state.setdefault(name, {})[slot.name] = s
         return params, state, shapes
 
-    def init(key):
-        params, state, _ = init_with_shapes(key)
-        return params, state
+    def init(key, input_shape):
+        params, state, shapes = init_with_shapes(key, _shape(input_shape, "serial"))
+        return shapes[-1], params, state
 
     def forward(params, state, x, train, key, mask, record):
-        x = jnp.asarray(x)
-        if tuple(x.shape[1:]) != in_shape or x.ndim != len(in_shape) + 1:
-            dims = ", ".join(str(d) for d in in_shape)
-            raise ValueError(f"x must have shape [batch, {dims}], got {tuple(x.shape)}")
+        h = jnp.asarray(x)
         keys = layer_keys(key) if key is not None else [None] * len(layers)
         new_state = {k: dict(v) for k, v in state.items()}
-        acts: list[LayerActivations] = []
-        current = None  # the LayerActivations of the model layer being computed
-        h = x
+        entries: list[Traced] = []
+        pending: list[int] = []  # entries of this model layer waiting for its nonlinearity
+        found = False  # this model layer's first nonlinearity has been traced
+        first = None  # the first nonlinearity's LayerActivations (a weightless serial's trace)
         for layer, slot, k in zip(layers, plan, keys, strict=True):
             name = block_name(slot.block)
+            kw = dict(train=train, key=k, mask=mask)
             if slot.name is None:
-                if slot.block > 0:  # close the previous model layer
-                    acts.append(current if current is not None else LayerActivations(h, h))
-                current = None
+                for i in pending:  # close the previous model layer: its output
+                    entries[i] = entries[i]._replace(acts=LayerActivations(h, h), open=False)
                 own = block_slots[slot.block]
                 p = {n: v for n, v in params[name].items() if n not in own}
                 s = {n: v for n, v in state[name].items() if n not in own}
-            else:
-                p = params.get(name, {}).get(slot.name, {})
-                s = state.get(name, {}).get(slot.name, {})
-            if record and layer.trace is not None and current is None and slot.block >= 0:
-                h, s, current = layer.trace(p, s, h, train=train, key=k, mask=mask)
-            else:
-                h, s = layer.apply(p, s, h, train=train, key=k, mask=mask)
-            if slot.name is None:
+                if record:
+                    h, s, sub = _report(layer, p, s, h, **kw)
+                    pending = [len(entries) + j for j, e in enumerate(sub) if e.open]
+                    entries += [e._replace(path=_join(name, e.path)) for e in sub]
+                    found = not pending
+                else:
+                    h, s = layer.apply(p, s, h, **kw)
                 new_state[name].update(s)
-            elif slot.name in state.get(name, {}):
+                continue
+            p = params.get(name, {}).get(slot.name, {})
+            s = state.get(name, {}).get(slot.name, {})
+            if record and layer.trace is not None and not found:
+                h, s, acts = layer.trace(p, s, h, **kw)
+                first = acts if first is None else first
+                for i in pending:
+                    entries[i] = entries[i]._replace(acts=acts, activation=layer.activation,
+                                                     open=False)
+                pending, found = [], True
+            else:
+                h, s = layer.apply(p, s, h, **kw)
+            if slot.name in state.get(name, {}):
                 new_state[name][slot.name] = s
-        return h, new_state, acts
+        for i in pending:  # the last model layer has no nonlinearity: its output, still open
+            entries[i] = entries[i]._replace(acts=LayerActivations(h, h))
+        return h, new_state, entries, first
 
     def apply(params, state, x, *, train=False, key=None, mask=None):
-        y, new_state, _ = forward(params, state, x, train, key, mask, record=False)
+        y, new_state, _, _ = forward(params, state, x, train, key, mask, record=False)
         return y, new_state
 
-    def trace(params, state, x, *, train=False, key=None, mask=None):
-        return forward(params, state, x, train, key, mask, record=True)
+    def report(params, state, x, *, train=False, key=None, mask=None):
+        y, new_state, entries, _ = forward(params, state, x, train, key, mask, record=True)
+        return y, new_state, entries
 
-    # Shapes, checked once without computing: each layer's declared output against what its
-    # apply gives.
-    shapes: list[tuple[int, ...]] = []
+    weighted = n_blocks > 0
+    nonlinear = next((layer for layer in layers if layer.trace is not None), None)
+    trace = None
+    if not weighted and nonlinear is not None:  # weightless: it reports its first nonlinearity
+        def trace(params, state, x, *, train=False, key=None, mask=None):
+            y, new_state, _, first = forward(params, state, x, train, key, mask, record=True)
+            return y, new_state, first if first is not None else LayerActivations(y, y)
+
+    layer = Layer(init, apply, name="serial", weighted=weighted, trace=trace,
+                  activation=nonlinear.activation if trace is not None else None,
+                  report=report if weighted else None)
+    return layer, forward
+
+
+def serial(*layers: Layer | Model, input_shape: Sequence[int] | int | None = None
+           ) -> Layer | Model:
+    """Fold ``layers`` into one layer, or, with ``input_shape``, into a :class:`Model` for
+    inputs ``[batch, *input_shape]``.
+
+    ``serial(*layers)`` is a :class:`~jaxnn.layers.Layer` (stax's "returns a new layer"):
+    ``init(key, input_shape) -> (output_shape, params, state)``,
+    ``apply(params, state, x, *, train=False, key=None, mask=None) -> (y, state)``, the layers
+    applied in turn, :math:`y = f_n(\\cdots f_1(x))`; it goes inside another ``serial`` or a
+    :func:`~jaxnn.layers.Residual` (one model layer there, its params a nested dict). A
+    :class:`Model` is accepted as a layer (its :attr:`Model.layer`).
+
+    ``serial(*layers, input_shape=...)`` is that layer as a :class:`Model`, with the params
+    layout, key rule and layer names of :mod:`jaxnn.models`. Shapes are checked then, once,
+    without computing anything (:func:`jax.eval_shape` of ``init``, ``apply`` and ``trace``): a
+    layer that does not fit its input (a convolution after a flatten, pooling an image smaller
+    than the window, a residual branch changing the shape in a way no projection undoes) is a
+    ``ValueError`` naming it.
+
+    Raises:
+      ValueError: for no layers, something that is not a layer, a bad ``input_shape``, or layers
+        that do not fit together.
+    """
+    layer, forward = _serial_layer(_as_layers(layers))
+    if input_shape is None:
+        return layer
+    return _model(layer, forward, _shape(input_shape, "serial"))
+
+
+def _model(layer: Layer, forward: Callable, in_shape: tuple[int, ...]) -> Model:
+    """The :class:`Model` of a serial ``layer`` (its ``forward``) on inputs ``in_shape``."""
+
+    def init(key):
+        _, params, state = layer.init(key, in_shape)
+        return params, state
+
+    def apply(params, state, x, *, train=False, key=None, mask=None):
+        x = jnp.asarray(x)
+        _check_input(x, in_shape, "serial")
+        y, new_state, _, _ = forward(params, state, x, train, key, mask, record=False)
+        return y, new_state
+
+    def report(params, state, x, *, train=False, key=None, mask=None):
+        x = jnp.asarray(x)
+        _check_input(x, in_shape, "serial")
+        y, new_state, entries, _ = forward(params, state, x, train, key, mask, record=True)
+        return y, new_state, entries
+
+    def trace(params, state, x, *, train=False, key=None, mask=None):
+        y, new_state, entries = report(params, state, x, train=train, key=key, mask=mask)
+        return y, new_state, [e.acts for e in entries[:-1]]
+
+    # Shapes, checked once without computing: the declared output against what apply and trace
+    # give; the names of the weight matrices come from the trace.
+    found: dict[str, Any] = {}
 
     def check(key):
-        params, state, declared = init_with_shapes(key)
-        shapes.extend(declared)
-        y, _ = apply(params, state, jnp.zeros((1, *in_shape), jnp.float32))
-        if tuple(y.shape[1:]) != declared[-1]:
-            raise ValueError(f"serial: the layers declare an output shape {declared[-1]} but "
-                             f"compute {tuple(y.shape[1:])}")
+        out, params, state = layer.init(key, in_shape)
+        x = jnp.zeros((1, *in_shape), jnp.float32)
+        y, _ = apply(params, state, x)
+        y_traced, _, entries = report(params, state, x)
+        found["out"] = tuple(int(d) for d in out)
+        found["names"] = tuple(e.path for e in entries)
+        found["activations"] = tuple(e.activation for e in entries)
+        for got in (y, y_traced):
+            if tuple(got.shape[1:]) != found["out"]:
+                raise ValueError(f"serial: the layers declare an output shape {found['out']} but "
+                                 f"compute {tuple(got.shape[1:])}")
 
     jax.eval_shape(check, jax.random.key(0))
-    acts = [None] * n_blocks
-    for layer, slot in zip(layers, plan, strict=True):
-        if slot.block >= 0 and acts[slot.block] is None and layer.trace is not None:
-            acts[slot.block] = layer.activation
-    return Model(init, apply, trace, in_shape, shapes[-1], names, tuple(acts))
+    return Model(init, apply, trace, in_shape, found["out"], found["names"],
+                 found["activations"], layer)
 
 
 # --------------------------------------------------------------------------- builders
