@@ -163,7 +163,7 @@ def test_gradcheck_fails_for_a_loss_it_cannot_check(capsys, monkeypatch):
     monkeypatch.setattr(losses, "_REGISTRY", {"softmax_cross_entropy":
                                               losses.softmax_cross_entropy, "picky": picky})
     monkeypatch.setattr(_gradcheck, "_activation_cases", lambda rng: [])
-    monkeypatch.setattr(_gradcheck, "_mlp_cases", lambda rng: [])
+    monkeypatch.setattr(_gradcheck, "_model_cases", lambda rng: [])
     rc, stdout, err = _run(["gradcheck"], capsys)
     assert rc == 1 and "failed" in err
     rows = {r.split()[1]: r for r in stdout.splitlines() if r.split()[:1] == ["loss"]}
@@ -184,7 +184,7 @@ def test_gradcheck_fails_on_a_wrong_gradient(capsys, monkeypatch):
     real_get = activations.get
     monkeypatch.setattr(activations, "get", lambda n: bad_tanh if n == "tanh" else real_get(n))
     monkeypatch.setattr(_gradcheck, "_loss_cases", lambda rng: [])  # activations are enough
-    monkeypatch.setattr(_gradcheck, "_mlp_cases", lambda rng: [])
+    monkeypatch.setattr(_gradcheck, "_model_cases", lambda rng: [])
     rc, stdout, err = _run(["gradcheck"], capsys)
     assert rc == 1
     rows = [line.split() for line in stdout.splitlines()]

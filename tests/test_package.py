@@ -11,7 +11,7 @@ import jaxnn
 
 LOW = {"activations", "losses", "regularizers", "initializers", "gradcheck", "preprocessing",
        "optim", "data", "datasets", "batching", "checkpoint", "plots", "distributed"}
-HIGH = {"layers", "models", "train", "rundir", "diagnostics", "tensorboard", "population", "search",
+HIGH = {"layers", "arch", "models", "config", "train", "rundir", "diagnostics", "tensorboard", "population", "search",
         "ensemble", "experiments", "cli"}
 
 
@@ -60,3 +60,19 @@ def test_only_the_cli_prints():
         calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
                  and isinstance(n.func, ast.Name) and n.func.id == "print"]
         assert not calls, f"{path.name} prints"
+
+
+def test_the_cli_constructs_no_model_optimizer_or_dataset():
+    """Every verb goes through jaxnn.config: no module of jaxnn/cli calls a layer, a model
+    builder, an optimizer factory or the data loader itself."""
+    root = pathlib.Path(jaxnn.__file__).parent / "cli"
+    banned = {("models", n) for n in ("mlp", "convnet", "serial")} | {
+        ("layers", n) for n in ("mlp", "convnet", "serial", "Dense", "Conv2D", "Residual")} | {
+        ("optim", "get"), ("optim", "get_schedule"), ("data", "load"), ("datasets", "load"),
+        ("preprocessing", "get")}
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                    isinstance(node.func.value, ast.Name):
+                call = (node.func.value.id, node.func.attr)
+                assert call not in banned, f"{path.name}:{node.lineno} calls {'.'.join(call)}"

@@ -123,26 +123,34 @@ def _loss_cases(rng) -> list[tuple[str, Callable | None, dict]]:
     return cases
 
 
-def _mlp_cases(rng) -> list[tuple[str, Callable, dict]]:
+def _model_cases(rng) -> list[tuple[str, Callable, dict]]:
+    """Small models built from configs (:func:`jaxnn.config.build_model`): MLPs with batch
+    norm, dropout and maxout, and a convnet with a residual block, in training mode."""
     import jax
     import jax.numpy as jnp
 
-    from jaxnn import layers, losses, regularizers
+    from jaxnn import losses, regularizers
+    from jaxnn.config import RunConfig, build_model
 
-    x = jnp.asarray(rng.standard_normal((8, 5)))
+    flat = jnp.asarray(rng.standard_normal((8, 5)))
+    images = jnp.asarray(rng.standard_normal((8, 4, 4, 1)))
     y = jnp.asarray(rng.integers(0, 3, 8), jnp.int32)
     key = jax.random.key(0)
     cases = []
-    for label, kw in (("mlp tanh + batch norm", {"activation": "tanh", "batch_norm": True}),
-                      ("mlp elu + batch norm + dropout",
-                       {"activation": "elu", "batch_norm": True, "dropout": 0.2}),
-                      ("mlp maxout", {"activation": "maxout"})):
-        model = layers.mlp([5, 7, 6, 3], **kw)
+    for label, x, cfg in (
+            ("mlp tanh + batch norm", flat,
+             RunConfig(hidden="7,6", activation="tanh", batch_norm=True)),
+            ("mlp elu + batch norm + dropout", flat,
+             RunConfig(hidden="7,6", activation="elu", batch_norm=True, dropout=0.2)),
+            ("mlp maxout", flat, RunConfig(hidden="7,6", activation="maxout")),
+            ("convnet tanh + residual block", images,
+             RunConfig(arch="conv:2,res(conv:2,conv:2),fc:4", activation="tanh"))):
+        model = build_model(cfg, x.shape[1:], 3)
         params, state = model.init(key)
         params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
         state = jax.tree.map(lambda a: a.astype(jnp.float64), state)
 
-        def objective(p, model=model, state=state):
+        def objective(p, model=model, state=state, x=x):
             logits, _ = model.apply(p, state, x, train=True, key=key)
             return regularizers.full_loss(jnp.mean(losses.softmax_cross_entropy(logits, y)), p,
                                           l2=1e-2)
@@ -162,7 +170,7 @@ def run_gradcheck(args) -> int:
     with jax.enable_x64(True):
         rng = np.random.default_rng(args.seed)  # numpy: the check points, fixed by --seed
         groups = (("activation", _activation_cases(rng)), ("loss", _loss_cases(rng)),
-                  ("model", _mlp_cases(rng)))
+                  ("model", _model_cases(rng)))
         for kind, cases in groups:
             for name, f, params in cases:
                 if f is None:  # a check that cannot run is a failure, not a pass
