@@ -373,3 +373,267 @@ def test_native_conv_gradients_equal_the_nhwc_backward_pass():
         # ... and the switch is real: only the default goes through the custom backward pass.
         assert "custom_vjp" in str(jax.make_jaxpr(loss)(params, x))
         assert "custom_vjp" not in str(jax.make_jaxpr(native)(params, x))
+
+
+# =========================================================================== nesting: serial as
+# a layer and Residual (layers nest, stax's contract). Every reference below is numpy written
+# from the params, or the same layers flattened into one serial.
+from jaxnn import models  # noqa: E402
+
+
+def _np64(a):
+    return np.asarray(a, np.float64)
+
+
+def _np_conv(x, w, b=None, *, stride=1, pads=((0, 0), (0, 0))):
+    """Cross-correlation of NHWC x with HWIO w (explicit pads, one stride), by loops."""
+    x, w = _np64(x), _np64(w)
+    xp = np.pad(x, ((0, 0), *pads, (0, 0)))
+    kh, kw = w.shape[:2]
+    oh, ow = (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
+    out = np.zeros((x.shape[0], oh, ow, w.shape[-1]))
+    for i in range(oh):
+        for j in range(ow):
+            patch = xp[:, i * stride:i * stride + kh, j * stride:j * stride + kw]
+            out[:, i, j] = np.einsum("nuvc,uvco->no", patch, w)
+    return out if b is None else out + _np64(b)
+
+
+def test_serial_without_input_shape_is_a_layer_that_nests(key):
+    """serial(...) is a Layer; serial in serial computes what the flattened layers compute with
+    the same params (mapped to the flat layout), and both equal numpy."""
+    inner = layers.serial(layers.Dense(4, bias_init=0.1), layers.Activation("tanh"),
+                          layers.Dense(3, bias_init=-0.2))
+    assert isinstance(inner, layers.Layer) and inner.weighted
+    outer = layers.serial(layers.Dense(5, bias_init=0.3), layers.Activation("relu"), inner,
+                          layers.Activation("tanh"), layers.Dense(2))
+    assert isinstance(outer, layers.Layer)
+    out_shape, params, state = outer.init(key, (6,))
+    assert out_shape == (2,)
+    wb = {"w": 0, "b": 0}
+    assert jax.tree.structure(params) == jax.tree.structure(
+        {"layer_0": wb, "layer_1": {"layer_0": wb, "layer_1": wb}, "layer_2": wb})
+    assert state == {"layer_0": {}, "layer_1": {"layer_0": {}, "layer_1": {}}, "layer_2": {}}
+
+    flat = layers.serial(layers.Dense(5), layers.Activation("relu"), layers.Dense(4),
+                         layers.Activation("tanh"), layers.Dense(3), layers.Activation("tanh"),
+                         layers.Dense(2), input_shape=(6,))
+    mapped = {"layer_0": params["layer_0"], "layer_1": params["layer_1"]["layer_0"],
+              "layer_2": params["layer_1"]["layer_1"], "layer_3": params["layer_2"]}
+    x = _x((3, 6))
+    y, new_state = outer.apply(params, state, x)
+    assert jax.tree.structure(new_state) == jax.tree.structure(state)
+    y_flat, _ = flat.apply(mapped, flat.init(key)[1], x)
+    np.testing.assert_allclose(y, y_flat, rtol=1e-6, atol=1e-6)
+    p = {k: {n: _np64(v) for n, v in d.items()} for k, d in mapped.items()}
+    h = np.maximum(_np64(x) @ p["layer_0"]["w"] + p["layer_0"]["b"], 0)
+    h = np.tanh(h @ p["layer_1"]["w"] + p["layer_1"]["b"])
+    h = np.tanh(h @ p["layer_2"]["w"] + p["layer_2"]["b"])
+    _close(y, h @ p["layer_3"]["w"] + p["layer_3"]["b"], 8)
+
+
+def test_nested_serial_params_follow_the_key_rule(key):
+    """The nested block is model layer 1 of the outer serial: it is initialized with
+    split(key, 3)[1], by its own rule (its Dense i drawn with split(split(k, 2)[i])[0])."""
+    inner = layers.serial(layers.Dense(4), layers.Activation("relu"), layers.Dense(3))
+    outer = layers.serial(layers.Dense(5), layers.Activation("relu"), inner, layers.Dense(2))
+    _, params, _ = outer.init(key, (6,))
+    k0, k1, k2 = jax.random.split(key, 3)
+    he = jax.nn.initializers.he_normal()
+    np.testing.assert_array_equal(params["layer_0"]["w"], he(jax.random.split(k0)[0], (6, 5)))
+    np.testing.assert_array_equal(params["layer_2"]["w"], he(jax.random.split(k2)[0], (3, 2)))
+    for i, (k, shape) in enumerate(zip(jax.random.split(k1, 2), ((5, 4), (4, 3)), strict=True)):
+        np.testing.assert_array_equal(params["layer_1"][f"layer_{i}"]["w"],
+                                      he(jax.random.split(k)[0], shape))
+
+
+def test_residual_without_projection_is_x_plus_f_of_x(key):
+    f = layers.serial(layers.Dense(4, bias_init=0.1), layers.Activation("relu"),
+                      layers.Dense(4, bias_init=0.2))
+    block = layers.Residual(f)
+    out_shape, params, state = block.init(key, (4,))
+    assert out_shape == (4,) and "skip" not in params
+    # The branch holds exactly f's params for the same key.
+    jax.tree.map(np.testing.assert_array_equal, params, f.init(key, (4,))[1])
+    x = _x((5, 4))
+    y, _ = block.apply(params, state, x)
+    p = jax.tree.map(_np64, params)
+    h = np.maximum(_np64(x) @ p["layer_0"]["w"] + p["layer_0"]["b"], 0)
+    _close(y, _np64(x) + h @ p["layer_1"]["w"] + p["layer_1"]["b"], 8)
+    # A plain layer as the branch: y = x + (x W + b).
+    dense = layers.Residual(layers.Dense(4, bias_init=0.5))
+    _, pd, sd = dense.init(key, (4,))
+    _close(dense.apply(pd, sd, x)[0], _np64(x) + _np64(x) @ _np64(pd["w"]) + 0.5, 8)
+
+
+def test_residual_dense_projection_is_x_wp_plus_f_of_x(key):
+    f = layers.serial(layers.Dense(5, bias_init=0.1), layers.Activation("tanh"),
+                      layers.Dense(3))
+    block = layers.Residual(f)
+    out_shape, params, state = block.init(key, (4,))
+    assert out_shape == (3,) and set(params) == {"layer_0", "layer_1", "skip"}
+    assert set(params["skip"]) == {"w"}  # no bias: y = x W_p + f(x)
+    # The projection is drawn with fold_in(key, 1), by Dense's rule (its first split).
+    np.testing.assert_array_equal(params["skip"]["w"], jax.nn.initializers.he_normal()(
+        jax.random.split(jax.random.fold_in(key, 1))[0], (4, 3), jnp.float32))
+    x = _x((5, 4))
+    y, _ = block.apply(params, state, x)
+    p = jax.tree.map(_np64, params)
+    fx = np.tanh(_np64(x) @ p["layer_0"]["w"] + p["layer_0"]["b"]) @ p["layer_1"]["w"] \
+        + p["layer_1"]["b"]
+    _close(y, _np64(x) @ p["skip"]["w"] + fx, 8)
+    # projection=True projects even when the shapes agree; False refuses a shape change.
+    _, p_same, _ = layers.Residual(layers.Dense(4), projection=True).init(key, (4,))
+    assert p_same["skip"]["w"].shape == (4, 4)
+    with pytest.raises(ValueError, match=r"\(4,\).*\(3,\)"):
+        layers.Residual(f, projection=False).init(key, (4,))
+
+
+def test_residual_conv_projection_with_stride(key):
+    """A branch halving a 5x5 image (3x3 SAME, stride 2: 3x3 out) and changing channels 2 -> 5:
+    the skip path is a 1x1 convolution with stride 2 (every second position, no bias)."""
+    f = layers.serial(layers.Conv2D(4, 3, strides=2, bias_init=0.1), layers.Activation("relu"),
+                      layers.Conv2D(5, 1, bias_init=-0.1))
+    block = layers.Residual(f)
+    out_shape, params, state = block.init(key, (5, 5, 2))
+    assert out_shape == (3, 3, 5) and params["skip"]["w"].shape == (1, 1, 2, 5)
+    x = _x((2, 5, 5, 2))
+    y, _ = block.apply(params, state, x)
+    p = jax.tree.map(_np64, params)
+    # SAME, stride 2 on 5 rows: (3 - 1) * 2 + 3 - 5 = 2 rows of padding, one on each side.
+    h = np.maximum(_np_conv(x, p["layer_0"]["w"], p["layer_0"]["b"], stride=2,
+                            pads=((1, 1), (1, 1))), 0)
+    fx = _np_conv(h, p["layer_1"]["w"], p["layer_1"]["b"])
+    skip = np.einsum("nijc,co->nijo", _np64(x)[:, ::2, ::2], p["skip"]["w"][0, 0])
+    _close(y, skip + fx, 24)
+
+
+def test_residual_shapes_no_projection_can_undo_are_errors(key):
+    # 6x6 -> 4x4 (3x3 VALID): no stride s has ceil(6 / s) == 4.
+    with pytest.raises(ValueError, match=r"\(6, 6, 2\).*\(4, 4, 3\)"):
+        layers.Residual(layers.Conv2D(3, padding="VALID")).init(key, (6, 6, 2))
+    with pytest.raises(ValueError, match=r"\(2, 2, 1\).*\(3,\)"):
+        layers.Residual(layers.serial(layers.Flatten(), layers.Dense(3))).init(key, (2, 2, 1))
+    # A weightless branch changing the shape gets a projection only when asked for.
+    with pytest.raises(ValueError, match="projection=True"):
+        layers.Residual(layers.MaxPool()).init(key, (4, 4, 2))
+    pooled = layers.Residual(layers.MaxPool(), projection=True)
+    assert pooled.weighted
+    out, params, state = pooled.init(key, (4, 4, 2))
+    x = _x((1, 4, 4, 2))
+    want = _np64(x).reshape(1, 2, 2, 2, 2, 2).max(axis=(2, 4)) + np.einsum(
+        "nijc,co->nijo", _np64(x)[:, ::2, ::2], _np64(params["skip"]["w"][0, 0]))
+    assert out == (2, 2, 2)
+    _close(pooled.apply(params, state, x)[0], want, 4)
+    with pytest.raises(ValueError, match="Layer"):
+        layers.Residual(jnp.tanh)
+    with pytest.raises(ValueError, match="projection"):
+        layers.Residual(layers.Dense(2), projection="auto")
+
+
+def test_residual_blocks_inside_a_model(key):
+    """Two residual blocks in a model: params nested per block, one name per weight matrix,
+    outputs equal to numpy, the post-addition relu reported for each block's last matrix."""
+    block = lambda c: layers.Residual(layers.serial(
+        layers.Conv2D(c, 1, bias_init=0.1), layers.Activation("relu"), layers.Conv2D(c, 1)))
+    model = layers.serial(layers.Conv2D(3, 1), layers.Activation("relu"),
+                          block(3), layers.Activation("relu"),
+                          block(4), layers.Activation("relu"),
+                          layers.Flatten(), layers.Dense(2), input_shape=(2, 2, 2))
+    assert model.layer_names == ("layer_0", "layer_1/layer_0", "layer_1/layer_1",
+                                 "layer_2/layer_0", "layer_2/layer_1", "layer_2/skip", "layer_3")
+    assert model.activations == ("relu",) * 5 + (None, None)
+    params, state = model.init(key)
+    n_w = sum(1 for path, _ in jax.tree_util.tree_leaves_with_path(params)
+              if path[-1] == jax.tree_util.DictKey("w"))
+    assert n_w == len(model.layer_names) == 7
+    for name in model.layer_names:
+        assert models.param_at(params, name)["w"].ndim == 4 or name == "layer_3"
+    x = _x((3, 2, 2, 2))
+    y, _, acts = model.trace(params, state, x)
+    assert len(acts) == 6  # every weight matrix but the output's
+
+    p = jax.tree.map(_np64, params)
+    mm = lambda h, d: np.einsum("nijc,co->nijo", h, d["w"][0, 0]) + d.get("b", 0.0)
+    relu = lambda h: np.maximum(h, 0)
+    h0 = relu(mm(_np64(x), p["layer_0"]))
+    a10 = relu(mm(h0, p["layer_1"]["layer_0"]))
+    pre1 = h0 + mm(a10, p["layer_1"]["layer_1"])
+    h1 = relu(pre1)
+    a20 = relu(mm(h1, p["layer_2"]["layer_0"]))
+    skip = mm(h1, p["layer_2"]["skip"])
+    pre2 = skip + mm(a20, p["layer_2"]["layer_1"])
+    h2 = relu(pre2)
+    _close(y, h2.reshape(3, -1) @ p["layer_3"]["w"] + p["layer_3"]["b"], 24)
+    want = [(mm(_np64(x), p["layer_0"]), h0), (mm(h0, p["layer_1"]["layer_0"]), a10),
+            (pre1, h1), (mm(h1, p["layer_2"]["layer_0"]), a20), (pre2, h2), (skip, skip)]
+    for a, (pre, post) in zip(acts, want, strict=True):
+        _close(a.pre, pre, 16)
+        _close(a.post, post, 16)
+
+
+def test_a_model_goes_inside_a_serial(key):
+    inner = layers.mlp([4, 5, 3])
+    assert isinstance(inner.layer, layers.Layer)
+    model = layers.serial(inner, layers.Activation("relu"), layers.Dense(2), input_shape=(4,))
+    assert model.layer_names == ("layer_0/layer_0", "layer_0/layer_1", "layer_1")
+    params, state = model.init(key)
+    x = _x((3, 4))
+    h, _ = inner.apply(params["layer_0"], state["layer_0"], x)
+    p = jax.tree.map(_np64, params)
+    want = np.maximum(_np64(h), 0) @ p["layer_1"]["w"] + p["layer_1"]["b"]
+    _close(model.apply(params, state, x)[0], want, 8)
+
+
+def test_gradients_through_nested_blocks_pass_gradcheck():
+    from jaxnn import gradcheck
+
+    model = layers.serial(
+        layers.Dense(4, bias_init=0.1), layers.Activation("tanh"),
+        layers.Residual(layers.serial(layers.Dense(3, bias_init=0.1), layers.LayerNorm(),
+                                      layers.Activation("tanh"), layers.Dense(5))),
+        layers.Activation("tanh"),
+        layers.Residual(layers.serial(layers.Dense(5), layers.Activation("tanh"))),
+        layers.Dense(2), input_shape=(3,))
+    with jax.enable_x64(True):
+        params, state = model.init(jax.random.key(3))
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        x = jnp.asarray(_x((4, 3)), jnp.float64)
+        f = lambda p: jnp.sum(jnp.sin(model.apply(p, state, x)[0]))
+        report = gradcheck.check_grads(f, params)
+    assert report.passed, report
+
+
+def test_regularizers_select_every_weight_matrix_of_nested_blocks(key):
+    from jaxnn import regularizers
+
+    model = layers.serial(layers.Dense(4), layers.Activation("relu"),
+                          layers.Residual(layers.serial(layers.Dense(4), layers.BatchNorm(),
+                                                        layers.Activation("relu"),
+                                                        layers.Dense(6))),
+                          layers.Dense(2), input_shape=(3,))
+    params, _ = model.init(key)
+    ws = [models.param_at(params, n)["w"] for n in model.layer_names]
+    assert len(ws) == 5  # layer_0, layer_1/layer_0, layer_1/layer_1, layer_1/skip, layer_2
+    got = regularizers.weights(params)
+    assert sorted(a.size for a in got) == sorted(a.size for a in ws)
+    want = sum(np.sum(_np64(w) ** 2) for w in ws)
+    np.testing.assert_allclose(float(regularizers.l2_penalty(got)), want, rtol=1e-6)
+    mask = regularizers.weight_mask(params)
+    assert models.param_at(mask, "layer_1/skip")["w"] is True
+    assert models.param_at(mask, "layer_1/layer_0")["w"] is True
+    assert models.param_at(mask, "layer_1/layer_0")["bn"]["gamma"] is False
+
+
+def test_param_at_fetches_a_path():
+    tree = {"layer_1": {"layer_0": {"w": 1}, "skip": {"w": 2}}}
+    assert models.param_at(tree, "layer_1/skip") == {"w": 2}
+    assert models.param_at(tree, "") is tree
+    with pytest.raises(KeyError, match="nope"):
+        models.param_at(tree, "layer_1/nope")
+
+
+def test_layers_exports_the_combinators():
+    for name in ("serial", "Residual", "Traced", "Layer"):
+        assert name in layers.__all__
+    assert layers.serial is models.serial
