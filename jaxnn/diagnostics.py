@@ -76,10 +76,6 @@ OVERFITTING = "overfitting: use more regularization (L2, dropout) or more data"
 UNDERFITTING = "underfitting: use a bigger model or less regularization"
 DEAD_UNITS = "many dead ReLUs: lower the learning rate, or use leaky ReLU or a small positive bias"
 
-#: Activations with a saturating regime, and what "saturated" means for each (``threshold`` t):
-#: tanh: :math:`|h| > t`; sigmoid: :math:`h < 1 - t` or :math:`h > t`.
-_SATURATING = ("tanh", "sigmoid")
-
 
 # --------------------------------------------------------------------------- result types
 class InitialLossCheck(NamedTuple):
@@ -208,9 +204,13 @@ def dead_fraction(h: ArrayLike) -> Array:
 def saturated_fraction(h: ArrayLike, activation: str | None, *, threshold: float = 0.99) -> Array:
     """Fraction of activations in the saturated regime, where the local gradient is ~0.
 
-    ``tanh``: :math:`|h| > t`; ``sigmoid``: :math:`h < 1 - t` or :math:`h > t` (``t`` =
-    ``threshold``). Other activations (and ``None``) have no saturating regime: 0. A ReLU's flat
-    side is measured by :func:`dead_fraction` instead.
+    An activation whose registry entry has a saturating output range ``(lo, hi)``
+    (:attr:`jaxnn.activations.ActivationEntry.saturates`) is saturated within
+    :math:`1 - t` (``t`` = ``threshold``) of either end: :math:`h < lo + (1 - t)` or
+    :math:`h > hi - (1 - t)`. So ``tanh`` (range :math:`(-1, 1)`): :math:`|h| > t`; ``sigmoid``
+    (range :math:`(0, 1)`): :math:`h < 1 - t` or :math:`h > t`. Other activations (and ``None``)
+    have no saturating regime: 0. A ReLU's flat side is measured by :func:`dead_fraction`
+    instead.
 
     Raises:
       ValueError: for an activation name jaxnn does not know.
@@ -219,15 +219,17 @@ def saturated_fraction(h: ArrayLike, activation: str | None, *, threshold: float
     Array(0.5, dtype=float32)
     """
     h = jnp.asarray(h)
-    if activation is not None and activation not in _activations.names():
-        raise ValueError(f"saturated_fraction: unknown activation {activation!r}; valid: "
-                         f"{', '.join(_activations.names())}")
-    if activation == "tanh":
-        sat = jnp.abs(h) > threshold
-    elif activation == "sigmoid":
-        sat = (h < 1.0 - threshold) | (h > threshold)
-    else:
+    if activation is None:
         return jnp.zeros((), jnp.float32)
+    try:
+        saturates = _activations.entry(activation).saturates
+    except ValueError as e:  # the registry's one message, naming the valid activations
+        raise ValueError(f"saturated_fraction: {e}") from None
+    if saturates is None:
+        return jnp.zeros((), jnp.float32)
+    lo, hi = saturates
+    margin = 1.0 - threshold
+    sat = (h < lo + margin) | (h > hi - margin)
     return jnp.mean(sat.astype(jnp.float32))
 
 
@@ -518,7 +520,7 @@ def diagnose(
     *,
     initial_loss: float | None = None,
     dead_fraction: Sequence[float] | None = None,
-    divergence_factor: float = 3.0,
+    divergence_factor: float = _train.DIVERGENCE_FACTOR,
     rise: float = 0.5,
     min_decrease: float = 0.1,
     max_gap: float = 0.1,
@@ -554,6 +556,7 @@ def diagnose(
       A :class:`Diagnosis`.
     """
     cols, stopped, hist_initial = _columns(history)
+    status = history.status if isinstance(history, _train.History) else None
     if dead_fraction is not None:
         cols["dead_fraction"] = np.asarray(dead_fraction, np.float64).reshape(-1)
     loss = cols.get("train_loss", np.zeros(0))
@@ -571,7 +574,7 @@ def diagnose(
     finite = loss[np.isfinite(loss)]
     best = np.minimum.accumulate(np.concatenate([[l0], loss])) if loss.size else np.array([l0])
     bad = np.asarray(_train.diverged(loss, l0, factor=divergence_factor)) if loss.size else []
-    if stopped.startswith("diverged"):
+    if status is _train.Status.DIVERGED:
         say(LR_TOO_HIGH, f"the run {stopped.split(';')[0]}")
     elif finite.size < loss.size:
         say(LR_TOO_HIGH, "the training loss became NaN/inf")

@@ -26,6 +26,7 @@ from jax.typing import ArrayLike
 
 from jaxnn import models as _models
 from jaxnn import population as _population
+from jaxnn import train as _train
 
 __all__ = [
     "EnsembleResult",
@@ -41,7 +42,7 @@ class EnsembleResult(NamedTuple):
     ``member_test_acc``/``member_test_loss`` ``[K]`` are each member's own test accuracy and
     cross-entropy; ``ensemble_test_acc``/``ensemble_test_loss`` those of the averaged
     probabilities (over the members that did not diverge; NaN if all did); ``status[k]`` is the
-    population's (``"ok"`` or ``"diverged"``); ``population`` the full
+    population's (:class:`jaxnn.train.Status`: ``"ok"`` or ``"diverged"``); ``population`` the full
     :class:`jaxnn.population.PopulationResult` (stacked params, history).
     """
 
@@ -49,7 +50,7 @@ class EnsembleResult(NamedTuple):
     member_test_loss: np.ndarray
     ensemble_test_acc: float
     ensemble_test_loss: float
-    status: list[str]
+    status: list[_train.Status]
     population: _population.PopulationResult
 
 
@@ -146,7 +147,7 @@ def ensemble(
     probs = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), -1)
     member_acc = jnp.mean(jnp.argmax(logits, -1) == labels[None], axis=-1)
     member_loss = jax.vmap(_nll, in_axes=(0, None))(probs, labels)
-    healthy = np.array([s != "diverged" for s in res.status])
+    healthy = np.array([s != _train.Status.DIVERGED for s in res.status])
     if healthy.any():
         avg = average_probabilities(logits[np.flatnonzero(healthy)])
         ens_acc = float(jnp.mean(jnp.argmax(avg, -1) == labels))

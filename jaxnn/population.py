@@ -6,8 +6,9 @@ rate, seed). One jitted call runs a whole epoch of every member: ``vmap`` over
 :func:`jaxnn.train.epoch_fn` (the same step :func:`jaxnn.train.fit` uses — not a copy), which scans
 the step over the epoch's batches. A member that diverges (:func:`jaxnn.train.diverged`: loss
 NaN/inf or above ``divergence_factor`` times its initial loss, or NaN/inf parameters) is frozen by
-a mask (its last good parameters kept, status ``"diverged"``); so is a member that ``on_epoch``
-stops (status ``"pruned"``, e.g. by an Optuna pruner) or that early stopping stops (``"stopped"``).
+a mask (its last good parameters kept, status :attr:`~jaxnn.train.Status.DIVERGED`); so is a
+member that ``on_epoch`` stops (``PRUNED``, e.g. by an Optuna pruner) or that early stopping stops
+(``STOPPED``).
 Members are independent, so the others train exactly as they would without them. The run stops
 when every member is done.
 
@@ -68,8 +69,9 @@ class PopulationResult(NamedTuple):
 
     ``history`` maps ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` to arrays
     ``[epochs_run, N]`` (NaN after a member stopped); ``params``/``model_state`` are stacked
-    along a leading member axis; ``status[i]`` is ``"ok"``, ``"diverged"``, ``"stopped"``
-    (early stop) or ``"pruned"`` (stopped by ``on_epoch``); ``final`` holds each member's last
+    along a leading member axis; ``status[i]`` is a :class:`jaxnn.train.Status` (a ``str``):
+    ``"ok"``, ``"diverged"``, ``"stopped"`` (early stop) or ``"pruned"`` (stopped by
+    ``on_epoch``); ``final`` holds each member's last
     healthy ``val_loss``/``val_acc``/``train_loss``; ``epochs[i]`` counts the epochs member ``i``
     trained healthily; ``initial_loss`` is each member's loss before training.
     """
@@ -77,7 +79,7 @@ class PopulationResult(NamedTuple):
     history: dict[str, np.ndarray]
     params: Any
     model_state: Any
-    status: list[str]
+    status: list[_train.Status]
     hparams: dict[str, np.ndarray]
     final: dict[str, np.ndarray]
     initial_loss: np.ndarray
@@ -266,7 +268,7 @@ def train_population(
     loss: str | Callable = "softmax_cross_entropy",
     optimizer: optax.GradientTransformation | None = None,
     devices: int | None = None,
-    divergence_factor: float = 3.0,
+    divergence_factor: float = _train.DIVERGENCE_FACTOR,
     patience: int | None = None,
     probe: Callable[[Any, Any], dict[str, jax.Array]] | None = None,
     on_epoch: Callable[[int, dict, np.ndarray], Any] | None = None,
@@ -347,7 +349,7 @@ def train_population(
                              dropout)
 
     alive = jnp.ones(n, bool)
-    status = np.array(["ok"] * n, dtype=object)
+    status = np.array([_train.Status.OK] * n, dtype=object)
     hist: dict[str, list] = {}
     final = {k: np.full(n, np.nan) for k in ("train_loss", "val_loss", "val_acc")}
     epochs_done = np.zeros(n, np.int64)
@@ -360,7 +362,7 @@ def train_population(
         metrics = {k: np.asarray(v, np.float64) for k, v in metrics.items()}
         tl, vl, va = metrics["train_loss"], metrics["val_loss"], metrics["val_acc"]
         diverged = np.asarray(diverged)
-        status[diverged] = "diverged"
+        status[diverged] = _train.Status.DIVERGED
         healthy = was_alive & ~diverged
         epochs_done += healthy
         for k, v in metrics.items():
@@ -371,14 +373,14 @@ def train_population(
         if patience is not None:
             es = _train.early_stopping_update(es, vl, active=healthy)
             stop = healthy & _train.should_stop_early(es, patience)
-            status[stop] = "stopped"
+            status[stop] = _train.Status.STOPPED
             alive = alive & jnp.asarray(~stop)
         if on_epoch is not None:
             stop = on_epoch(epoch, {k: metrics[k] for k in ("train_loss", "train_acc",
                                                             "val_loss", "val_acc")}, healthy)
             if stop is not None:
-                stop = healthy & (status == "ok") & np.asarray(stop, bool).reshape(n)
-                status[stop] = "pruned"
+                stop = healthy & (status == _train.Status.OK) & np.asarray(stop, bool).reshape(n)
+                status[stop] = _train.Status.PRUNED
                 alive = alive & jnp.asarray(~stop)
         if not np.any(np.asarray(alive)):
             break

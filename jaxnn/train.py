@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import math
 import time
@@ -57,6 +58,8 @@ __all__ = [
     "epoch_means",
     "summarize_epoch",
     "tree_all_finite",
+    "DIVERGENCE_FACTOR",
+    "Status",
     "diverged",
     "is_diverged",
     "EarlyStopping",
@@ -342,7 +345,41 @@ def tree_all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def diverged(loss, initial_loss, *, factor: float = 3.0, params_finite=True) -> jax.Array:
+#: The divergence rule's factor: a loss above this many times the initial loss has diverged
+#: (:func:`diverged`). The default of every ``divergence_factor`` in jaxnn.
+DIVERGENCE_FACTOR = 3.0
+
+
+class Status(enum.StrEnum):
+    """How a run (:attr:`History.status`) or a population member
+    (:attr:`jaxnn.population.PopulationResult.status`) ended, or stands.
+
+    A ``str`` enum: a status is equal to its value (``Status.DIVERGED == "diverged"``),
+    formats as it (``f"{s}"``, ``str(s)``) and is written to JSON as it.
+    """
+
+    #: Trained every epoch asked for (a population member: still training or done).
+    OK = "ok"
+    #: Stopped early: no better validation loss in ``patience`` epochs.
+    STOPPED = "stopped"
+    #: The divergence rule (:func:`diverged`) fired; the last good state is kept.
+    DIVERGED = "diverged"
+    #: Stopped from outside (a pruner, via ``on_epoch``).
+    PRUNED = "pruned"
+
+    @classmethod
+    def from_reason(cls, reason: str) -> Status:
+        """The status a :attr:`History.stopped_reason` text stands for (for a history built
+        from that text alone, e.g. a stored ``summary.json``)."""
+        for status, prefix in ((cls.DIVERGED, "diverged"), (cls.STOPPED, "early stop"),
+                               (cls.PRUNED, "pruned")):
+            if str(reason).startswith(prefix):
+                return status
+        return cls.OK
+
+
+def diverged(loss, initial_loss, *, factor: float = DIVERGENCE_FACTOR,
+             params_finite=True) -> jax.Array:
     r"""The one divergence rule, elementwise (a scalar run or a population's ``[N]`` array):
 
     .. math:: \text{diverged} = \lnot\text{finite}(L) \lor L > f \cdot L_0
@@ -357,7 +394,7 @@ def diverged(loss, initial_loss, *, factor: float = 3.0, params_finite=True) -> 
         params_finite, bool)
 
 
-def is_diverged(loss: float, initial_loss: float, *, factor: float = 3.0,
+def is_diverged(loss: float, initial_loss: float, *, factor: float = DIVERGENCE_FACTOR,
                 params_finite: bool = True) -> bool:
     """:func:`diverged` of one run as a Python bool."""
     return bool(diverged(loss, initial_loss, factor=factor, params_finite=params_finite))
@@ -399,19 +436,30 @@ class History:
     """What :func:`fit` returns: one record per epoch (``epoch``, ``train_loss``, ``train_acc``,
     ``val_loss``, ``val_acc``, ``lr``, ``seconds``), why it stopped, the initial loss and the final
     :class:`TrainState` (the last good one when the run diverged). ``history["val_acc"]`` gives
-    one metric as a numpy array."""
+    one metric as a numpy array.
+
+    ``status`` says how the run ended (:class:`Status`: ``OK``, ``STOPPED`` or ``DIVERGED``);
+    ``stopped_reason`` says it in words (``"completed"``, ``"early stop at epoch 7: ..."``,
+    ``"diverged at epoch 3: ..."``). Without a ``status`` it is read from ``stopped_reason``.
+    """
 
     records: list[dict]
     stopped_reason: str
     initial_loss: float
     state: TrainState | None = None
+    status: Status | None = None
+
+    def __post_init__(self):
+        self.status = (Status.from_reason(self.stopped_reason) if self.status is None
+                       else Status(self.status))
 
     def __getitem__(self, name: str) -> np.ndarray:
         return np.asarray([r[name] for r in self.records], dtype=np.float64)
 
     @property
     def diverged(self) -> bool:
-        return self.stopped_reason.startswith("diverged")
+        """The run stopped on the divergence rule (``status`` is :attr:`Status.DIVERGED`)."""
+        return self.status is Status.DIVERGED
 
     @property
     def epochs_done(self) -> int:
@@ -445,6 +493,11 @@ def _divergence_reason(epoch, train_loss, initial_loss, params_finite) -> str:
     return f"diverged at epoch {epoch}: {what}; the learning rate is probably too high"
 
 
+def _early_stop_reason(epoch, patience) -> str:
+    return (f"early stop at epoch {epoch}: no better val loss in {patience} "
+            f"epoch{'s' if patience != 1 else ''}")
+
+
 def fit(
     model,
     data,
@@ -455,7 +508,7 @@ def fit(
     loss: str | Callable = "softmax_cross_entropy",
     batch_size: int = 64,
     l2: float = 0.0,
-    divergence_factor: float = 3.0,
+    divergence_factor: float = DIVERGENCE_FACTOR,
     patience: int | None = None,
     start: Start | None = None,
     on_start: Callable[[TrainState, float], None] | None = None,
@@ -470,7 +523,8 @@ def fit(
 
     Stopping: the one divergence rule (:func:`diverged`: NaN/inf loss or parameters, or a loss
     above ``divergence_factor`` times the initial loss) stops the run and returns the last good
-    state (``stopped_reason`` starts with ``"diverged"``; :class:`DivergenceError` with
+    state (``status`` :attr:`Status.DIVERGED`, ``stopped_reason`` saying why;
+    :class:`DivergenceError` with
     ``raise_on_divergence``); the one early-stopping rule (:func:`early_stopping_update`) stops
     after ``patience`` epochs without a better validation loss. A non-finite *initial* loss is a
     ``ValueError``: the data or the settings are wrong, not the learning rate.
@@ -521,15 +575,15 @@ def fit(
         records, first = [], 1
     else:
         initial_loss, records, first = start.initial_loss, list(start.records), start.epoch + 1
-    history = History(records, "completed", initial_loss, state)
+    history = History(records, "completed", initial_loss, state, Status.OK)
     es = early_stopping_init()
     for r in records:
         es = early_stopping_update(es, r["val_loss"])
     if on_start is not None:
         on_start(state, initial_loss)
     if patience is not None and records and should_stop_early(es, patience):
-        history.stopped_reason = f"early stop at epoch {records[-1]['epoch']}: no better val " \
-                                 f"loss in {patience} epochs"
+        history.status = Status.STOPPED
+        history.stopped_reason = _early_stop_reason(records[-1]["epoch"], patience)
         return history
     for epoch in range(first, epochs + 1):
         t0 = time.perf_counter()
@@ -538,6 +592,7 @@ def fit(
         finite = bool(_all_finite(new_state.params))
         if is_diverged(rec["train_loss"], initial_loss, factor=divergence_factor,
                        params_finite=finite):
+            history.status = Status.DIVERGED
             history.stopped_reason = _divergence_reason(epoch, rec["train_loss"], initial_loss,
                                                         finite)
             if raise_on_divergence:
@@ -552,8 +607,8 @@ def fit(
             callback(rec, state)
         es = early_stopping_update(es, rec["val_loss"])
         if should_stop_early(es, patience):
-            history.stopped_reason = (f"early stop at epoch {epoch}: no better val loss in "
-                                      f"{patience} epoch{'s' if patience != 1 else ''}")
+            history.status = Status.STOPPED
+            history.stopped_reason = _early_stop_reason(epoch, patience)
             break
     return history
 
