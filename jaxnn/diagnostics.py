@@ -234,8 +234,9 @@ def saturated_fraction(h: ArrayLike, activation: str | None, *, threshold: float
 
 
 def _hidden_dead_flags(model, params, model_state, x) -> Array:
-    """Per hidden unit (all hidden layers concatenated; conv layers per channel): dead on ``x``
-    in evaluation mode."""
+    """Per hidden unit (what ``model.trace`` reports for every hidden weight matrix, nested
+    blocks included, concatenated; conv layers per channel): dead on ``x`` in evaluation
+    mode."""
     _, _, acts = model.trace(params, model_state, x, train=False)
     if not acts:
         return jnp.zeros((0,), bool)
@@ -244,7 +245,9 @@ def _hidden_dead_flags(model, params, model_state, x) -> Array:
 
 def dead_fraction_probe(model, x: ArrayLike) -> Callable[[Any, Any], dict[str, Array]]:
     """A ``probe(params, model_state) -> {"dead_fraction": scalar}``: the fraction of all hidden
-    units of ``model`` that are dead on the fixed batch ``x`` (evaluation mode).
+    units of ``model`` that are dead on the fixed batch ``x`` (evaluation mode): the activations
+    ``model.trace`` reports for each hidden weight matrix (:attr:`jaxnn.models.Model.layer_names`
+    but the last), inside nested blocks too.
 
     Pure and jittable: pass it as ``probe=`` to :func:`jaxnn.population.train_population` to get
     ``history["dead_fraction"]`` per epoch and member.
@@ -407,15 +410,21 @@ def layer_stats(
 ) -> list[LayerStats]:
     r"""Per-layer statistics of ``model`` on the batch ``(x, y)``, in training mode.
 
-    One entry per model layer (:attr:`jaxnn.models.Model.layer_names`: a weight layer with its
-    batch norm, nonlinearity, pooling, ...). Hidden layers report their pre-activations and
-    activations; the output layer reports its scores (no nonlinearity: ``saturated`` and
+    One entry per weight matrix or kernel, named by its path in the params
+    (:attr:`jaxnn.models.Model.layer_names`: ``"layer_0"``, ... for a flat model, each a weight
+    layer with its batch norm, nonlinearity, pooling, ...; ``"layer_2/layer_0"``,
+    ``"layer_2/skip"``, ... for the matrices inside a nested block such as a
+    :func:`~jaxnn.layers.Residual`; :func:`jaxnn.models.param_at` fetches them). Hidden ones
+    report their pre-activations and activations (what ``model.trace`` reports); the output
+    layer reports its scores (no nonlinearity: ``saturated`` and
     ``dead`` describe the scores as they are). Convolutional layers report over every example
     and position, and count dead units per channel (:func:`dead_fraction`). The gradient is
     that of the training objective (mean loss plus ``l2`` times the L2 penalty); the update is
     one step of ``optimizer`` from ``opt_state`` (default: a fresh ``optimizer.init(params)``),
     or ``updates`` when given (e.g. the difference of the params before and after a step).
-    ``update_ratio`` is :math:`\|\Delta W\| / \|W\|` of each weight matrix or kernel ``w``:
+    ``grad_norm`` and ``update_ratio`` are per weight matrix (its ``w`` only, not the biases or
+    the matrices of blocks nested below it); ``update_ratio`` is
+    :math:`\|\Delta W\| / \|W\|` of each weight matrix or kernel ``w``:
     about :math:`10^{-3}` is healthy, much higher means the learning rate is too high, much
     lower that it is too low.
 
@@ -433,8 +442,18 @@ def layer_stats(
       keep_activations: also return each layer's activations as a numpy array.
 
     Returns:
-      One :class:`LayerStats` per layer, input to output.
+      One :class:`LayerStats` per weight matrix, input to output.
     """
+    from jaxnn.models import param_at
+
+    def own_w(tree, name):
+        """The ``w`` of the weight matrix ``name`` (``None``: none there)."""
+        try:
+            node = param_at(tree, name)
+        except KeyError:
+            return None
+        return node.get("w") if isinstance(node, Mapping) else None
+
     loss_fn = _losses.get(loss)
     x, y = jnp.asarray(x), jnp.asarray(y)
     if key is None:
@@ -460,12 +479,12 @@ def layer_stats(
         layers = [(a.pre, a.post) for a in acts] + [(logits, logits)]
         out = []
         for name, (pre, post), act in zip(names, layers, acts_of, strict=True):
-            w = params[name].get("w")
+            w = own_w(params, name)
             if w is None:  # a layer without a weight matrix: no gradient numbers
                 grads_w = ratio = jnp.float32(jnp.nan)
             else:
-                grads_w = _norm(grads[name]["w"])
-                ratio = (_norm(updates[name]["w"]) / jnp.maximum(_norm(w), 1e-30)
+                grads_w = _norm(own_w(grads, name))
+                ratio = (_norm(own_w(updates, name)) / jnp.maximum(_norm(w), 1e-30)
                          if updates is not None else jnp.float32(jnp.nan))
             out.append({
                 "pre_mean": jnp.mean(pre), "pre_std": jnp.std(pre),

@@ -363,3 +363,80 @@ def test_dead_fraction_callback_tracks_fit(blobs):
     expected = np.mean(np.all(post == 0, 0))
     assert 0 < expected < 1
     assert hist.records[-1]["dead_fraction"] == pytest.approx(expected)
+
+
+# --------------------------------------------------------------------------- nested blocks
+@pytest.fixture(scope="module")
+def residual_case():
+    """Conv(3) relu, two residual blocks of two 3x3 convs (the second widening 3 -> 4
+    channels: a 1x1 projection), each followed by relu, then Dense(3), on 4x4x1 images; channel
+    0 of the first block's first conv dead on purpose (bias -1000)."""
+    block = lambda c: layers.Residual(layers.serial(
+        layers.Conv2D(c), layers.Activation("relu"), layers.Conv2D(c)))
+    model = layers.serial(layers.Conv2D(3), layers.Activation("relu"),
+                          block(3), layers.Activation("relu"),
+                          block(4), layers.Activation("relu"),
+                          layers.Flatten(), layers.Dense(3), input_shape=(4, 4, 1))
+    params, state = model.init(jax.random.key(5))
+    params["layer_1"]["layer_0"]["b"] = params["layer_1"]["layer_0"]["b"].at[0].set(-1000.0)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6, 4, 4, 1)).astype(np.float32)
+    y = rng.integers(0, 3, 6).astype(np.int32)
+    return model, params, state, x, y
+
+
+def _residual_forward(p, x):
+    """The residual_case network written out with lax: its logits and, per hidden weight
+    matrix, the activations it reports (each block's last conv: the relu after the addition)."""
+    conv = lambda h, d: jax.lax.conv_general_dilated(
+        h, d["w"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + d.get("b", 0.0)
+    relu = jax.nn.relu
+    h0 = relu(conv(x, p["layer_0"]))
+    a10 = relu(conv(h0, p["layer_1"]["layer_0"]))
+    h1 = relu(h0 + conv(a10, p["layer_1"]["layer_1"]))
+    a20 = relu(conv(h1, p["layer_2"]["layer_0"]))
+    skip = conv(h1, p["layer_2"]["skip"])
+    h2 = relu(skip + conv(a20, p["layer_2"]["layer_1"]))
+    logits = h2.reshape(x.shape[0], -1) @ p["layer_3"]["w"] + p["layer_3"]["b"]
+    return logits, [h0, a10, h1, a20, h2, skip]
+
+
+def test_layer_stats_one_row_per_weight_matrix_of_nested_blocks(residual_case):
+    from jaxnn import models
+
+    model, params, state, x, y = residual_case
+    lr = 0.1
+    stats = diagnostics.layer_stats(model, params, state, x, y, optimizer=optim.sgd(lr))
+    w_leaves = [path for path, _ in jax.tree_util.tree_leaves_with_path(params)
+                if path[-1] == jax.tree_util.DictKey("w")]
+    assert len(stats) == len(w_leaves) == 7
+    assert [s.name for s in stats] == ["layer_0", "layer_1/layer_0", "layer_1/layer_1",
+                                       "layer_2/layer_0", "layer_2/layer_1", "layer_2/skip",
+                                       "layer_3"]
+
+    def objective(p):
+        logits, _ = _residual_forward(p, x)
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(6), y])
+
+    grads = jax.grad(objective)(params)
+    _, hidden = _residual_forward(params, x)
+    for s, h in zip(stats, hidden, strict=False):
+        h = np.asarray(h, np.float64)
+        assert s.mean == pytest.approx(h.mean(), rel=1e-4, abs=1e-6)
+        assert s.dead == pytest.approx(np.mean(np.all(h == 0, axis=(0, 1, 2))))
+    assert stats[1].dead == pytest.approx(1 / 3)  # the channel killed on purpose
+    for s in stats:  # gradient and update per matrix (its own w only)
+        g = np.linalg.norm(np.asarray(models.param_at(grads, s.name)["w"], np.float64))
+        w = np.linalg.norm(np.asarray(models.param_at(params, s.name)["w"], np.float64))
+        assert s.grad_norm == pytest.approx(g, rel=1e-4)
+        assert s.update_ratio == pytest.approx(lr * g / w, rel=1e-4)  # plain SGD: -lr * grad
+
+
+def test_dead_fraction_probe_counts_units_inside_nested_blocks(residual_case):
+    model, params, state, x, _ = residual_case
+    _, hidden = _residual_forward(params, x)
+    dead = sum(int(np.all(np.asarray(h) == 0, axis=(0, 1, 2)).sum()) for h in hidden)
+    units = sum(h.shape[-1] for h in hidden)
+    assert units == 3 + 3 + 3 + 4 + 4 + 4
+    got = diagnostics.dead_fraction_probe(model, x)(params, state)["dead_fraction"]
+    assert float(got) == pytest.approx(dead / units)
