@@ -12,8 +12,10 @@ every epoch it writes, into ``RUN_DIR/tensorboard``:
   curriculum's activation histograms per layer, now over training), ``gradients/LAYER`` and
   ``weights/LAYER``.
 
-``LAYER`` is the model's name for the layer (``layer_0``, ``layer_1``, ...: the keys of the
-params).
+``LAYER`` is the model's name for the weight matrix (:attr:`jaxnn.models.Model.layer_names`:
+``layer_0``, ``layer_1``, ..., the keys of the params; inside a nested block such as a
+:func:`~jaxnn.layers.Residual` its path, ``layer_2/layer_0``, ``layer_2/skip``): one
+``update_ratio``, ``grad_norm``, ``gradients`` and ``weights`` entry per weight matrix.
 
 The statistics use :mod:`jaxnn.diagnostics`' own definitions (:func:`~jaxnn.diagnostics.dead_fraction`,
 :func:`~jaxnn.diagnostics.saturated_fraction`) and are computed by one jitted function built once.
@@ -36,6 +38,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -79,10 +82,32 @@ def require_tensorboardx():
     return tensorboardX
 
 
-def _layer_names(params) -> list:
-    """The top-level entries of ``params`` that hold weights (dict keys or list indices)."""
+def _layer_names(params, names: Sequence[str] = ()) -> list:
+    """The weight matrices of ``params``: the paths among ``names`` (a model's
+    :attr:`~jaxnn.models.Model.layer_names`) where :func:`_layer_weights` finds a weight;
+    without ``names``, the top-level entries that hold weights (dict keys or list indices)."""
+    if names:
+        return [n for n in names if _layer_weights(params, n, by_path=True)]
     keys = list(params) if isinstance(params, Mapping) else list(range(len(params)))
     return [k for k in keys if _reg.weights(params[k])]
+
+
+def _layer_weights(tree, key, *, by_path: bool) -> list:
+    """The weights of layer ``key`` of ``tree`` (params, gradients or updates). ``by_path``: the
+    weight leaves of the dict at the path ``key`` (its ``w``; not the matrices of the blocks
+    nested below it, which have paths of their own); else every weight under ``tree[key]``."""
+    if not by_path:
+        return _reg.weights(tree[key])
+    from jaxnn.models import param_at
+
+    try:
+        node = param_at(tree, key)
+    except KeyError:
+        return []
+    if not isinstance(node, Mapping):
+        return _reg.weights(node)
+    return [v for k, v in node.items() if not isinstance(v, Mapping)
+            and _reg.is_weight((jax.tree_util.DictKey(k),), v)]
 
 
 def _tag(key) -> str:
@@ -150,6 +175,8 @@ class TensorBoardCallback:
     @staticmethod
     def _probe_fn(model, x, y, loss_fn, l2, optimizer, hidden_act):
         key = jax.random.key(0)  # dropout's key on the probe batch: fixed, like layer_stats
+        # One entry per weight matrix, by the model's path names (nested blocks included).
+        model_names = tuple(getattr(model, "layer_names", ()) or ())
 
         def probe(params, model_state, opt_state):
             _, _, acts = model.trace(params, model_state, x, train=True, key=key)
@@ -157,8 +184,9 @@ class TensorBoardCallback:
                                "dead": _diag.dead_fraction(a.post),
                                "saturated": _diag.saturated_fraction(a.post, hidden_act(i))}
                               for i, a in enumerate(acts)]}
-            names = _layer_names(params)
-            out["weights"] = {_tag(k): _reg.weights(params[k]) for k in names}
+            names = _layer_names(params, model_names)
+            weights = functools.partial(_layer_weights, by_path=bool(model_names))
+            out["weights"] = {_tag(k): weights(params, k) for k in names}
             if y is None:
                 return out
 
@@ -167,13 +195,13 @@ class TensorBoardCallback:
                 return _reg.full_loss(jnp.mean(loss_fn(logits, y).astype(jnp.float32)), p, l2=l2)
 
             grads = jax.grad(objective)(params)
-            out["grads"] = {_tag(k): _reg.weights(grads[k]) for k in names}
-            out["grad_norm"] = {_tag(k): _norm(_reg.weights(grads[k])) for k in names}
+            out["grads"] = {_tag(k): weights(grads, k) for k in names}
+            out["grad_norm"] = {_tag(k): _norm(weights(grads, k)) for k in names}
             if optimizer is not None and opt_state is not None:
                 updates, _ = optimizer.update(grads, opt_state, params)
                 out["update_ratio"] = {
-                    _tag(k): _norm(_reg.weights(updates[k]))
-                    / jnp.maximum(_norm(_reg.weights(params[k])), 1e-30) for k in names}
+                    _tag(k): _norm(weights(updates, k))
+                    / jnp.maximum(_norm(weights(params, k)), 1e-30) for k in names}
             return out
 
         return probe

@@ -162,3 +162,49 @@ def test_write_hparams_one_session_per_trial(tmp_path):
             assert scalars[k] == pytest.approx(v, rel=2 ** -23)
     with pytest.raises(ValueError, match="params"):
         write_hparams(tmp_path, [{"val_acc": 0.5}])
+
+
+# --------------------------------------------------------------------------- nested blocks
+def test_one_entry_per_weight_matrix_of_nested_blocks(tmp_path):
+    """A model with a residual block (two matrices and a projection): scalars and histograms per
+    weight matrix under its path name, the gradient norm and update ratio of that matrix alone
+    (recomputed here with jax.grad and plain SGD)."""
+    import types
+
+    import jax.numpy as jnp
+
+    from jaxnn import losses, models
+
+    model = layers.serial(layers.Dense(4), layers.Activation("relu"),
+                          layers.Residual(layers.serial(layers.Dense(5), layers.Activation("relu"),
+                                                        layers.Dense(3))),
+                          layers.Activation("relu"), layers.Dense(2), input_shape=(6,))
+    names = ["layer_0", "layer_1/layer_0", "layer_1/layer_1", "layer_1/skip", "layer_2"]
+    assert list(model.layer_names) == names
+    params, model_state = model.init(jax.random.key(1))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 6)).astype(np.float32)
+    y = rng.integers(0, 2, 8).astype(np.int32)
+    lr = 0.1
+    opt = optim.sgd(lr)
+    state = types.SimpleNamespace(params=params, model_state=model_state,
+                                  opt_state=opt.init(params))
+    with TensorBoardCallback(tmp_path, model, x, y, optimizer=opt) as tb:
+        tb.on_start(state)
+    acc = _load(tmp_path / SUBDIR)
+
+    def objective(p):
+        logits, _ = model.apply(p, model_state, x, train=True, key=jax.random.key(0))
+        return jnp.mean(losses.softmax_cross_entropy(logits, y))
+
+    grads = jax.grad(objective)(params)
+    for name in names:
+        g = np.linalg.norm(np.asarray(models.param_at(grads, name)["w"], np.float64))
+        w = models.param_at(params, name)["w"]
+        assert acc.Scalars(f"grad_norm/{name}")[0].value == pytest.approx(g, rel=1e-5)
+        assert acc.Scalars(f"update_ratio/{name}")[0].value == pytest.approx(
+            lr * g / np.linalg.norm(np.asarray(w, np.float64)), rel=1e-5)
+        (h,) = [e.histogram_value for e in acc.Histograms(f"weights/{name}")]
+        assert h.num == w.size  # this matrix only, not the ones nested below it
+    hidden = [t.split("/", 1)[1] for t in acc.Tags()["scalars"] if t.startswith("dead/")]
+    assert sorted(hidden) == sorted(names[:-1])
