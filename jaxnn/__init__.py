@@ -6,6 +6,7 @@ Pure functions over parameter pytrees, jitted and vmapped. Submodules (each with
     import jaxnn
     jaxnn.activations.relu(x)
     jaxnn.losses.softmax_cross_entropy(logits, labels)
+    jaxnn.load_run("runs/exp1").predict(x)     # jaxnn.inference.load_run
 """
 
 from __future__ import annotations
@@ -41,10 +42,14 @@ SUBMODULES = (
     "search",
     "ensemble",
     "experiments",
+    "inference",
     "cli",
 )
 
-__all__ = ["__version__", *SUBMODULES]
+#: Functions of a submodule re-exported here (imported on first use too).
+FUNCTIONS = {"load_run": "inference"}
+
+__all__ = ["__version__", *SUBMODULES, *FUNCTIONS]
 
 
 def __getattr__(name: str):
@@ -52,6 +57,10 @@ def __getattr__(name: str):
         module = importlib.import_module(f"jaxnn.{name}")
         globals()[name] = module
         return module
+    if name in FUNCTIONS:
+        value = getattr(importlib.import_module(f"jaxnn.{FUNCTIONS[name]}"), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'jaxnn' has no attribute {name!r}")
 
 

@@ -44,18 +44,31 @@ class Checkpointer:
     """Save and restore pytrees under ``directory`` (created if needed), keeping ``max_to_keep``.
 
     Saves are synchronous by default so that "saved" means "on disk"; pass ``async_save=True`` to
-    overlap writing with training (call :meth:`wait` before reading back).
+    overlap writing with training (call :meth:`wait` before reading back). ``read_only=True``
+    only restores: the directory is neither created nor changed (safe next to a process that
+    is saving into it; orbax renames a checkpoint into place only when it is complete).
     """
 
-    def __init__(self, directory, *, max_to_keep: int = 3, async_save: bool = False):
+    def __init__(self, directory, *, max_to_keep: int = 3, async_save: bool = False,
+                 read_only: bool = False):
         import orbax.checkpoint as ocp
 
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
         # orbax logs every save at INFO; keep the user's console for the progress bar.
-        logging.getLogger("absl").setLevel(logging.WARNING)
+        absl = logging.getLogger("absl")
+        absl.setLevel(logging.WARNING)
         self._ocp = ocp
         self.directory = os.path.abspath(os.fspath(directory))
+        if read_only:  # restores only: nothing created, saved, deleted or cleaned up
+            absl.setLevel(logging.ERROR)  # orbax warns of each option read_only turns off
+            try:
+                options = ocp.CheckpointManagerOptions(read_only=True, max_to_keep=None,
+                                                       create=False)
+                self._manager = ocp.CheckpointManager(self.directory, options=options)
+            finally:
+                absl.setLevel(logging.WARNING)
+            return
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(

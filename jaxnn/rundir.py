@@ -56,6 +56,10 @@ __all__ = [
     "write_json_atomic",
     "read_json",
     "read_metrics",
+    "write_bytes_atomic",
+    "write_npz_atomic",
+    "read_npz",
+    "load_checkpoint",
     "fit",
     "RUN_FILES",
 ]
@@ -130,6 +134,50 @@ def read_json(path: str | os.PathLike) -> dict:
     if not isinstance(obj, dict):
         raise RunDirError(f"{path}: expected a JSON object, got {type(obj).__name__}")
     return obj
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` as :func:`write_json_atomic` writes JSON: a temporary file in
+    the same directory, flushed to disk, renamed over ``path``."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def write_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
+    """Write ``arrays`` (name -> array) as an uncompressed ``.npz`` at ``path``, atomically
+    (:func:`write_bytes_atomic`); ``np.load(path)`` reads them back."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of the ``.npz`` at ``path`` (no pickled objects); a missing or damaged file is
+    a :class:`RunDirError` naming it."""
+    import zipfile
+
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise RunDirError(f"{path}: no such file") from None
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        raise RunDirError(f"{path}: not a valid .npz file ({_short_reason(e)})") from None
+    if not all(isinstance(v, np.ndarray) for v in arrays.values()):
+        raise RunDirError(f"{path}: not a valid .npz file (a member is not a .npy array)")
+    return arrays
 
 
 def read_metrics(path: str | os.PathLike) -> tuple[list[dict], list[int]]:
@@ -364,6 +412,12 @@ class RunDir:
             write_json_atomic(self.file(name), obj)
             self._written = True
 
+    def write_arrays(self, name: str, arrays: Mapping[str, Any]) -> None:
+        """Write ``name`` atomically as an ``.npz`` of ``arrays`` (process 0 only)."""
+        if self.main:
+            write_npz_atomic(self.file(name), arrays)
+            self._written = True
+
     def read_json(self, name: str) -> dict:
         """:func:`read_json` of ``name`` in this directory."""
         return read_json(self.file(name))
@@ -474,6 +528,58 @@ def _tree_finite(state) -> bool:
     return bool(_train.tree_all_finite(state.params))
 
 
+def _check_restored(state, meta: dict) -> str | None:
+    """Why a restored checkpoint cannot be resumed from (or used), or ``None``."""
+    return _check_meta(meta) or (None if _tree_finite(state) else "parameters are not finite")
+
+
+def load_checkpoint(path: str | os.PathLike, model, optimizer, *, key: jax.Array,
+                    step: int | None = None) -> Restored:
+    """The newest checkpoint of the run at ``path`` that restores and passes resume's checks
+    (``step``: exactly that one), **read-only**: nothing is moved, deleted or locked, so it
+    works next to a process still training into the run (orbax renames a checkpoint into place
+    only when it is complete) and in a read-only directory. ``skipped`` lists each newer
+    checkpoint that did not restore and why; :func:`fit`'s resume falls back the same way but
+    also moves those aside. ``model``, ``optimizer`` and ``key`` give the structure (the state
+    :func:`jaxnn.train.init_train_state` makes).
+
+    Raises:
+      RunDirError: no ``checkpoints/``, no checkpoint at all, ``step`` not kept or not
+        restoring, or none restores (naming the newest one's reason).
+    """
+    path = os.fspath(path)
+    directory = os.path.join(path, "checkpoints")
+    if not os.path.isdir(directory):
+        raise RunDirError(f"{path}: no checkpoints/ (is this a `jaxnn train` run directory?)")
+    template = _train.init_train_state(model, optimizer, key=key)
+    ckpt = Checkpointer(directory, read_only=True)
+    try:
+        steps = sorted(ckpt.all_steps(), reverse=True)
+        if not steps:
+            raise RunDirError(f"{path}: no checkpoint in {directory}")
+        if step is not None and step not in steps:
+            raise RunDirError(f"{path}: no checkpoint {step}; kept: "
+                              f"{', '.join(map(str, sorted(steps)))}")
+        skipped = []
+        for s in [step] if step is not None else steps:
+            try:
+                state, meta = ckpt.restore(template=template, step=s)
+                reason = _check_restored(state, meta)
+            except Exception as e:  # orbax raises many types for a damaged directory
+                if not os.path.isdir(os.path.join(directory, str(s))):
+                    continue  # removed meanwhile (a training process keeps the newest N)
+                reason = _short_reason(e)
+            if reason is None:
+                return Restored(state, meta, s, skipped)
+            skipped.append((s, reason))
+        s, reason = skipped[0] if skipped else (steps[0], "removed while reading")
+        if step is not None:
+            raise RunDirError(f"{path}: checkpoint {s} does not restore: {reason}")
+        raise RunDirError(f"{path}: no checkpoint restores (newest: checkpoint {s}: {reason})")
+    finally:
+        ckpt.close()
+
+
 def fit(
     run: RunDir,
     model,
@@ -551,9 +657,7 @@ def fit(
 def _resume_point(run, ckpt, model, optimizer, key, say):
     """The :class:`jaxnn.train.Start` to continue from, and ``metrics.jsonl`` rebuilt."""
     template = _train.init_train_state(model, optimizer, key=key)
-    found = run.restore(ckpt, template=template,
-                        check=lambda st, meta: _check_meta(meta) or (
-                            None if _tree_finite(st) else "parameters are not finite"))
+    found = run.restore(ckpt, template=template, check=_check_restored)
     for step, reason in found.skipped:
         say(f"skipped checkpoint {step} ({reason}); moved to corrupt-checkpoints/")
     file_records, bad = run.read_metrics()

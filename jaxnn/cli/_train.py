@@ -183,7 +183,7 @@ def _plural(n: int, word: str) -> str:
 def _fit_and_report(exp, run, *, resume: bool, args, dev) -> int:
     import jax
 
-    from jaxnn import distributed, plots, rundir, train
+    from jaxnn import distributed, inference, plots, rundir, train
 
     c = exp.config
     quiet = getattr(args, "quiet", False) or getattr(args, "no_progress", False)
@@ -198,6 +198,14 @@ def _fit_and_report(exp, run, *, resume: bool, args, dev) -> int:
         tb = TensorBoardCallback(run, exp.model, exp.data.x_val[:n], exp.data.y_val[:n],
                                  loss=exp.loss, l2=c.l2, optimizer=exp.optimizer,
                                  activation=c.activation)
+
+    def on_start(state, initial_loss):
+        # The fitted preprocessing, so that loading the run never refits it (jaxnn.inference);
+        # a resumed run from before it existed gets it too.
+        if not run.exists(inference.PREPROCESS_FILE):
+            inference.save_preprocessing(run, exp)
+        if tb is not None and not resume:
+            tb.on_start(state, initial_loss)
 
     def on_epoch(rec, state):
         if not progress_started:
@@ -215,7 +223,7 @@ def _fit_and_report(exp, run, *, resume: bool, args, dev) -> int:
             patience=c.patience, mesh=dev.mesh, config=None if resume else c.to_dict(),
             augment=c.augment,
             callback=on_epoch, notify=_say if dev.main else None,
-            on_start=None if tb is None or resume else tb.on_start,
+            on_start=on_start,
         )
     except rundir.RunDirError as e:
         raise CLIError(str(e)) from None
