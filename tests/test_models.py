@@ -313,3 +313,124 @@ def test_convnet_learns_with_fit_and_as_a_population(images, small_convnet):
     # convolutions may sum in another order: float32 rounding differences (eps 1.2e-7) over
     # ~100-term sums, not amplified by 30 small steps: well under 2e-5 (about 170 eps).
     np.testing.assert_allclose(res.history["train_loss"][:, 0], losses, rtol=2e-5)
+
+
+# --------------------------------------------------------------------------- nesting
+def test_flat_model_layouts_are_the_documented_ones(key):
+    """Checkpoints of flat models keep loading: the params/state trees of mlp, a batch-norm
+    mlp, a serial with an "input" layer and a convnet are exactly the documented layout, and the
+    weights come from the documented key rule."""
+    wb, bn = {"w": 0, "b": 0}, {"gamma": 0, "beta": 0}
+    params, state = layers.mlp([5, 8, 7, 3]).init(key)
+    assert jax.tree.structure(params) == jax.tree.structure(
+        {"layer_0": wb, "layer_1": wb, "layer_2": wb})
+    assert state == {"layer_0": {}, "layer_1": {}, "layer_2": {}}
+
+    model = layers.mlp([4, 6, 2], batch_norm=True, activation="prelu")
+    params, state = model.init(key)
+    assert jax.tree.structure(params) == jax.tree.structure(
+        {"layer_0": {"w": 0, "bn": bn, "alpha": 0}, "layer_1": wb})
+    assert jax.tree.structure(state) == jax.tree.structure(
+        {"layer_0": {"bn": {"mean": 0, "var": 0}}, "layer_1": {}})
+    assert model.layer_names == ("layer_0", "layer_1")
+    assert model.activations == ("prelu", None)
+    he = initializers.he_normal()
+    for i, (k, shape) in enumerate(zip(jax.random.split(key, 2), ((4, 6), (6, 2)), strict=True)):
+        np.testing.assert_array_equal(params[f"layer_{i}"]["w"], he(jax.random.split(k)[0], shape))
+
+    model = layers.serial(BatchNorm(), Dropout(0.5), Dense(3), input_shape=(4,))
+    params, state = model.init(key)
+    assert jax.tree.structure(params) == jax.tree.structure({"input": {"bn": bn}, "layer_0": wb})
+    # One key per model layer plus one for the input layers: split(key, 2)[0] for layer_0.
+    np.testing.assert_array_equal(params["layer_0"]["w"],
+                                  he(jax.random.split(jax.random.split(key, 2)[0])[0], (4, 3)))
+
+    params, _ = models.convnet((6, 6, 1), 4, "conv:4,pool,fc:8", batch_norm=True).init(key)
+    assert jax.tree.structure(params) == jax.tree.structure(
+        {"layer_0": {"w": 0, "bn": bn}, "layer_1": {"w": 0, "bn": bn}, "layer_2": wb})
+
+
+def test_serial_layer_and_model_agree_and_a_model_nests(key):
+    """serial(*layers) and serial(*layers, input_shape=...) are the same layer: the same params
+    for the same key and the same outputs; the Model keeps its layer."""
+    parts = (Dense(6), BatchNorm(), Activation("relu"), Dropout(0.5), Dense(3))
+    model = layers.serial(*parts, input_shape=(4,))
+    layer = layers.serial(*parts)
+    out_shape, params, state = layer.init(key, (4,))
+    assert out_shape == model.output_shape == (3,)
+    p2, s2 = model.init(key)
+    jax.tree.map(np.testing.assert_array_equal, (params, state), (p2, s2))
+    x, k = _x((5, 4)), jax.random.key(2)
+    y, new_state = layer.apply(params, state, x, train=True, key=k)
+    y2, new_state2 = model.apply(params, state, x, train=True, key=k)
+    np.testing.assert_array_equal(y, y2)
+    jax.tree.map(np.testing.assert_array_equal, new_state, new_state2)
+    assert model.layer is not None and model.layer.weighted
+
+    # The model as the first layer of another: its params are model layer 0's.
+    outer = layers.serial(model, Activation("tanh"), Dense(2), input_shape=(4,))
+    assert outer.layer_names == ("layer_0/layer_0", "layer_0/layer_1", "layer_1")
+    assert outer.activations == ("relu", "tanh", None)
+    po, so = outer.init(key)
+    jax.tree.map(np.testing.assert_array_equal, po["layer_0"],
+                 model.init(jax.random.split(key, 2)[0])[0])
+    yo, _ = outer.apply(po, so, x)
+    h, _ = model.apply(po["layer_0"], so["layer_0"], x)
+    _close(yo, np.tanh(_np(h)) @ _np(po["layer_1"]["w"]) + _np(po["layer_1"]["b"]), 8)
+
+
+def test_nested_weightless_serial_sits_under_its_name(key):
+    """A serial without weights is a plain layer of its model layer (params under "serial"),
+    and its nonlinearity is that model layer's."""
+    norm_act = layers.serial(BatchNorm(), Activation("tanh"))
+    assert not norm_act.weighted and norm_act.activation == "tanh"
+    model = layers.serial(Dense(4), norm_act, Dense(2), input_shape=(3,))
+    assert model.activations == ("tanh", None)
+    params, state = model.init(key)
+    assert set(params["layer_0"]) == {"w", "b", "serial"}
+    assert set(params["layer_0"]["serial"]) == {"input"}
+    assert set(state["layer_0"]["serial"]["input"]) == {"bn"}
+    x = _x((6, 3))
+    _, _, (acts,) = model.trace(params, state, x, train=True)
+    z = _np(x) @ _np(params["layer_0"]["w"]) + _np(params["layer_0"]["b"])
+    zn = (z - z.mean(0)) / np.sqrt(z.var(0) + 1e-5)
+    _close(acts.pre, zn, 24)
+    np.testing.assert_allclose(acts.post, np.tanh(acts.pre), rtol=2 * F32_EPS, atol=1e-7)
+
+
+def test_nested_dropout_keys_follow_the_rule(key):
+    """apply's key reaches a nested serial as its model layer's key, split by the same rule."""
+    inner = layers.serial(Dense(6), Activation("relu"), Dropout(0.5), Dense(3))
+    model = layers.serial(Dense(4), inner, input_shape=(4,))
+    params, state = model.init(key)
+    x, k = _x((3, 4)), jax.random.key(9)
+    y, _ = model.apply(params, state, x, train=True, key=k)
+    k_inner = jax.random.split(k, 2)[1]  # model layer 1 of the outer serial
+    keep = np.asarray(jax.random.bernoulli(
+        jax.random.fold_in(jax.random.split(k_inner, 2)[0], 2), 0.5, (3, 6)))
+    p = jax.tree.map(_np, params)
+    h = _np(x) @ p["layer_0"]["w"] + p["layer_0"]["b"]
+    h = np.maximum(h @ p["layer_1"]["layer_0"]["w"] + p["layer_1"]["layer_0"]["b"], 0)
+    h = h * keep / 0.5
+    _close(y, h @ p["layer_1"]["layer_1"]["w"] + p["layer_1"]["layer_1"]["b"], 12)
+
+
+def test_nested_model_checkpoints_round_trip(tmp_path, key):
+    from jaxnn.checkpoint import Checkpointer
+
+    model = layers.serial(Dense(4), Activation("relu"),
+                          layers.Residual(layers.serial(Dense(4), BatchNorm(),
+                                                        Activation("relu"), Dense(5))),
+                          Dense(2), input_shape=(3,))
+    params, state = model.init(key)
+    ckpt = Checkpointer(tmp_path / "ckpt")
+    try:
+        ckpt.save(1, {"params": params, "state": state})
+        ckpt.wait()
+        template = jax.tree.map(jnp.zeros_like, {"params": params, "state": state})
+        restored, _ = ckpt.restore(template=template)
+    finally:
+        ckpt.close()
+    assert jax.tree.structure(restored) == jax.tree.structure({"params": params, "state": state})
+    jax.tree.map(np.testing.assert_array_equal, restored["params"], params)
+    assert set(restored["params"]["layer_1"]) == {"layer_0", "layer_1", "skip"}
