@@ -573,9 +573,10 @@ def Dropout(rate: float) -> Layer:
 
 
 # --------------------------------------------------------------------------- nonlinearities
-#: Activations with a learnable parameter: name -> (keyword, default initial value). The
-#: parameter is per channel (the last axis).
-_LEARNABLE = {"prelu": ("alpha", 0.25)}
+def _learnable(name: Any) -> dict[str, float]:
+    """The learnable parameters of the activation ``name`` (its registry entry's ``params``:
+    keyword -> default initial value); none for a function given in place of a name."""
+    return dict(_act.entry(name).params) if isinstance(name, str) else {}
 
 
 def Activation(name: str, **kw: Any) -> Layer:
@@ -584,9 +585,12 @@ def Activation(name: str, **kw: Any) -> Layer:
 
     ``Activation("leaky_relu", negative_slope=0.2)``; ``Activation("maxout", num_pieces=2)``
     takes the max over groups of consecutive channels (the last axis shrinks by
-    ``num_pieces``). ``Activation("prelu")`` carries a learnable per-channel slope ``alpha``
-    (its params), initially ``kw.get("alpha", 0.25)``. The layer's ``trace`` reports its input
-    and output (:class:`LayerActivations`) for diagnostics.
+    ``num_pieces``). An activation whose registry entry lists learnable parameters
+    (:attr:`jaxnn.activations.ActivationEntry.params`) carries one value of each per channel
+    (the last axis), initially ``kw.get(param, default)``, passed to the function by keyword:
+    ``Activation("prelu")`` learns its slope ``alpha`` (initially 0.25). The layer's params are
+    that array (``name`` is the parameter's: ``"alpha"``), or a dict of arrays for several. The
+    layer's ``trace`` reports its input and output (:class:`LayerActivations`) for diagnostics.
 
     Raises:
       ValueError: for an unknown name (listing the valid ones) or options the activation does
@@ -594,35 +598,44 @@ def Activation(name: str, **kw: Any) -> Layer:
     """
     fn = _act.get(name)  # ValueError listing the valid names
     kw = dict(kw)
-    learn, init_value = _LEARNABLE.get(name, (None, None))
-    if learn is not None:
-        init_value = float(kw.pop(learn, init_value))
+    learnable = _learnable(name)
+    init_values = {p: float(kw.pop(p, v)) for p, v in learnable.items()}
     try:
-        inspect.signature(fn).bind(0.0, *(() if learn is None else (0.0,)), **kw)
+        inspect.signature(fn).bind(0.0, **dict.fromkeys(learnable, 0.0), **kw)
     except TypeError as e:
         raise ValueError(f"Activation({name!r}): bad options {sorted(kw)}: {e}") from None
     f = functools.partial(fn, **kw)
+    single = next(iter(learnable)) if len(learnable) == 1 else None
+
+    def learned(params, dtype) -> dict:
+        """The learnable parameters as the function's keyword arguments."""
+        if not learnable:
+            return {}
+        if single is not None:
+            return {single: params.astype(dtype)}
+        return {p: params[p].astype(dtype) for p in learnable}
 
     def init_fn(key, input_shape):
         shape = _shape(input_shape, f"Activation({name!r})")
-        if learn is None:
-            try:
-                out = _out_shape(f, shape)
-            except ValueError as e:
-                raise ValueError(f"Activation({name!r}) on inputs of shape {shape}: {e}") from None
-            return out, {}, {}
-        return shape, jnp.full((shape[-1],), init_value, jnp.float32), {}
+        values = {p: jnp.full((shape[-1],), v, jnp.float32) for p, v in init_values.items()}
+        params = {} if not learnable else values[single] if single is not None else values
+        try:
+            out = _out_shape(lambda x: f(x, **learned(params, x.dtype)), shape)
+        except ValueError as e:
+            raise ValueError(f"Activation({name!r}) on inputs of shape {shape}: {e}") from None
+        return out, params, {}
 
     def trace(params, state, x, *, train=False, key=None, mask=None):
         x = jnp.asarray(x)
-        y = f(x) if learn is None else f(x, params.astype(x.dtype))
+        y = f(x, **learned(params, x.dtype))
         return y, state, LayerActivations(x, y)
 
     def apply(params, state, x, *, train=False, key=None, mask=None):
         y, state, _ = trace(params, state, x)
         return y, state
 
-    return Layer(init_fn, apply, name=learn or "act", trace=trace,
+    layer_name = single or (name if learnable else "act")
+    return Layer(init_fn, apply, name=layer_name, trace=trace,
                  activation=name if isinstance(name, str) else None)
 
 

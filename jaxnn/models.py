@@ -383,10 +383,18 @@ def _model(layer: Layer, forward: Callable, in_shape: tuple[int, ...]) -> Model:
 
 # --------------------------------------------------------------------------- builders
 def _activation_options(activation: str, *, num_pieces: int, prelu_init: float) -> dict:
-    """The options of the hidden layers' :func:`~jaxnn.layers.Activation`."""
-    _act.get(activation)  # a ValueError listing the valid names, even with no hidden layer
-    return {"maxout": {"num_pieces": int(num_pieces)},
-            "prelu": {"alpha": float(prelu_init)}}.get(activation, {})
+    """The options of the hidden layers' :func:`~jaxnn.layers.Activation`, from the
+    activation's registry entry: ``num_pieces`` for the option that shrinks the width
+    (:attr:`~jaxnn.activations.ActivationEntry.pieces_option`, maxout's ``num_pieces``), and
+    ``prelu_init`` as the initial value of a learnable slope ``alpha`` (other learnable
+    parameters start at their entry's default)."""
+    entry = _act.entry(activation)  # a ValueError listing the valid names, even with no layer
+    options = {}
+    if entry.pieces_option is not None:
+        options[entry.pieces_option] = int(num_pieces)
+    if "alpha" in entry.params:
+        options["alpha"] = float(prelu_init)
+    return options
 
 
 def _hidden(affine: Callable[..., Layer], width: int, *, activation: str, options: dict,
