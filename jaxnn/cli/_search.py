@@ -21,9 +21,11 @@ from jaxnn.cli._common import (
     add_device_flags,
     add_train_flags,
     build,
+    config_error,
     config_from_args,
     new_run_dir,
     population_devices,
+    replace_config,
     table,
     write_json,
 )
@@ -308,16 +310,13 @@ def _open_storage(url: str):
 
 
 # --------------------------------------------------------------------------- retraining
-def train_command(config: dict, params: dict, *, epochs: int) -> str:
-    """The ``jaxnn train`` line that retrains one trial: its training flags with the trial's
-    values (every flag spelled out, floats exactly)."""
-    c = dict(config)
-    for name, value in params.items():
-        c[_MEMBER_FLAGS.get(name, name)] = value
-    c["epochs"] = int(epochs)
+def train_command(config, *, epochs: int) -> str:
+    """The ``jaxnn train`` line that retrains one trial from its :class:`jaxnn.config.RunConfig`
+    (:meth:`jaxnn.search.SearchTask.trial_config`): every training flag spelled out, floats
+    exactly, ``--epochs`` the trial's budget."""
     argv = ["jaxnn", "train"]
     for k in TRAIN_FLAGS:
-        v = c.get(k)
+        v = int(epochs) if k == "epochs" else getattr(config, k)
         if v is None or v is False:
             continue
         flag = "--" + k.replace("_", "-")
@@ -330,6 +329,7 @@ def run_search(args) -> int:
     import optuna
 
     from jaxnn import plots, search
+    from jaxnn.config import ConfigError
 
     _check_search_flags(args)
     if args.tensorboard:
@@ -337,41 +337,43 @@ def run_search(args) -> int:
 
         require_tensorboard()
     space, varied, choices = _space(args)
-    spec = search.normalize(space)
     combos = math.prod(len(v) for v in choices.values()) if choices else 1
-    grid_points = (_grid_points(args.trials, len(varied), combos) if args.method == "grid"
-                   else None)
     config = config_from_args(args)
-    # A searched (or fixed) init scale is each member's; the shared model keeps its own scale.
-    base = {**config, "init_scale": 1.0}
-    setup = build(base)  # validates everything and loads the data before writing anything
-    group_configs = {}
-
-    def build_group(values: dict) -> dict:
-        c = {**base, **values}
-        key = tuple(sorted(values.items()))
-        if key not in group_configs:
-            s = build(c)
-            group_configs[key] = {"model": s.model, "optimizer": s.optimizer, "loss": s.loss}
-        return group_configs[key]
-
-    for name, vals in choices.items():  # every categorical value must build before training
-        if name not in _MEMBER_FLAGS:
-            for v in vals:
-                build_group({name: v})
+    settings = search.SearchSettings(
+        method=args.method, trials=args.trials, population=args.population, pruner=args.pruner,
+        grid_points=(_grid_points(args.trials, len(varied), combos) if args.method == "grid"
+                     else None),
+        stages=args.stages, coarse_epochs=args.coarse_epochs, top_k=args.top_k)
+    search_config = {**{k: getattr(config, k) for k in TRAIN_FLAGS},
+                     **{k: getattr(args, k) for k in _SEARCH_FLAGS}}
+    try:
+        task = search.SearchTask.from_config(
+            config, space, devices=_devices(args, args.population), build=build,
+            metadata={k: v for k, v in search_config.items()
+                      if (k in TRAIN_FLAGS and k not in ("data_dir", "data_url"))
+                      or k in _STUDY_KEYS})
+        # Before writing anything: every categorical value makes a valid config
+        # (task.config_for: the base config with that value) that builds (loads its data, fits
+        # the model to it); a search without categorical values builds its one group.
+        for name, vals in choices.items():
+            if name not in _MEMBER_FLAGS:
+                for v in vals:
+                    task.group({name: v})
+        if not any(name not in _MEMBER_FLAGS for name in choices):
+            task.group({})
+    except ConfigError as e:
+        raise config_error(e) from None
+    spec = task.space
     study_storage = _open_storage(args.storage) if args.storage else None  # before writing
     out, _ = _search_dir(args.out)
     storage = args.storage or f"sqlite:///{os.path.abspath(os.path.join(out, _STUDY_FILE))}"
     if study_storage is None:
         study_storage = _open_storage(storage)
-    search_config = {**config, **{k: getattr(args, k) for k in _SEARCH_FLAGS}}
-    stage_epochs = ([args.epochs] if args.method != "coarse-to-fine" else
-                    [args.coarse_epochs or max(1, -(-args.epochs // 3))] * (args.stages - 1)
-                    + [args.epochs])
+    stage_epochs = settings.stage_epochs(task.epochs)
 
-    def attrs(trial) -> dict:
-        budget = stage_epochs[trial.stage or 0]
-        return {"command": train_command(config, trial.params, epochs=budget)}
+    def command(trial) -> str:
+        return train_command(task.trial_config(trial.params),
+                             epochs=stage_epochs[trial.stage or 0])
 
     def progress(r) -> None:
         if args.quiet:
@@ -385,25 +387,14 @@ def run_search(args) -> int:
 
     start = time.perf_counter()
     try:
-        res = search.optimize(
-            space, data=setup.data, epochs=args.epochs, trials=args.trials,
-            key_seed=args.seed, method=args.method, population=args.population,
-            storage=study_storage, study_name=args.study_name, pruner=args.pruner,
-            batch_size=args.batch_size, model=setup.model, loss=setup.loss,
-            optimizer=setup.optimizer, build=build_group if choices else None,
-            grid_points=grid_points, stages=args.stages, coarse_epochs=args.coarse_epochs,
-            top_k=args.top_k, devices=_devices(args, args.population),
-            metadata={k: v for k, v in search_config.items()
-                      if (k in TRAIN_FLAGS and k not in ("data_dir", "data_url"))
-                      or k in _STUDY_KEYS},
-            trial_attrs=attrs, on_round=progress)
+        res = search.optimize(task, settings, storage=study_storage, study_name=args.study_name,
+                              trial_attrs=lambda t: {"command": command(t)}, on_round=progress)
     except optuna.exceptions.StorageInternalError as e:
         raise CLIError(f"--storage {storage}: {e}") from None
     seconds = time.perf_counter() - start
 
     trials = [{**search.to_json(t), "stage": None if t.stage is None else t.stage + 1,
-               "command": train_command(config, t.params,
-                                        epochs=stage_epochs[t.stage or 0])}
+               "command": command(t)}
               for t in res.trials]
     if args.method != "coarse-to-fine":
         for t in trials:
@@ -517,15 +508,16 @@ def run_ensemble(args) -> int:
     if getattr(args, "augment", None):
         raise CLIError("--augment: ensemble trains a population, which does not augment yet")
     config = config_from_args(args)
-    setup = build({**config, "init_scale": 1.0})
+    # The init scale is each member's (as in search); the shared model keeps scale 1.
+    exp = build(replace_config(config, init_scale=1.0))
     run_dir = new_run_dir(args.out, "ensemble")
 
     start = time.perf_counter()
     res = ensemble.ensemble(
-        setup.data, members=args.members, epochs=args.epochs, key=jax.random.key(args.seed),
-        model=setup.model, loss=setup.loss, optimizer=setup.optimizer,
-        batch_size=args.batch_size, learning_rate=args.lr, l2=args.l2,
-        init_scale=config.get("init_scale", 1.0),
+        exp.data, members=args.members, epochs=config.epochs, key=jax.random.key(config.seed),
+        model=exp.model, loss=exp.loss, optimizer=exp.optimizer,
+        batch_size=config.batch_size, learning_rate=config.lr, l2=config.l2,
+        init_scale=config.init_scale,
         devices=_devices(args, args.members),
         on_epoch=None if args.quiet else _ensemble_progress(args.epochs, args.members))
     seconds = time.perf_counter() - start
@@ -538,7 +530,7 @@ def run_ensemble(args) -> int:
         "ensemble_test_loss": res.ensemble_test_loss,
         "status": res.status,
         "seconds": seconds,
-        "config": config,
+        "config": {k: getattr(config, k) for k in TRAIN_FLAGS},
     }
     os.makedirs(run_dir, exist_ok=True)
     write_json(os.path.join(run_dir, "summary.json"), search.to_json(summary))  # NaN -> null

@@ -1,0 +1,327 @@
+"""The Optuna driver: the study (storage, samplers, pruner, metadata), the loop of ask-and-tell
+rounds (:func:`optimize`, every method), coarse-to-fine stages, and reading trials back."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+import zlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import optuna
+
+from jaxnn.search._round import run_round
+from jaxnn.search._space import LogUniform, Spec, Uniform, grid_values, narrow, spec_from_json
+from jaxnn.search._task import SearchSettings, SearchTask, grid_size
+from jaxnn.search._trials import Round, Stage, StudyResult, Trial, num, sort_trials, to_json
+from jaxnn.search._trials import usable as _usable
+from jaxnn.train import Status
+
+#: Trial states that count as done: told with a value, or frozen early (pruned or diverged).
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+_STAGE_ATTR = "jaxnn_stage_{}"
+
+
+def optimize(
+    task: SearchTask,
+    settings: SearchSettings | None = None,
+    *,
+    storage: str | optuna.storages.BaseStorage | None = None,
+    study_name: str = "jaxnn-search",
+    trial_attrs: Callable[[Trial], Mapping[str, Any]] | None = None,
+    on_round: Callable[[Round], None] | None = None,
+) -> StudyResult:
+    """Search ``task``'s space with an Optuna study, training each round of trials as
+    populations.
+
+    Each round asks the study for up to ``settings.population`` trials (Optuna's
+    ask-and-tell), trains the trials that share their categorical values as ONE population
+    (:func:`jaxnn.population.train_population` on the task's :class:`Group` of those values),
+    reports every epoch's validation loss to each trial (so the pruner can freeze members,
+    status ``"pruned"``) and tells the study each trial's final validation loss, the objective
+    (minimized). Rounds repeat until the study holds ``settings.trials`` finished trials
+    (complete or pruned; per stage for coarse-to-fine) — counting those of earlier calls and of
+    other processes: calling again with the same ``storage`` and ``study_name`` continues the
+    study, and several processes can share one study (each asks its own trials; Optuna numbers
+    them uniquely). A killed process loses at most its round in flight: its trials stay
+    ``RUNNING`` in the study and are neither counted nor waited for. Diverged trials are told as
+    pruned (status ``"diverged"``), so samplers learn to avoid them and they are never the best.
+
+    Args:
+      task: what to train (:class:`SearchTask`).
+      settings: how to search (:class:`SearchSettings`; default TPE, 64 trials, rounds of 16).
+      storage, study_name: the study (:func:`open_storage`; ``None``: in memory).
+      trial_attrs: extra user attributes of each trial (e.g. the command that retrains it).
+      on_round: called after every round with a :class:`Round`.
+    """
+    settings = SearchSettings() if settings is None else settings
+    if settings.method == "cmaes":
+        try:
+            import cmaes  # noqa: F401  (Optuna's CMA-ES sampler runs on it)
+        except ImportError:
+            raise ValueError("method 'cmaes' needs the cmaes package: pip install cmaes (or "
+                             "jaxnn[cmaes])") from None
+    pruner = _pruner(settings.pruner)
+    free = task.free
+    dists = {k: _distribution(s) for k, s in free.items()}
+    stage_epochs = settings.stage_epochs(task.epochs)
+    c2f = settings.method == "coarse-to-fine"
+    total = settings.trials * len(stage_epochs)
+    grid = None
+    if settings.method == "grid":
+        grid = grid_values(free, settings.grid_points) if free else {}
+        total = min(settings.trials, grid_size(grid))
+    narrowed: dict = {}
+    study = _study(task, settings, storage, study_name, pruner, grid, narrowed)
+    _check_metadata(study, {**dict(task.metadata or {}), "method": settings.method,
+                            "space": {k: to_json(s) for k, s in task.space.items()},
+                            "epochs": stage_epochs})
+    trained, number = 0, 0
+    while True:
+        done = study.get_trials(deepcopy=False, states=FINISHED)
+        stage, ask = 0, min(settings.population, total - len(done))
+        if c2f:
+            stage, missing, space_now = _stage(study, task, settings, done)
+            ask = min(settings.population, missing)
+            narrowed.clear()
+            narrowed.update({k: _distribution(v) for k, v in space_now.items()})
+        if ask <= 0:
+            break
+        number += 1
+        t0 = time.perf_counter()
+        alive, members, n_groups = run_round(study, task, dists, ask,
+                                             epochs=stage_epochs[stage],
+                                             stage=stage if c2f else None,
+                                             trial_attrs=trial_attrs)
+        trained += members
+        if on_round is not None:
+            ranked = study_trials(study, fixed=task.fixed)
+            best = next((t for t in ranked if _usable(t)), None)
+            on_round(Round(number, len(ranked), total, best, alive, members, n_groups,
+                           time.perf_counter() - t0))
+    ranked = study_trials(study, fixed=task.fixed)
+    stages = ([Stage(_stage_space(study, task, s), e, [t for t in ranked if t.stage == s])
+               for s, e in enumerate(stage_epochs)] if c2f else
+              [Stage(dict(task.space), stage_epochs[0], ranked)])
+    return StudyResult(ranked, next((t for t in ranked if _usable(t)), None), study, trained,
+                       stages)
+
+
+def coarse_to_fine(task: SearchTask, *, stages: int = 2, trials: int = 16,
+                   population: int | None = None, coarse_epochs: int | None = None,
+                   top_k: int | None = None) -> StudyResult:
+    """Search in ``stages`` stages of ``trials`` random trials each (one population per stage by
+    default): the first over the whole space for few epochs (:func:`coarse_epochs` of the
+    task's, or ``coarse_epochs``), each next one over the space :func:`narrow`-ed around the
+    previous stage's best ``top_k`` trials; the last stage trains the task's epochs. A study in
+    memory: ``optimize(task, SearchSettings(method="coarse-to-fine", ...))`` with ``storage``
+    keeps it. ``result.stages[s].space`` is the space stage ``s`` sampled."""
+    settings = SearchSettings(method="coarse-to-fine", stages=stages, trials=trials,
+                              population=trials if population is None else population,
+                              coarse_epochs=coarse_epochs, top_k=top_k, pruner="none")
+    return optimize(task, settings)
+
+
+def _study(task, settings, storage, study_name, pruner, grid, narrowed):
+    makers = {
+        "tpe": lambda s: optuna.samplers.TPESampler(seed=s),
+        "cmaes": lambda s: optuna.samplers.CmaEsSampler(
+            seed=s, popsize=max(2, settings.population), warn_independent_sampling=False),
+        "random": lambda s: optuna.samplers.RandomSampler(seed=s),
+        "coarse-to-fine": lambda s: _Within(narrowed, s),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # One grid sampler: its shuffled grid order must be the same for every trial (its
+        # first trials take grid point number = trial number, unique across processes).
+        sampler = (_Grid(grid, seed=task.key_seed) if grid is not None else
+                   _SeedPerTrial(makers[settings.method], task.key_seed))
+        return optuna.create_study(storage=open_storage(storage), study_name=study_name,
+                                   direction="minimize", load_if_exists=True, pruner=pruner,
+                                   sampler=sampler)
+
+
+# --------------------------------------------------------------------------- coarse to fine
+def _stage(study, task: SearchTask, settings: SearchSettings, done):
+    """The stage to work on (the first holding fewer than ``trials`` finished trials), how many
+    it misses, and its space (:func:`_stage_space`). ``(stages, 0, {})`` when every stage is
+    complete."""
+    stages, trials = int(settings.stages), int(settings.trials)
+    per_stage = [sum(1 for t in done if t.user_attrs.get("stage") == s) for s in range(stages)]
+    stage = next((s for s, c in enumerate(per_stage) if c < trials), stages)
+    if stage == stages:
+        return stage, 0, {}
+    if stage > 0 and study.user_attrs.get(_STAGE_ATTR.format(stage)) is None:
+        prev = [_result_trial(ft, task.fixed) for ft in done
+                if ft.user_attrs.get("stage") == stage - 1]
+        space = narrow(task.free, [t for t in prev if t is not None], top_k=settings.top_k)
+        # Recorded once: every process (and a resumed one) samples the same narrowed space.
+        study.set_user_attr(_STAGE_ATTR.format(stage), to_json(space))
+    return stage, trials - per_stage[stage], _stage_space(study, task, stage, free_only=True)
+
+
+def _stage_space(study, task: SearchTask, stage: int, *, free_only: bool = False) -> dict:
+    """The space stage ``stage`` samples: the task's for stage 0, else the narrowed space the
+    study recorded when the stage began."""
+    recorded = study.user_attrs.get(_STAGE_ATTR.format(stage)) if stage > 0 else None
+    free = task.free if recorded is None else spec_from_json(recorded)
+    return free if free_only else {**task.space, **free}
+
+
+# --------------------------------------------------------------------------- storage, samplers
+def open_storage(storage: str | optuna.storages.BaseStorage | None):
+    """An Optuna storage from a URL (``sqlite:///path.db``, ``postgresql://...``,
+    ``mysql://...``), a storage object (returned as is) or ``None`` (in memory).
+
+    SQLite files are opened in write-ahead-log mode (``journal_mode=WAL``, ``synchronous=NORMAL``:
+    a committed trial survives a killed process; writes cost a few milliseconds instead of a
+    synchronous flush each) with a 60 s lock timeout, so several processes on one machine can
+    share the file."""
+    if storage is None:
+        return optuna.storages.InMemoryStorage()
+    if not isinstance(storage, str):
+        return storage
+    if not storage.startswith("sqlite"):
+        return _rdb(storage, {})
+    import sqlalchemy
+
+    rdb = _rdb(storage, {"connect_args": {"timeout": 60}})
+
+    def _pragmas(dbapi_connection, _record):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    sqlalchemy.event.listen(rdb.engine, "connect", _pragmas)
+    rdb.engine.dispose()  # connections opened from now on get the pragmas
+    return rdb
+
+
+def _rdb(url: str, engine_kwargs: dict, attempts: int = 5):
+    """``RDBStorage(url)``. Processes that open a new database at the same moment race to create
+    its tables (one of them fails on the schema-version row); the loser opens it again once the
+    tables exist."""
+    import sqlalchemy
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+class _SeedPerTrial(optuna.samplers.BaseSampler):
+    """A sampler re-created for every trial with the seed ``hash(seed, trial number)``.
+
+    Trial numbers are unique in a study's storage, so several processes sharing a study (or a
+    search continued after a kill) never draw the same random numbers, and a search run by one
+    process is reproducible. ``make(seed)`` builds the inner sampler (TPE and CMA-ES keep their
+    state in the study, so a fresh one per trial loses nothing)."""
+
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int):
+        self._make, self._seed, self._inner = make, int(seed), {}
+
+    def _for(self, trial) -> optuna.samplers.BaseSampler:
+        inner = self._inner.get(trial.number)
+        if inner is None:
+            seed = zlib.crc32(f"{self._seed}:{trial.number}".encode())
+            inner = self._inner[trial.number] = self._make(seed)
+        return inner
+
+    def infer_relative_search_space(self, study, trial):
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial):
+        self._for(trial).before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values):
+        self._for(trial).after_trial(study, trial, state, values)
+        self._inner.pop(trial.number, None)
+
+
+class _Grid(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its ``study.stop()`` (which only works inside
+    ``Study.optimize``): :func:`optimize` stops when the study holds the whole grid."""
+
+    def after_trial(self, study, trial, state, values):
+        pass
+
+
+class _Within(optuna.samplers.RandomSampler):
+    """Random sampling inside a narrowed space (a coarse-to-fine stage); the trial records the
+    full space's distributions, which contain the narrowed ones."""
+
+    def __init__(self, narrowed: dict, seed: int):
+        super().__init__(seed=seed)
+        self._narrowed = narrowed
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return super().sample_independent(study, trial, param_name,
+                                          self._narrowed.get(param_name, param_distribution))
+
+
+def _distribution(s: Spec):
+    if isinstance(s, LogUniform):
+        return optuna.distributions.FloatDistribution(s.low, s.high, log=True)
+    if isinstance(s, Uniform):
+        return optuna.distributions.FloatDistribution(s.low, s.high)
+    return optuna.distributions.CategoricalDistribution(list(s.values))
+
+
+def _pruner(pruner):
+    if pruner is None or pruner == "none":
+        return optuna.pruners.NopPruner()
+    if pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5)
+    if isinstance(pruner, optuna.pruners.BasePruner):
+        return pruner
+    raise ValueError(f"pruner must be 'median', 'none' or an optuna pruner, got {pruner!r}")
+
+
+# --------------------------------------------------------------------------- reading trials
+def _result_trial(ft, fixed: Mapping[str, Any]) -> Trial | None:
+    """A finished Optuna trial as a :class:`Trial` (``None`` if not made by :func:`optimize`)."""
+    attrs = ft.user_attrs
+    if "status" not in attrs:
+        return None
+    value = ft.value if ft.state == optuna.trial.TrialState.COMPLETE else attrs.get("val_loss")
+    return Trial(params={**fixed, **ft.params}, val_acc=attrs.get("val_acc"),
+                 val_loss=None if value is None else num(value),
+                 train_loss=attrs.get("train_loss"), status=Status(attrs["status"]),
+                 number=ft.number, epochs=attrs.get("epochs"), key_seed=attrs.get("key_seed"),
+                 stage=attrs.get("stage"))
+
+
+def study_trials(study, *, fixed: Mapping[str, Any] | None = None) -> list[Trial]:
+    """Every finished trial that :func:`optimize` recorded in ``study``, sorted best first.
+    ``fixed`` adds the space's fixed values (not Optuna parameters) to every trial's params."""
+    out = [_result_trial(ft, dict(fixed or {}))
+           for ft in study.get_trials(deepcopy=False, states=FINISHED)]
+    return sort_trials([t for t in out if t is not None])
+
+
+def _check_metadata(study, metadata: dict) -> None:
+    """Record what the search is (model, data, epochs, space) in a new study; refuse to continue
+    a study that another search made."""
+    metadata = json.loads(json.dumps(to_json(metadata)))
+    old = study.user_attrs.get("jaxnn_search")
+    if old is None:
+        study.set_user_attr("jaxnn_search", metadata)
+        return
+    diff = sorted(k for k in set(old) | set(metadata) if old.get(k) != metadata.get(k))
+    if diff:
+        k = diff[0]
+        raise ValueError(f"study {study.study_name!r} holds a different search: {k} is "
+                         f"{old.get(k)!r} there and {metadata.get(k)!r} here; choose another "
+                         "study name (or storage) or the same settings")
