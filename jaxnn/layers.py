@@ -16,16 +16,24 @@ training step compiles once.
 Layers: :func:`Dense`, :func:`Conv2D` (NHWC inputs, HWIO kernels), :func:`MaxPool`,
 :func:`AvgPool`, :func:`Flatten`, :func:`BatchNorm`, :func:`LayerNorm`, :func:`Dropout`,
 :func:`Activation` (any :mod:`jaxnn.activations` name; ``prelu`` with a learnable slope) and
-:func:`Maxout`. The builders (``serial``, ``mlp``, ``convnet``, ``Model``) live in
-:mod:`jaxnn.models` and are re-exported here.
+:func:`Maxout`. Combinators make new layers from layers, so blocks nest (stax's contract):
+``serial(*layers)`` applies them in turn, :func:`Residual` adds :math:`y = x + f(x)` (or
+:math:`x W_p + f(x)` with a 1x1 projection when ``f`` changes the shape), and a block holding
+weights is one model layer of the serial around it, its params a nested dict. The builders
+(``serial``, ``mlp``, ``convnet``, ``Model``) live in :mod:`jaxnn.models` and are re-exported
+here; ``serial(*layers, input_shape=...)`` is a :class:`~jaxnn.models.Model`.
 
 Example::
 
-    from jaxnn.layers import Conv2D, Activation, MaxPool, Flatten, Dense, serial
+    from jaxnn.layers import Conv2D, Activation, MaxPool, Flatten, Dense, Residual, serial
     model = serial(Conv2D(32), Activation("relu"), MaxPool(), Flatten(), Dense(10),
                    input_shape=(28, 28, 1))
     params, state = model.init(jax.random.key(0))
     logits, state = model.apply(params, state, x)            # x: [batch, 28, 28, 1]
+
+    block = Residual(serial(Conv2D(32), Activation("relu"), Conv2D(32)))    # a layer
+    model = serial(Conv2D(32), Activation("relu"), block, Activation("relu"), Flatten(),
+                   Dense(10), input_shape=(28, 28, 1))
 """
 
 from __future__ import annotations

@@ -76,15 +76,12 @@ import jax.numpy as jnp
 from jaxnn import activations as _act
 from jaxnn.layers import (
     Activation,
-    AvgPool,
     BatchNorm,
-    Conv2D,
     Dense,
     Dropout,
     Flatten,
     Layer,
     LayerActivations,
-    MaxPool,
     Traced,
     _check_input,
     _join,
