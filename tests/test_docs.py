@@ -90,3 +90,9 @@ def test_readme_python_blocks_run_in_order_and_print(tmp_path):
     assert sorted(printed) == list(range(len(run)))
     silent = [run[i].strip().splitlines()[0] for i, out in printed.items() if not out.strip()]
     assert not silent, f"README blocks that print nothing: {silent}"
+
+
+def test_the_readme_lists_every_arch_kind_from_the_table():
+    from jaxnn import arch
+
+    assert arch.kinds_table() in (ROOT / "README.md").read_text(encoding="utf-8")
