@@ -32,6 +32,7 @@ def _away_from_kinks(rng, shape, *, gap: float = 0.1):
 
 
 def _activation_cases(rng) -> list[tuple[str, Callable, dict]]:
+    import jax
     import jax.numpy as jnp
 
     from jaxnn import activations
@@ -40,23 +41,30 @@ def _activation_cases(rng) -> list[tuple[str, Callable, dict]]:
     r = jnp.asarray(rng.standard_normal((4, 6)))  # random weights: no cancelling symmetry
     cases = []
     for name in activations.names():
+        entry = activations.entry(name)  # its learnable parameters and width change
         fn = activations.get(name)
-        if name == "prelu":
-            alpha = jnp.asarray(rng.uniform(0.05, 0.5, (6,)))
-            cases.append((name, lambda p, fn=fn: jnp.sum(r * fn(p["x"], p["alpha"])),
-                          {"x": x, "alpha": alpha}))
-        elif name == "maxout":
-            rr = r[:, :3]
-            cases.append((name, lambda p, fn=fn, rr=rr: jnp.sum(rr * fn(p["x"], 2)), {"x": x}))
-        else:
-            cases.append((name, lambda p, fn=fn: jnp.sum(r * fn(p["x"])), {"x": x}))
+        # Learnable parameters (prelu's slope) are checked too: one random value per channel.
+        learned = {k: jnp.asarray(rng.uniform(0.05, 0.5, (6,))) for k in entry.params}
+        options = {} if entry.pieces_option is None else {
+            entry.pieces_option: entry.default_pieces}
+        width = jax.eval_shape(lambda x, fn=fn, o=options, a=learned: fn(x, **o, **a),
+                               x).shape[-1]
+        rr = r[:, :width]  # maxout: num_pieces inputs per output
+
+        def f(p, fn=fn, rr=rr, options=options, keys=tuple(learned)):
+            return jnp.sum(rr * fn(p["x"], **options, **{k: p[k] for k in keys}))
+
+        cases.append((name, f, {"x": x, **learned}))
     return cases
 
 
-#: The kinds of target a loss may take, tried in this order on ``[n, c]`` scores: integer class
+#: The kinds of target a loss may take, in this order, on ``[n, c]`` scores: integer class
 #: ids ``[n]``, class distributions ``[n, c]`` (rows summing to 1), per-element probabilities
 #: ``[n, c]`` and real values ``[n, c]``.
 _TARGET_KINDS = ("class ids", "class distributions", "probabilities", "real values")
+#: The interval the values of each kind of float target lie in (``None``: unbounded).
+_KIND_RANGE = {"class distributions": (0.0, 1.0), "probabilities": (0.0, 1.0),
+               "real values": (None, None)}
 
 
 def _targets(kind: str, rng, n: int, c: int):
@@ -71,28 +79,44 @@ def _targets(kind: str, rng, n: int, c: int):
     return jnp.asarray(rng.standard_normal((n, c)))
 
 
-def _accepted_targets(fn, rng, n: int, c: int) -> list[tuple[str, object]]:
-    """The target kinds the loss ``fn`` itself accepts for ``[n, c]`` scores: those it evaluates
-    eagerly to ``n`` finite per-example values (its own shape and dtype checks reject the rest)."""
+def _declared_kinds(entry) -> list[str]:
+    """The target kinds a loss's registry entry declares: class ids for a ``"labels"`` loss,
+    else every float kind whose values lie in its ``target_range``."""
+    if entry.targets == "labels":
+        return ["class ids"]
+    lo, hi = entry.target_range
+    return [kind for kind, (klo, khi) in _KIND_RANGE.items()
+            if (lo is None or (klo is not None and klo >= lo))
+            and (hi is None or (khi is not None and khi <= hi))]
+
+
+def _accepted_targets(fn, kinds, rng, n: int, c: int) -> tuple[list[tuple[str, object]],
+                                                               list[str]]:
+    """``(accepted, rejected)``: the target ``kinds`` (with a target of each), split by whether
+    the loss ``fn`` evaluates them eagerly to ``n`` finite per-example values."""
     import jax.numpy as jnp
 
     scores = jnp.asarray(rng.standard_normal((n, c)))
-    accepted = []
-    for kind in _TARGET_KINDS:
+    accepted, rejected = [], []
+    for kind in kinds:
         target = _targets(kind, rng, n, c)
         try:
             value = fn(scores, target)
+            ok = jnp.shape(value) == (n,) and bool(jnp.all(jnp.isfinite(value)))
         except (ValueError, TypeError):
-            continue
-        if jnp.shape(value) == (n,) and bool(jnp.all(jnp.isfinite(value))):
+            ok = False
+        if ok:
             accepted.append((kind, target))
-    return accepted
+        else:
+            rejected.append(kind)
+    return accepted, rejected
 
 
 def _loss_cases(rng) -> list[tuple[str, Callable | None, dict]]:
     """One case per loss of the registry (aliases share their loss's case) and per target kind
-    it accepts: the gradient of a weighted sum of its per-example values with respect to the
-    scores, and to float targets too. A loss that accepts no kind of target is a failed case
+    its registry entry declares (:class:`jaxnn.losses.LossEntry`: ``targets`` and
+    ``target_range``): the gradient of a weighted sum of its per-example values with respect to
+    the scores, and to float targets too. A declared kind the loss rejects is a failed case
     (``None``), never a skipped one."""
     import jax.numpy as jnp
 
@@ -100,16 +124,16 @@ def _loss_cases(rng) -> list[tuple[str, Callable | None, dict]]:
 
     n, c = 5, 4
     w = jnp.asarray(rng.uniform(0.5, 1.5, n))  # per-example weights on the per-example losses
-    by_fn: dict = {}
+    by_loss: dict = {}
     for name in losses.names():
-        by_fn.setdefault(losses.get(name), []).append(name)
+        by_loss.setdefault(losses.entry(name).canonical, []).append(name)
     cases = []
-    for fn, names in by_fn.items():
+    for canonical, names in by_loss.items():
         label = names[0] + (f" (= {', '.join(names[1:])})" if names[1:] else "")
-        accepted = _accepted_targets(fn, rng, n, c)
-        if not accepted:
-            cases.append((label, None, {}))
-            continue
+        fn = losses.get(canonical)
+        accepted, rejected = _accepted_targets(fn, _declared_kinds(losses.entry(canonical)),
+                                               rng, n, c)
+        cases.extend((f"{label} [{kind}]", None, {}) for kind in rejected)
         for kind, target in accepted:
             # Random scores are a.s. away from every kink (|pred - target| = 0 for l1, a zero
             # margin for the hinge loss); the draw is fixed by --seed.
@@ -175,7 +199,7 @@ def run_gradcheck(args) -> int:
             for name, f, params in cases:
                 if f is None:  # a check that cannot run is a failure, not a pass
                     failed += 1
-                    rows.append([kind, name, "", "", "FAIL (accepts no kind of target)"])
+                    rows.append([kind, name, "", "", "FAIL (rejects its declared targets)"])
                     continue
                 rep = gradcheck.check_grads(f, params, tol=args.tol)
                 failed += not rep.passed
