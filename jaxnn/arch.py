@@ -327,12 +327,16 @@ def needs_images(items: Sequence[ArchItem]) -> bool:
 # --------------------------------------------------------------------------- building
 def _build_items(items: Sequence[ArchItem], opts: BuildOptions, image: bool):
     out: list = []
+    flattened = False  # an fc entry here turned images into flat features
     for item in items:
         kind = KINDS[item.kind]
         if kind.images and not image:
-            raise ValueError(f"{item} needs images (height, width, channels), not flat features; "
+            where = "after an fc entry" if flattened else "on flat features"
+            raise ValueError(f"{item} needs images (height, width, channels), not {where}; "
                              "put convolutions and pooling before the fc entries")
-        layers, image = kind.build(item, opts, image)
+        layers, after = kind.build(item, opts, image)
+        flattened = flattened or (image and not after)
+        image = after
         out += layers
     return out, image
 

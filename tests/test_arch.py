@@ -57,7 +57,7 @@ def test_needs_images_looks_inside_residual_blocks():
 
 
 def test_an_entry_that_needs_images_on_flat_features_is_refused():
-    with pytest.raises(ValueError, match="conv:4 needs images"):
+    with pytest.raises(ValueError, match="conv:4 needs images .*on flat features"):
         models.convnet((16,), 3, "fc:8,conv:4")
     with pytest.raises(ValueError, match="cannot turn images into flat features"):
         models.convnet((8, 8, 1), 3, "res(conv:4,fc:8)")
