@@ -21,6 +21,9 @@ __all__ = ["main", "CLIError", "VERBS"]
 VERBS = {
     "train": "jaxnn.cli._train",
     "resume": "jaxnn.cli._train",
+    "evaluate": "jaxnn.cli._use",
+    "predict": "jaxnn.cli._use",
+    "export": "jaxnn.cli._use",
     "diagnose": "jaxnn.cli._diagnose",
     "gradcheck": "jaxnn.cli._gradcheck",
     "experiment": "jaxnn.cli._experiment",
