@@ -123,9 +123,9 @@ def init_depth(
                     ("image_size", image_size)):
         if int(v) < 1:
             raise ValueError(f"init_depth: {name} must be >= 1, got {v}")
-    if activation in ("maxout", "prelu"):
-        raise ValueError(f"init_depth: {activation!r} has parameters of its own; use an "
-                         "elementwise activation such as 'tanh' or 'relu'")
+    if not _activations.entry(activation).elementwise:  # ValueError for an unknown name
+        raise ValueError(f"init_depth: {activation!r} has parameters of its own or changes the "
+                         "width; use an elementwise activation such as 'tanh' or 'relu'")
     act = _activations.get(activation)
     init_fn = _init.get(init)
 
@@ -177,7 +177,8 @@ class ComparisonRow(NamedTuple):
       dead_fraction: final dead-unit fraction (mean over seeds) on the probe batch.
       val_acc, train_loss, dead_fraction_curve: per-epoch means over the seeds (learning curves).
       val_acc_per_seed: each seed's final validation accuracy.
-      status: each member's status (``"ok"``, ``"diverged"``, ``"stopped"``).
+      status: each member's status (:class:`jaxnn.train.Status`: ``"ok"``, ``"diverged"``,
+        ``"stopped"``).
     """
 
     activation: str
