@@ -38,6 +38,7 @@ __all__ = [
     "parse_arch",
     "format_arch",
     "needs_images",
+    "activation_options",
     "build_layers",
     "kinds_table",
 ]
@@ -109,14 +110,36 @@ def _nargs(args: list[str], allowed: Sequence[int]) -> None:
         raise ValueError(f"takes {' or '.join(map(str, allowed))} argument(s), got {len(args)}")
 
 
+def activation_options(activation: str, *, num_pieces: int = 2,
+                       prelu_init: float = 0.25) -> dict:
+    """The options of the hidden layers' :func:`~jaxnn.layers.Activation`, from the
+    activation's registry entry: ``num_pieces`` for the option that shrinks the width
+    (maxout's), and ``prelu_init`` as the initial value of a learnable slope ``alpha`` (other
+    learnable parameters start at their entry's default).
+
+    Raises:
+      ValueError: for an unknown activation (listing the valid names).
+    """
+    from jaxnn import activations
+
+    entry = activations.entry(activation)
+    options = {}
+    if entry.pieces_option is not None:
+        options[entry.pieces_option] = int(num_pieces)
+    if "alpha" in entry.params:
+        options["alpha"] = float(prelu_init)
+    return options
+
+
 def _hidden(affine: Callable[..., Any], width: int, opts: BuildOptions, *,
             dropout: float) -> list:
     """``affine -> [BatchNorm] -> Activation -> [Dropout]``. Batch norm's ``beta`` replaces the
     bias (a bias before it would get zero gradient); an activation that shrinks the last axis
-    (maxout's ``num_pieces``) gets that many times the outputs."""
-    from jaxnn import layers
+    by a factor (maxout's ``num_pieces``) gets that many times the outputs."""
+    from jaxnn import activations, layers
 
-    factor = int(opts.options.get("num_pieces", 1))
+    pieces = activations.entry(opts.activation).pieces_option
+    factor = int(opts.options.get(pieces, 1)) if pieces is not None else 1
     out = [affine(int(width) * factor, use_bias=not opts.batch_norm)]
     if opts.batch_norm:
         out.append(layers.BatchNorm(momentum=opts.bn_momentum))

@@ -73,12 +73,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxnn import activations as _act
 from jaxnn.layers import (
-    Activation,
-    BatchNorm,
     Dense,
-    Dropout,
     Flatten,
     Layer,
     LayerActivations,
@@ -379,35 +375,6 @@ def _model(layer: Layer, forward: Callable, in_shape: tuple[int, ...]) -> Model:
 
 
 # --------------------------------------------------------------------------- builders
-def _activation_options(activation: str, *, num_pieces: int, prelu_init: float) -> dict:
-    """The options of the hidden layers' :func:`~jaxnn.layers.Activation`, from the
-    activation's registry entry: ``num_pieces`` for the option that shrinks the width
-    (:attr:`~jaxnn.activations.ActivationEntry.pieces_option`, maxout's ``num_pieces``), and
-    ``prelu_init`` as the initial value of a learnable slope ``alpha`` (other learnable
-    parameters start at their entry's default)."""
-    entry = _act.entry(activation)  # a ValueError listing the valid names, even with no layer
-    options = {}
-    if entry.pieces_option is not None:
-        options[entry.pieces_option] = int(num_pieces)
-    if "alpha" in entry.params:
-        options["alpha"] = float(prelu_init)
-    return options
-
-
-def _hidden(affine: Callable[..., Layer], width: int, *, activation: str, options: dict,
-            batch_norm: bool, bn_momentum: float, dropout: float) -> list[Layer]:
-    """``affine -> [BatchNorm] -> Activation -> [Dropout]``. Batch norm's ``beta`` replaces the
-    bias (a bias before it would get zero gradient); maxout's affine map has ``num_pieces``
-    outputs per unit."""
-    layers = [affine(int(width) * options.get("num_pieces", 1), use_bias=not batch_norm)]
-    if batch_norm:
-        layers.append(BatchNorm(momentum=bn_momentum))
-    layers.append(Activation(activation, **options))
-    if dropout:
-        layers.append(Dropout(dropout))
-    return layers
-
-
 def mlp(
     sizes: Sequence[int],
     activation: str = "relu",
@@ -445,16 +412,12 @@ def mlp(
     if len(sizes) < 2 or min(sizes) < 1:
         raise ValueError(f"mlp: sizes must list at least an input and an output size >= 1, got "
                          f"{sizes}")
-    options = _activation_options(activation, num_pieces=num_pieces, prelu_init=prelu_init)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"mlp: dropout must be a drop probability in [0, 1), got {dropout}")
-    dense = lambda n, use_bias=True: Dense(n, init=init, bias_init=bias_init, use_bias=use_bias)
-    layers: list[Layer] = []
-    for width in sizes[1:-1]:
-        layers += _hidden(dense, width, activation=activation, options=options,
-                          batch_norm=batch_norm, bn_momentum=bn_momentum, dropout=dropout)
-    layers.append(dense(sizes[-1]))
-    return serial(*layers, input_shape=(sizes[0],))
+    return convnet((sizes[0],), sizes[-1], [ArchItem("fc", w) for w in sizes[1:-1]],
+                   activation=activation, init=init, bias_init=bias_init,
+                   batch_norm=batch_norm, dropout=dropout, num_pieces=num_pieces,
+                   bn_momentum=bn_momentum, prelu_init=prelu_init)
 
 
 # --------------------------------------------------------------------------- architectures
@@ -508,7 +471,8 @@ def convnet(
     shape = (int(input_shape),) if isinstance(input_shape, int) else tuple(input_shape)
     if int(num_classes) < 1:
         raise ValueError(f"convnet: num_classes must be >= 1, got {num_classes}")
-    options = _activation_options(activation, num_pieces=num_pieces, prelu_init=prelu_init)
+    options = _arch.activation_options(activation, num_pieces=num_pieces,
+                                       prelu_init=prelu_init)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"convnet: dropout must be a drop probability in [0, 1), got {dropout}")
     opts = _arch.BuildOptions(activation=activation, options=options, init=init,
