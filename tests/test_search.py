@@ -1,5 +1,5 @@
-"""jaxnn.search: the space, grid and log-uniform random sampling, ranking, narrowing, and trials
-run as one population."""
+"""jaxnn.search: the space (grid and log-uniform random points, ranking, narrowing), the task
+(groups from a RunConfig or from data), and the one Optuna engine every method runs on."""
 
 import itertools
 import json
@@ -11,6 +11,7 @@ import optuna
 import pytest
 
 from jaxnn import models, optim, population, search, train
+from jaxnn.config import RunConfig
 
 
 @pytest.fixture(scope="module")
@@ -189,82 +190,6 @@ def test_narrow_ignores_diverged_and_keeps_space_without_healthy_trials():
     assert search.narrow(space, everything_diverged) == search.normalize(space)
 
 
-# --------------------------------------------------------------------------- running trials
-@pytest.fixture(scope="module")
-def ran(dataset, model):
-    trials = [{"learning_rate": 0.05, "l2": 1e-4}, {"learning_rate": 1e4, "l2": 0.0},
-              {"learning_rate": 0.5, "l2": 1e-3}, {"learning_rate": 1e-3, "l2": 1e-2}]
-    return trials, search.run_trials(trials, data=dataset, epochs=3, batch_size=32,
-                                     key=jax.random.key(1), model=model,
-                                     optimizer=optim.momentum(1.0))
-
-
-def test_run_trials_sorted_with_divergence_stopped(ran):
-    trials, out = ran
-    assert len(out) == 4
-    assert sorted(map(str, (t.params for t in out))) == sorted(map(str, trials))
-    assert out[-1].params["learning_rate"] == 1e4 and out[-1].status == "diverged"
-    healthy = [t.val_loss for t in out if t.status == "ok"]
-    assert len(healthy) == 3 and healthy == sorted(healthy)
-    json.loads(json.dumps(search.to_json(out)))  # plain JSON, NaN as null
-    assert set(search.to_json(out[0])) == {"params", "val_acc", "val_loss", "train_loss", "status",
-                                           "number", "epochs", "key_seed", "stage"}
-
-
-def test_run_trials_keeps_each_trial_with_its_own_numbers(dataset, model, ran):
-    # A trial's metrics are those of a population of one with its hyperparameters (seed 0).
-    _, out = ran
-    pick = next(t for t in out if t.params["learning_rate"] == 0.5)
-    solo = population.train_population(
-        data=dataset, hparams={"learning_rate": [0.5], "l2": [1e-3], "seed": [0]}, epochs=3,
-        batch_size=32, key=jax.random.key(1), model=model, optimizer=optim.momentum(1.0))
-    np.testing.assert_allclose(pick.val_loss, solo.final["val_loss"][0], rtol=2e-5)
-    assert pick.val_acc == pytest.approx(solo.final["val_acc"][0])
-
-
-@pytest.mark.parametrize("trials, match", [
-    ([], "no trials"),
-    ([{"l2": 0.1}], "learning_rate"),
-    ([{"learning_rate": 0.1, "dropout": 0.5}], "dropout"),
-    ([{"learning_rate": 0.1}, {"learning_rate": 0.1, "l2": 0.0}], "same names"),
-])
-def test_run_trials_rejects(dataset, trials, match):
-    with pytest.raises(ValueError, match=match):
-        search.run_trials(trials, data=dataset, epochs=1, key=jax.random.key(0))
-
-
-@pytest.mark.slow
-def test_coarse_to_fine_narrows_around_stage_one(dataset, model):
-    space = {"learning_rate": (1e-3, 3.0), "l2": (1e-6, 1e-1)}
-    res = search.coarse_to_fine(space, stages=2, trials=8, epochs=[1, 2], data=dataset,
-                                key=jax.random.key(0), batch_size=32, model=model,
-                                optimizer=optim.momentum(1.0), top_k=2)
-    s1, s2 = res.stages
-    assert (s1.epochs, s2.epochs) == (1, 2) and len(s1.trials) == len(s2.trials) == 8
-    assert s1.space == search.normalize(space)
-    best1 = s1.trials[0]
-    for name in space:
-        assert s1.space[name].low <= s2.space[name].low <= best1.params[name]
-        assert best1.params[name] <= s2.space[name].high <= s1.space[name].high
-        width = lambda s: math.log(s.high / s.low)
-        assert width(s2.space[name]) < width(s1.space[name])
-        assert all(s2.space[name].low <= t.params[name] <= s2.space[name].high
-                   for t in s2.trials)  # stage 2 sampled its narrowed space
-    assert res.trials == s2.trials and res.best == s2.trials[0]
-    j = json.loads(json.dumps(search.to_json(res)))
-    assert j["stages"][1]["space"]["learning_rate"]["loguniform"][0] == s2.space[
-        "learning_rate"].low
-
-
-def test_coarse_to_fine_epochs_default_and_checks():
-    with pytest.raises(ValueError, match="2 epoch counts for 3 stages"):
-        search.coarse_to_fine({"learning_rate": (1e-3, 1.0)}, stages=3, epochs=[1, 2],
-                              data=None, key=jax.random.key(0))
-    with pytest.raises(ValueError, match="stages and trials"):
-        search.coarse_to_fine({"learning_rate": (1e-3, 1.0)}, stages=0, data=None,
-                              key=jax.random.key(0))
-
-
 # --------------------------------------------------------------------------- Optuna studies
 @pytest.fixture(scope="module")
 def tiny():
@@ -279,10 +204,17 @@ def sgd_opt():
 SPACE = {"learning_rate": (1e-2, 1.0), "l2": (1e-6, 1e-2)}
 
 
-def _optimize(dataset, tiny, sgd_opt, space=SPACE, **kw):
+_TASK_KEYS = ("epochs", "loss", "build", "key_seed")
+
+
+def _optimize(dataset, tiny, sgd_opt, space=SPACE, storage=None, study_name="jaxnn-search",
+              **kw):
     kw = {"trials": 4, "population": 4, "pruner": "none", "epochs": 2, **kw}
-    return search.optimize(space, data=dataset, batch_size=32, model=tiny, optimizer=sgd_opt,
-                           **kw)
+    task = search.SearchTask.from_data(dataset, space, batch_size=32, model=tiny,
+                                       optimizer=sgd_opt,
+                                       **{k: kw.pop(k) for k in _TASK_KEYS if k in kw})
+    return search.optimize(task, search.SearchSettings(**kw), storage=storage,
+                           study_name=study_name)
 
 
 def _fit_val_loss(tiny, dataset, params, *, epochs=2, key_seed=0, loss="softmax_cross_entropy"):
@@ -359,9 +291,11 @@ def test_categorical_values_train_as_one_population_each(dataset, sgd_opt, monke
         return {"model": nets[values["activation"]]}
 
     monkeypatch.setattr(population, "train_population", spy)
-    res = search.optimize({"learning_rate": (1e-2, 1.0), "activation": ["relu", "tanh"]},
-                          data=dataset, epochs=1, batch_size=32, trials=8, population=8,
-                          method="random", pruner="none", optimizer=sgd_opt, build=build)
+    task = search.SearchTask.from_data(
+        dataset, {"learning_rate": (1e-2, 1.0), "activation": ["relu", "tanh"]}, epochs=1,
+        batch_size=32, optimizer=sgd_opt, build=build)
+    res = search.optimize(task, search.SearchSettings(trials=8, population=8, method="random",
+                                                      pruner="none"))
     acts = {t.params["activation"] for t in res.trials}
     assert acts == {"relu", "tanh"}  # 8 random draws: both, with probability 1 - 2^-7
     assert len(calls) == len(acts) and sorted(map(str, built)) == sorted(
@@ -410,15 +344,135 @@ def test_grid_trains_every_point_once_over_rounds(dataset, tiny, sgd_opt):
 
 
 def test_coarse_to_fine_study_narrows_its_second_stage(dataset, tiny, sgd_opt):
-    res = _optimize(dataset, tiny, sgd_opt, space={"learning_rate": (1e-3, 3.0)}, trials=4,
-                    method="coarse-to-fine", stages=2, top_k=2)
+    space = {"learning_rate": (1e-3, 3.0), "l2": (1e-6, 1e-1)}
+    res = _optimize(dataset, tiny, sgd_opt, space=space, trials=4, method="coarse-to-fine",
+                    stages=2, top_k=2, epochs=3)
     s0 = [t for t in res.trials if t.stage == 0]
     s1 = [t for t in res.trials if t.stage == 1]
     assert len(s0) == len(s1) == 4
-    assert {t.epochs for t in s0} <= {1} and {t.epochs for t in s1} <= {2}  # coarse: ceil(2/3)
-    rng = search.narrow({"learning_rate": (1e-3, 3.0)}, s0, top_k=2)["learning_rate"]
-    assert rng.high / rng.low < 3.0 / 1e-3
-    assert all(rng.low <= t.params["learning_rate"] <= rng.high for t in s1)
+    # The first stage trains the coarse epochs (ceil(3 / 3)), the last the task's.
+    assert [st.epochs for st in res.stages] == [1, 3] == search.SearchSettings(
+        method="coarse-to-fine").stage_epochs(3)
+    assert {t.epochs for t in s0} <= {1} and {t.epochs for t in s1} <= {3}
+    first, second = res.stages
+    assert first.space == search.normalize(space)
+    assert sorted(t.number for t in first.trials) == sorted(t.number for t in s0)
+    best = search.sort_trials(s0)[:2]  # top_k=2: the narrowed ranges span these
+    assert second.space == {**search.normalize(space),
+                            **search.narrow(space, s0, top_k=2)}
+    for name in space:
+        old, new = first.space[name], second.space[name]
+        assert old.low <= new.low and new.high <= old.high  # inside stage 1's range
+        assert math.log(new.high / new.low) < math.log(old.high / old.low)  # narrower
+        assert all(new.low <= t.params[name] <= new.high for t in best)  # around its best
+        assert all(new.low <= t.params[name] <= new.high for t in s1)  # sampled inside
+    j = json.loads(json.dumps(search.to_json(res.stages)))
+    assert j[1]["space"]["learning_rate"]["loguniform"][0] == second.space["learning_rate"].low
+
+
+def test_coarse_to_fine_front_end_is_the_engine_in_memory(dataset, tiny, sgd_opt):
+    task = search.SearchTask.from_data(dataset, {"learning_rate": (1e-2, 1.0)}, epochs=2,
+                                       batch_size=32, model=tiny, optimizer=sgd_opt)
+    res = search.coarse_to_fine(task, stages=2, trials=2, top_k=1)
+    assert [len(st.trials) for st in res.stages] == [2, 2] and res.trained == 4
+    assert [st.epochs for st in res.stages] == [1, 2]
+    assert res.study.user_attrs["jaxnn_search"]["method"] == "coarse-to-fine"
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_resumed_coarse_to_fine_study_reaches_its_trials_in_the_same_space(
+        tmp_path, dataset, tiny, sgd_opt):
+    url = f"sqlite:///{tmp_path / 'c2f.db'}"
+    task = search.SearchTask.from_data(dataset, {"learning_rate": (1e-3, 3.0)}, epochs=2,
+                                       batch_size=32, model=tiny, optimizer=sgd_opt)
+    settings = search.SearchSettings(method="coarse-to-fine", trials=4, population=2, top_k=2,
+                                     pruner="none")
+
+    def kill_after_round_3(r):
+        if r.number == 3:  # stage 1 done (rounds 1, 2), half of stage 2 told
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        search.optimize(task, settings, storage=url, study_name="c",
+                        on_round=kill_after_round_3)
+    study = optuna.load_study(study_name="c", storage=url)
+    narrowed = study.user_attrs["jaxnn_stage_1"]
+    assert len(study.trials) == 6
+    res = search.optimize(task, settings, storage=url, study_name="c")
+    assert res.trained == 2  # only what stage 2 missed
+    assert [len(st.trials) for st in res.stages] == [4, 4]
+    assert search.to_json(res.stages[1].space)["learning_rate"] == narrowed["learning_rate"]
+    lo, hi = narrowed["learning_rate"]["loguniform"]
+    assert all(lo <= t.params["learning_rate"] <= hi for t in res.stages[1].trials)
+
+
+@pytest.mark.parametrize("method, kw", [
+    ("tpe", {}), ("random", {}), ("grid", {"grid_points": 2}),
+    ("coarse-to-fine", {"stages": 2}),
+])
+def test_every_method_trains_through_the_one_engine(dataset, tiny, sgd_opt, monkeypatch,
+                                                     method, kw):
+    calls = []
+    real = population.train_population
+
+    def counted(**k):
+        calls.append(len(k["hparams"]["learning_rate"]))
+        return real(**k)
+
+    monkeypatch.setattr(population, "train_population", counted)
+    res = _optimize(dataset, tiny, sgd_opt, method=method, trials=4, population=2, epochs=1,
+                    **kw)
+    stages = 2 if method == "coarse-to-fine" else 1
+    assert len(res.trials) == 4 * stages == res.trained
+    assert calls == [2] * (2 * stages)  # one population per round of 2 (no categorical names)
+    # (cmaes: test_cmaes_study_samples_inside_the_space, through the same _optimize)
+
+
+def test_the_coarse_epochs_rule():
+    assert [search.coarse_epochs(e) for e in (1, 2, 3, 4, 10)] == [1, 1, 1, 2, 4]
+    s = search.SearchSettings(method="coarse-to-fine", stages=3)
+    assert s.stage_epochs(10) == [4, 4, 10]
+    assert s.__class__(method="coarse-to-fine", stages=3, coarse_epochs=2).stage_epochs(10) == [
+        2, 2, 10]
+    assert search.SearchSettings(method="tpe", stages=3).stage_epochs(10) == [10]
+
+
+# --------------------------------------------------------------------------- tasks
+def test_a_config_task_builds_each_group_from_its_config():
+    cfg = RunConfig(hidden="8", epochs=1, batch_size=128)
+    task = search.SearchTask.from_config(cfg, {"learning_rate": (1e-3, 1.0),
+                                               "arch": ["fc:16", "conv:4,pool,fc:16"]})
+    assert task.categorical == ("arch",) and task.fixed == {"l2": cfg.l2}
+    assert (task.epochs, task.batch_size, task.key_seed) == (1, 128, 0)
+    mlp, conv = task.group({"arch": "fc:16"}), task.group({"arch": "conv:4,pool,fc:16"})
+    assert mlp.data.x_train.ndim == 2 and conv.data.x_train.shape[1:] == (8, 8, 1)
+    assert conv.model.input_shape == (8, 8, 1) and conv.config.arch == "conv:4,pool,fc:16"
+    assert task.group({"arch": "fc:16"}) is mlp  # built once
+    # The trial's own config: an arch replaces --hidden, lr is the trial's learning rate.
+    tc = task.trial_config({"arch": "fc:16", "learning_rate": 0.3, "l2": 1e-4})
+    assert (tc.arch, tc.hidden, tc.lr, tc.l2, tc.epochs) == ("fc:16", "128,64", 0.3, 1e-4, 1)
+
+
+def test_a_config_task_asks_momentum_only_where_the_optimizer_takes_it():
+    cfg = RunConfig(epochs=1)
+    task = search.SearchTask.from_config(cfg, {"learning_rate": 0.1, "momentum": (0.5, 0.9),
+                                               "optimizer": ["momentum", "adam"],
+                                               "init_scale": (0.5, 2.0)})
+    assert task.categorical == ("optimizer",)
+    tc = task.trial_config({"optimizer": "adam", "learning_rate": 0.1, "momentum": 0.7,
+                            "init_scale": 1.5, "seed": 2.0})
+    assert (tc.optimizer, tc.momentum, tc.init_scale, tc.seed) == ("adam", None, 1.5, 2)
+    tc = task.trial_config({"optimizer": "momentum", "learning_rate": 0.1, "momentum": 0.7})
+    assert tc.momentum == 0.7
+    assert task.config_for({}).init_scale == 1.0  # a searched scale is each member's
+    with pytest.raises(ValueError, match="epochs"):
+        search.SearchTask.from_config(cfg, {"learning_rate": 0.1, "epochs": [1, 2]})
+    with pytest.raises(ValueError, match="activation"):
+        search.SearchTask.from_config(cfg, {"activation": ["relu", "swoosh"]}).group(
+            {"activation": "swoosh"})
 
 
 @pytest.mark.parametrize("kw, match", [
