@@ -38,8 +38,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import inspect
 import math
@@ -50,6 +48,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxnn import _conv
 from jaxnn import activations as _act
 from jaxnn import initializers as _init
 
@@ -68,7 +67,6 @@ __all__ = [
     "Maxout",
     "Residual",
     "Traced",
-    "native_conv_gradients",
     # builders, defined in jaxnn.models (resolved on first use by __getattr__ below)
     "Model",  # noqa: F822
     "serial",  # noqa: F822
@@ -249,82 +247,8 @@ def Dense(
 
 
 # --------------------------------------------------------------------------- Conv2D
-_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
-
-
-def _conv_nhwc(x, w, strides, pads):
-    """``lax.conv_general_dilated`` of NHWC ``x`` and HWIO ``w`` with explicit ``pads``."""
-    return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_DIMENSION_NUMBERS)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv2d(x, w, strides, pads):
-    r"""2-D convolution whose gradients are NHWC/HWIO convolutions too.
-
-    jax's own transpose rules compute the gradients with other dimension orders (the kernel
-    gradient treats channels as the batch), which XLA:CPU runs through a slow generic loop when
-    the step sits inside a ``lax.scan`` (an epoch in one scan: tens of times slower). Here both
-    gradients are written as NHWC/HWIO convolutions of explicitly transposed operands:
-
-    .. math:: \partial W_{u,v,c,o} = \sum_{n,i,j} \tilde x_{n, s_h i + u, s_w j + v, c}\,
-        \delta_{n,i,j,o}, \qquad
-        \partial \tilde x = \operatorname{corr}(\operatorname{dilate}_s(\delta),
-        \operatorname{flip}(W)^{\top_{io}})
-
-    (:math:`\tilde x` the padded input, :math:`\delta` the output gradient); the padding
-    rows are then cropped off :math:`\partial \tilde x`.
-    """
-    return _conv_nhwc(x, w, strides, pads)
-
-
-def _conv2d_fwd(x, w, strides, pads):
-    return _conv_nhwc(x, w, strides, pads), (x, w)
-
-
-def _conv2d_bwd(strides, pads, res, dy):
-    x, w = res
-    kh, kw = w.shape[:2]
-    (t, b), (l, r) = pads
-    h, wd = x.shape[1], x.shape[2]
-    xp = jnp.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
-    # Kernel gradient: batch and channels swap roles (C as the batch, N as the features).
-    dw = lax.conv_general_dilated(
-        jnp.transpose(xp, (3, 1, 2, 0)), jnp.transpose(dy, (1, 2, 0, 3)), (1, 1), "VALID",
-        rhs_dilation=strides, dimension_numbers=_DIMENSION_NUMBERS)
-    dw = jnp.transpose(dw[:, :kh, :kw, :], (1, 2, 0, 3))
-    # Input gradient: the output gradient, dilated by the strides, correlated with the flipped
-    # kernel (input and output channels swapped), then the padding cropped off.
-    dxp = lax.conv_general_dilated(
-        dy, jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2)), (1, 1),
-        ((kh - 1, kh - 1), (kw - 1, kw - 1)), lhs_dilation=strides,
-        dimension_numbers=_DIMENSION_NUMBERS)
-    hp, wp = h + t + b, wd + l + r
-    dxp = jnp.pad(dxp, ((0, 0), (0, hp - dxp.shape[1]), (0, wp - dxp.shape[2]), (0, 0)))
-    return dxp[:, t:t + h, l:l + wd, :].astype(x.dtype), dw.astype(w.dtype)
-
-
-_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
-
-_NATIVE_CONV_GRADIENTS = contextvars.ContextVar("jaxnn_native_conv_gradients", default=False)
-
-
-@contextlib.contextmanager
-def native_conv_gradients(enabled: bool = True):
-    """While tracing inside this context, :func:`Conv2D` differentiates with jax's own
-    transpose rules instead of its NHWC/HWIO backward pass.
-
-    jax's rules are the faster choice for a step jitted on its own (on XLA:CPU about 1.8x on the
-    kernel gradient); inside ``lax.scan`` XLA:CPU runs them through a slow loop, which is why the
-    NHWC/HWIO form is the default. :func:`jaxnn.train.make_train_step` traces its step in this
-    context; :func:`jaxnn.train.make_epoch` does not. The setting is read when a function is
-    traced, so it belongs around the tracing (e.g. inside the function given to ``jax.jit``).
-    Both give the same gradients up to float rounding.
-    """
-    token = _NATIVE_CONV_GRADIENTS.set(bool(enabled))
-    try:
-        yield
-    finally:
-        _NATIVE_CONV_GRADIENTS.reset(token)
+# The convolution itself (im2col + one matmul on CPU, lax.conv_general_dilated elsewhere) lives in
+# jaxnn._conv; both are plain jax ops, so every transformation goes through with jax's own rules.
 
 
 def Conv2D(
@@ -337,36 +261,51 @@ def Conv2D(
     bias_init: Any = 0.0,
     use_bias: bool = True,
     dtype: Any = jnp.float32,
+    algorithm: str = "auto",
 ) -> Layer:
     r"""2-D convolution of NHWC images with an HWIO kernel (the flax/lax convention).
 
     .. math:: y_{n,i,j,o} = b_o + \sum_{u,v,c} x_{n,\,s_h i + u - p_h,\,s_w j + v - p_w,\,c}
         \, W_{u,v,c,o}
 
-    (cross-correlation, as every deep-learning library computes it), by
-    :func:`jax.lax.conv_general_dilated`. ``padding`` is ``"SAME"`` (output
-    :math:`\lceil H/s \rceil`), ``"VALID"`` (:math:`\lfloor (H-k)/s \rfloor + 1`) or explicit
-    ``((top, bottom), (left, right))``. The kernel ``[kh, kw, c_in, features]`` is drawn by
-    ``init`` with jax's fans for conv kernels: ``fan_in = kh * kw * c_in``,
-    ``fan_out = kh * kw * features`` (He: :math:`\operatorname{Var}(W) = 2 / (k_h k_w c_{in})`).
+    (cross-correlation, as every deep-learning library computes it). ``padding`` is ``"SAME"``
+    (output :math:`\lceil H/s \rceil`, as :func:`jax.lax.conv_general_dilated`), ``"VALID"``
+    (:math:`\lfloor (H-k)/s \rfloor + 1`) or explicit ``((top, bottom), (left, right))``. The
+    kernel ``[kh, kw, c_in, features]`` is drawn by ``init`` with jax's fans for conv kernels:
+    ``fan_in = kh * kw * c_in``, ``fan_out = kh * kw * features`` (He:
+    :math:`\operatorname{Var}(W) = 2 / (k_h k_w c_{in})`). The output keeps ``x``'s dtype.
 
-    The gradients are NHWC/HWIO convolutions as well (a custom VJP): XLA:CPU runs the ones
-    jax derives by default through a slow loop inside ``lax.scan``, i.e. inside
-    :func:`jaxnn.train.make_epoch`. Reverse mode only: ``jax.jvp`` / ``jax.jacfwd`` through the
-    layer are not supported.
+    How it is computed (``algorithm``; the numbers agree up to float rounding):
+
+    * ``"auto"`` (default): ``"im2col"`` when the computation is compiled for a CPU, ``"lax"``
+      on other platforms. The platform is the one XLA compiles for (where the arrays live), not
+      the process's default backend: both forms are traced and
+      :func:`jax.lax.platform_dependent` keeps one when lowering.
+    * ``"im2col"``: pad, concatenate the ``kh * kw`` shifted (strided) views of the input on the
+      channel axis and multiply by the kernel reshaped to ``[kh * kw * c_in, features]``, in one
+      matmul. On XLA:CPU it keeps the training step as fast inside :func:`jax.lax.scan` (an
+      epoch in one scan, :func:`jaxnn.train.make_epoch`) as outside, where the gradients of
+      ``lax.conv_general_dilated`` run tens of times slower. Memory: the patches are ``kh * kw``
+      times the layer's input activations (9x for a 3x3 kernel), and they are kept for the
+      backward pass.
+    * ``"lax"``: :func:`jax.lax.conv_general_dilated`.
+
+    Both are ordinary jax operations differentiated by jax's own rules, so ``jax.grad``,
+    ``jax.jvp``, ``jax.jacfwd``, ``jax.hessian`` and ``jax.vmap`` work through the layer.
     """
     if int(features) < 1:
         raise ValueError(f"Conv2D: `features` must be >= 1, got {features}")
+    if algorithm not in _conv.ALGORITHMS:
+        raise ValueError(f"Conv2D: `algorithm` must be one of {_conv.ALGORITHMS}, got "
+                         f"{algorithm!r}")
     kh, kw = _pair(kernel_size, "kernel_size")
     window_strides = _pair(strides, "strides")
     pad = _padding(padding)
     w_init, b_init = _initializer(init, "init"), _initializer(bias_init, "bias_init")
 
     def conv(x, w):
-        pads = pad if not isinstance(pad, str) else tuple(lax.padtype_to_pads(
-            x.shape[1:3], (kh, kw), window_strides, pad))
-        conv = _conv_nhwc if _NATIVE_CONV_GRADIENTS.get() else _conv2d
-        return conv(x, w.astype(x.dtype), window_strides, tuple(map(tuple, pads)))
+        pads = _conv.resolve_pads(pad, x.shape[1:3], (kh, kw), window_strides)
+        return _conv.conv2d(x, w.astype(x.dtype), window_strides, pads, algorithm)
 
     def init_fn(key, input_shape):
         shape = _shape(input_shape, "Conv2D", rank=3)

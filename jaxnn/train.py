@@ -36,7 +36,6 @@ import optax
 
 from jaxnn import data as _data
 from jaxnn import distributed as _dist
-from jaxnn import layers as _layers
 from jaxnn import losses as _losses
 from jaxnn import optim as _optim
 from jaxnn import regularizers as _reg
@@ -196,10 +195,7 @@ def make_train_step(
     raw = train_step_fn(apply, loss, optimizer)
 
     def step(state, batch):
-        # One step jitted alone: jax's own convolution gradients are the fast ones here (inside
-        # an epoch's lax.scan they are not; see jaxnn.layers.native_conv_gradients).
-        with _layers.native_conv_gradients():
-            return raw(state, _dist.constrain_batch(batch, mesh), l2)
+        return raw(state, _dist.constrain_batch(batch, mesh), l2)
 
     return _jit(step, mesh, donate)
 

@@ -1,0 +1,100 @@
+r"""The 2-D convolution behind :func:`jaxnn.layers.Conv2D`: NHWC inputs, HWIO kernels.
+
+Two ways to compute the same cross-correlation
+
+.. math:: y_{n,i,j,o} = \sum_{u,v,c} \tilde x_{n,\,s_h i + u,\,s_w j + v,\,c} \, W_{u,v,c,o}
+
+(:math:`\tilde x` the padded input), both built from ordinary jax primitives, so ``jax.grad``,
+``jax.jvp``, ``jax.jacfwd``, ``jax.hessian`` and ``jax.vmap`` go through either with jax's own
+rules (no custom VJP):
+
+``"lax"``
+    :func:`jax.lax.conv_general_dilated`. The choice on accelerators.
+``"im2col"``
+    pad, take the :math:`k_h k_w` strided shifted views of the padded input, concatenate them on
+    the channel axis (patches ``[n, oh, ow, kh*kw*c_in]``, ordered ``(u, v, c)``) and multiply by
+    the kernel reshaped to ``[kh*kw*c_in, c_out]`` in one matmul. On XLA:CPU this (and the
+    slices, pads and matmuls its derivatives are made of) is about 1.8x faster than
+    ``conv_general_dilated`` forward + backward in a jitted step, and stays as fast inside
+    ``lax.scan``, where XLA:CPU runs the convolution's transposes tens of times slower. The price
+    is memory: the patches hold ``kh * kw`` copies of the (padded, strided) activations, kept for
+    the backward pass.
+
+``"auto"`` (the default) picks ``"im2col"`` when the computation runs on a CPU and ``"lax"``
+elsewhere. The choice is made with :func:`jax.lax.platform_dependent`: both forms are traced and
+the platform the computation is *compiled for* keeps one of them (in lowering; XLA never sees the
+other). So it follows where the arrays actually live (a function jitted for a GPU device on a
+machine whose default backend is the CPU gets ``lax``), and the conditional is transparent to
+every transformation (jvp, vmap and transposition of ``lax.switch`` with an unbatched index).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax.numpy as jnp
+from jax import lax
+
+ALGORITHMS = ("auto", "im2col", "lax")
+DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+
+def resolve_pads(padding: Any, hw: Sequence[int], kernel: Sequence[int],
+                 strides: Sequence[int]) -> Pads:
+    """``"SAME"`` / ``"VALID"`` / explicit ``((top, bottom), (left, right))`` as explicit pads
+    (``lax``'s convention: SAME puts the smaller half first)."""
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(tuple(hw), tuple(kernel), tuple(strides), padding)
+    (t, b), (l, r) = padding
+    return (int(t), int(b)), (int(l), int(r))
+
+
+def conv_lax(x, w, strides: Sequence[int], pads: Pads):
+    """``lax.conv_general_dilated`` of NHWC ``x`` and HWIO ``w`` with explicit ``pads``."""
+    return lax.conv_general_dilated(x, w, tuple(strides), pads,
+                                    dimension_numbers=DIMENSION_NUMBERS)
+
+
+def conv_im2col(x, w, strides: Sequence[int], pads: Pads):
+    """The same convolution as explicit im2col + one matmul (see the module docstring).
+
+    Handles any kernel size, strides, and explicit pads (negative ones crop, as in ``lax``);
+    the output has ``x``'s dtype (``w`` is expected in it already).
+    """
+    n, h, wd, c_in = x.shape
+    kh, kw, _, c_out = w.shape
+    sh, sw = strides
+    (t, b), (l, r) = pads
+    oh = (h + t + b - kh) // sh + 1
+    ow = (wd + l + r - kw) // sw + 1
+    if oh < 1 or ow < 1:  # kernel larger than the padded input: an empty output, as lax gives
+        return jnp.zeros((n, max(oh, 0), max(ow, 0), c_out), x.dtype)
+    if (t, b, l, r) != (0, 0, 0, 0):
+        x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (t, b, 0), (l, r, 0), (0, 0, 0)))
+    if kh == kw == 1 and sh == sw == 1 and x.shape[1:3] == (oh, ow):
+        patches = x  # a 1x1 convolution is a matmul already
+    else:
+        views = [lax.slice(x, (0, u, v, 0), (n, u + (oh - 1) * sh + 1, v + (ow - 1) * sw + 1,
+                                              c_in), (1, sh, sw, 1))
+                 for u in range(kh) for v in range(kw)]
+        patches = views[0] if len(views) == 1 else lax.concatenate(views, 3)
+    # [n, oh, ow, kh*kw*c_in] x [kh*kw*c_in, c_out]; the (u, v, c) order of the patches' last
+    # axis is the row-major order of the HWIO kernel's first three axes.
+    return lax.dot_general(patches, w.reshape(kh * kw * c_in, c_out), (((3,), (0,)), ((), ())))
+
+
+def conv2d(x, w, strides: Sequence[int], pads: Pads, algorithm: str = "auto"):
+    """NHWC ``x`` (x) HWIO ``w`` by ``algorithm`` (``"auto"``: im2col on CPU, lax elsewhere)."""
+    strides, pads = tuple(strides), tuple(map(tuple, pads))
+    if algorithm == "im2col":
+        return conv_im2col(x, w, strides, pads)
+    if algorithm == "lax":
+        return conv_lax(x, w, strides, pads)
+    if algorithm != "auto":
+        raise ValueError(f"`algorithm` must be one of {ALGORITHMS}, got {algorithm!r}")
+    return lax.platform_dependent(
+        x, w, cpu=lambda x, w: conv_im2col(x, w, strides, pads),
+        default=lambda x, w: conv_lax(x, w, strides, pads))
