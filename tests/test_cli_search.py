@@ -249,6 +249,7 @@ def test_a_killed_search_loses_at_most_its_round_in_flight(tmp_path):
     assert len(running) <= 2  # the round killed in flight, not counted
 
 
+@pytest.mark.slow  # the fast suite trains a convnet group in the arch search below
 def test_a_convnet_search_trains_images_and_retrains_by_command(tmp_path, capsys):
     """A search over a convnet (--arch with convolutions keeps digits as 8x8x1 images)."""
     out = tmp_path / "conv"
@@ -262,3 +263,25 @@ def test_a_convnet_search_trains_images_and_retrains_by_command(tmp_path, capsys
         argv = shlex.split(t["command"])
         assert argv[argv.index("--arch") + 1] == "conv:4,pool,fc:8"
         assert 0.0 <= t["val_acc"] <= 1.0
+
+
+def test_a_search_over_mlp_and_convnet_archs_trains_each_on_its_own_data(tmp_path, capsys):
+    """The issue's command: each arch group is built from the config, so the convnet gets
+    8x8x1 images and the MLP flat vectors (it failed with `x must have shape [batch, 8, 8, 1]`)."""
+    out = tmp_path / "archs"
+    rc, stdout, err = _run(["search", "--space", "arch=fc:16|conv:4,pool,fc:16", "--trials",
+                            "4", "--population", "2", "--epochs", "1", "--hidden", "8",
+                            "--batch-size", "128", "--method", "grid", "--lr-range",
+                            "0.05,0.2", "--l2-range", "none", "--pruner", "none", "--out",
+                            str(out)], capsys)
+    assert rc == 0, err
+    trials = _results(out)["trials"]
+    by_arch = {}
+    for t in trials:
+        by_arch.setdefault(t["params"]["arch"], []).append(t)
+        argv = shlex.split(t["command"])
+        assert argv[argv.index("--arch") + 1] == t["params"]["arch"]
+        assert argv[argv.index("--hidden") + 1] == "128,64"  # the arch replaces --hidden 8
+    assert sorted(by_arch) == ["conv:4,pool,fc:16", "fc:16"]
+    assert all(len(ts) == 2 for ts in by_arch.values())
+    assert all(t["status"] == "ok" and 0 <= t["val_acc"] <= 1 for t in trials)
