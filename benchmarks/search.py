@@ -6,9 +6,11 @@ space (learning rate log-uniform in [1e-3, 1], L2 log-uniform in [1e-6, 1e-1]) f
 
 * ``optuna_loop``: ``optuna.create_study(sampler=TPESampler(seed=0)).optimize(objective)``, the
   objective calling ``jaxnn.train.fit`` once per trial — how a user pairs the two today;
-* ``jaxnn_tpe_p16`` / ``jaxnn_tpe_p64``: ``jaxnn.search.optimize(method="tpe")``, each round asking
-  P = 16 / 64 trials and training them as one population;
-* ``jaxnn_random_p256``: ``jaxnn.search.optimize(method="random")``, 256 trials as one population.
+* ``jaxnn_tpe_p16`` / ``jaxnn_tpe_p64``: ``jaxnn.search.optimize(task,
+  SearchSettings(method="tpe"))``, each round asking P = 16 / 64 trials and training them as one
+  population;
+* ``jaxnn_random_p256``: ``optimize(task, SearchSettings(method="random"))``, 256 trials as one
+  population.
 
 The process splits the CPU into one JAX device per core first (``jax_num_cpu_devices``, as the
 ``jaxnn`` console script does for ``search``), so jaxnn's populations train on every core;
@@ -136,10 +138,11 @@ def jaxnn_search(s: Settings, ds, model, method: str, population: int, trials: i
         url = f"sqlite:///{path}"
     ends: list[float] = []
     t0 = time.perf_counter()
-    res = search.optimize(SPACE, data=ds, epochs=s.epochs, trials=trials, method=method,
-                          population=population, storage=url, study_name="bench",
-                          pruner="none", batch_size=s.batch, model=model,
-                          optimizer=optim.momentum(0.1),
+    task = search.SearchTask.from_data(ds, SPACE, epochs=s.epochs, batch_size=s.batch,
+                                       model=model, optimizer=optim.momentum(0.1))
+    settings = search.SearchSettings(method=method, trials=trials, population=population,
+                                     pruner="none")
+    res = search.optimize(task, settings, storage=url, study_name="bench",
                           on_round=lambda r: ends.append(time.perf_counter() - t0))
     sec = time.perf_counter() - t0
     # One process, a fresh study: round k holds the trials numbered [k P, (k + 1) P).
