@@ -36,9 +36,9 @@ def add_parser(sub) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a `jaxnn train` run directory")
     p.add_argument("--input", required=True, metavar="X.npz",
                    help="a .npz with array x: [n, ...] in the dataset's example shape "
-                        "(required)")
+                        "(required, no default)")
     p.add_argument("--output", required=True, metavar="P.npz",
-                   help="the .npz to write, with probs and labels (required)")
+                   help="the .npz to write, with probs and labels (required, no default)")
     p.add_argument("--batch-size", type=int, default=1024, help="examples per batch")
     _add_common(p)
     p.set_defaults(func=run_predict)
