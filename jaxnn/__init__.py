@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 
 #: Public submodules, in the order data flows through them (numerics first, the CLI last).
 SUBMODULES = (
+    "registry",
     "activations",
     "losses",
     "regularizers",

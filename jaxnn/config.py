@@ -269,7 +269,9 @@ def _check_values(cfg: RunConfig) -> None:
             raise ConfigError("augment", f"{cfg.augment}: crop and flip need images; an arch "
                               "with conv or pool layers keeps the image shape")
     _preprocessor(cfg.preprocess, preprocessing)
-    for key, takers in (("momentum", ("momentum", "nesterov")), ("weight_decay", ("adamw",))):
+    for key in ("momentum", "weight_decay"):  # options only some optimizers take
+        takers = [n for n in optim.names() if key in optim.entry(n).options
+                  and not optim.entry(n).alias_of]
         if getattr(cfg, key) is not None and cfg.optimizer not in takers:
             raise ConfigError(key, f"only for optimizer {' or '.join(takers)}, got "
                               f"{cfg.optimizer}")
@@ -277,18 +279,15 @@ def _check_values(cfg: RunConfig) -> None:
 
 def _check_initializer(name: str, initializers) -> None:
     _known("init", name, list(initializers.names()))
-    try:
-        initializers.get(name)
-    except (ValueError, TypeError):
-        usable = []
-        for n in initializers.names():
-            try:
-                initializers.get(n)
-                usable.append(n)
-            except (ValueError, TypeError):
-                pass
+
+    def needs_options(n):  # a factory that cannot be called without arguments
+        e = initializers.entry(n)
+        return e.factory and bool(e.required)
+
+    if needs_options(name):
+        usable = [n for n in initializers.names() if not needs_options(n)]
         raise ConfigError("init", f"{name!r} needs arguments a config does not give; choose "
-                          f"one of {', '.join(usable)}") from None
+                          f"one of {', '.join(usable)}")
 
 
 def _preprocessor(spec: str, preprocessing):
@@ -442,40 +441,16 @@ def build_optimizer(cfg: RunConfig, *, steps_per_epoch: int):
 
 
 def build_loss(cfg: RunConfig):
-    """``cfg.loss`` as a loss of ``(scores [batch, C], integer labels [batch])``: the name
-    itself when the loss takes class labels, else that loss of one-hot labels (losses of
-    targets shaped like the scores: ``l2_loss``, ``mse``, ``sigmoid_binary_cross_entropy``)."""
+    """``cfg.loss`` as a loss of ``(scores [batch, C], integer labels [batch])``
+    (:func:`jaxnn.losses.for_labels`: the loss itself when it takes class labels, else that loss
+    of one-hot labels, for losses of targets shaped like the scores: ``l2_loss``, ``mse``,
+    ``sigmoid_binary_cross_entropy``)."""
     from jaxnn import losses
 
-    for_labels = getattr(losses, "for_labels", None)
-    if for_labels is not None:
-        try:
-            return for_labels(cfg.loss)
-        except ValueError as e:
-            raise ConfigError("loss", str(e)) from None
-    return _label_loss(cfg.loss)
-
-
-def _label_loss(name: str):
-    import jax
-    import jax.numpy as jnp
-
-    from jaxnn import losses
-
-    fn = losses.get(name)
-    scores, labels = jnp.zeros((2, 3), jnp.float32), jnp.asarray([0, 2], jnp.int32)
-
-    def on_one_hot(scores, labels):
-        return fn(scores, jax.nn.one_hot(labels, scores.shape[-1], dtype=scores.dtype))
-
-    for candidate in (fn, on_one_hot):
-        try:
-            if jnp.shape(candidate(scores, labels)) == (2,):
-                return name if candidate is fn else on_one_hot
-        except (ValueError, TypeError):
-            pass
-    raise ConfigError("loss", f"{name}: takes neither class labels nor one-hot targets, so it "
-                      "cannot train a classifier")
+    try:
+        return losses.for_labels(cfg.loss)
+    except ValueError as e:
+        raise ConfigError("loss", str(e)) from None
 
 
 def build(cfg: RunConfig, *, progress=None) -> Experiment:

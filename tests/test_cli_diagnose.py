@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import jaxnn
 from jaxnn import activations, losses
 from jaxnn.cli import _gradcheck, main
 
@@ -160,8 +161,10 @@ def test_gradcheck_fails_for_a_loss_it_cannot_check(capsys, monkeypatch):
     def picky(scores, targets):
         raise ValueError("picky: takes nothing")
 
-    monkeypatch.setattr(losses, "_REGISTRY", {"softmax_cross_entropy":
-                                              losses.softmax_cross_entropy, "picky": picky})
+    scratch = jaxnn.registry.Registry("loss", entry_type=losses.LossEntry)
+    scratch.register("softmax_cross_entropy", losses.softmax_cross_entropy, targets="labels")
+    scratch.register("picky", picky)
+    monkeypatch.setattr(losses, "REGISTRY", scratch)
     monkeypatch.setattr(_gradcheck, "_activation_cases", lambda rng: [])
     monkeypatch.setattr(_gradcheck, "_model_cases", lambda rng: [])
     rc, stdout, err = _run(["gradcheck"], capsys)

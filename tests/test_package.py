@@ -9,7 +9,7 @@ import pytest
 
 import jaxnn
 
-LOW = {"activations", "losses", "regularizers", "initializers", "gradcheck", "preprocessing",
+LOW = {"registry", "activations", "losses", "regularizers", "initializers", "gradcheck", "preprocessing",
        "optim", "data", "datasets", "batching", "checkpoint", "plots", "distributed"}
 HIGH = {"layers", "arch", "models", "config", "train", "rundir", "diagnostics", "tensorboard", "population", "search",
         "ensemble", "experiments", "cli"}
