@@ -4,6 +4,7 @@ rounds (:func:`optimize`, every method), coarse-to-fine stages, and reading tria
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 import zlib
@@ -14,7 +15,7 @@ import optuna
 
 from jaxnn.search._round import run_round
 from jaxnn.search._space import LogUniform, Spec, Uniform, grid_values, narrow, spec_from_json
-from jaxnn.search._task import SearchSettings, SearchTask, grid_size
+from jaxnn.search._task import SearchSettings, SearchTask
 from jaxnn.search._trials import Round, Stage, StudyResult, Trial, num, sort_trials, to_json
 from jaxnn.search._trials import usable as _usable
 from jaxnn.train import Status
@@ -72,7 +73,7 @@ def optimize(
     grid = None
     if settings.method == "grid":
         grid = grid_values(free, settings.grid_points) if free else {}
-        total = min(settings.trials, grid_size(grid))
+        total = min(settings.trials, math.prod(len(v) for v in grid.values()))
     narrowed: dict = {}
     study = _study(task, settings, storage, study_name, pruner, grid, narrowed)
     _check_metadata(study, {**dict(task.metadata or {}), "method": settings.method,

@@ -12,7 +12,6 @@ gets image data, an MLP group flat data); a task made from data and a model uses
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -179,9 +178,12 @@ class SearchTask:
     def trial_names(self, group: Group) -> tuple[str, ...]:
         """The per-member names ``group``'s members carry: :attr:`member_names` without the
         optimizer hyperparameters its optimizer does not have (momentum for adam)."""
-        have = _optim.hyperparam_names(group.optimizer)
-        return tuple(n for n in self.member_names
-                     if n not in _population.OPTIMIZER_HPARAMS or n in have)
+        key = ("trial_names", id(group.optimizer))
+        if key not in self._cache:
+            have = _optim.hyperparam_names(group.optimizer)
+            self._cache[key] = tuple(n for n in self.member_names
+                                     if n not in _population.OPTIMIZER_HPARAMS or n in have)
+        return self._cache[key]
 
     def config_for(self, values: Mapping[str, Any]):
         """The :class:`jaxnn.config.RunConfig` of the categorical ``values`` (a task made
@@ -241,6 +243,8 @@ class SearchTask:
         if not isinstance(space, Mapping):
             raise ValueError(f"space must be a non-empty mapping of names to ranges, got "
                              f"{space!r}")
+        if config.augment is not None:
+            raise ValueError("augment: a search trains populations, which do not augment yet")
         members = tuple(n for n in _population.HPARAM_NAMES if n != "dropout")
         for name in space:
             if name not in members and (name not in RunConfig.fields()
@@ -340,7 +344,3 @@ class _FromData:
             optimizer = _optim.momentum(0.1)
         return Group(made.get("data", self.data), made.get("model", self.model), optimizer,
                      made.get("loss", self.loss))
-
-
-def grid_size(values: Mapping[str, list]) -> int:
-    return math.prod(len(v) for v in values.values())
