@@ -170,6 +170,7 @@ def test_ensemble_of_nan_models_exits_1(tmp_path, capsys):
     (["search", "--space", "epochs=1|2"], "cannot search 'epochs'"),
     (["search", "--space", "activation"], "NAME=A|B"),
     (["search", "--space", "activation=relu|swoosh"], "--activation"),
+    (["search", "--space", "arch=fc:8|conv:4,pool,pool,pool,pool"], "--arch"),  # no fit
     (["search", "--space", "l2=0|x", "--l2-range", "none"], "expected numbers"),
     (["search", "--storage", "nosuchdb://x"], "--storage"),
     (["search", "--hidden", "8,x"], "--hidden"),
