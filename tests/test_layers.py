@@ -104,8 +104,8 @@ def test_conv2d_matches_a_numpy_loop(key, kernel, strides, padding, pads):
     ((2, 3), (2, 1), "SAME", (5, 6)), (5, 3, "VALID", (12, 11)), (3, 1, ((2, 0), (0, 1)), (5, 5)),
 ])
 def test_conv2d_gradients_equal_those_of_lax_conv(kernel, strides, padding, hw):
-    """The layer's own backward (NHWC/HWIO convolutions, see jaxnn.layers._conv2d) against jax's
-    transpose rules of lax.conv_general_dilated, in float64."""
+    """The layer's gradients (on CPU: jax's derivatives of the im2col form, see jaxnn._conv)
+    against jax's transpose rules of lax.conv_general_dilated, in float64."""
     with jax.enable_x64(True):
         layer = layers.Conv2D(3, kernel, strides=strides, padding=padding, use_bias=False,
                               dtype=jnp.float64)
@@ -348,31 +348,6 @@ def test_maxout_tie_gradient_goes_to_the_lowest_piece(key):
     g = jax.grad(lambda p: jnp.sum(layer.apply(p, {}, x)[0]))(params)
     np.testing.assert_array_equal(g["b"], [0.0, 1.0, 0.0])
     np.testing.assert_array_equal(g["w"], [[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
-
-
-def test_native_conv_gradients_equal_the_nhwc_backward_pass():
-    """Inside ``native_conv_gradients`` Conv2D differentiates with jax's own rules; both give the
-    same gradients (float64: the two orders of summation differ by rounding only)."""
-    with jax.enable_x64(True):
-        conv = layers.Conv2D(3, 3, strides=2, dtype=jnp.float64)
-        _, params, state = conv.init(jax.random.key(0), (7, 6, 2))
-        x = jax.random.normal(jax.random.key(1), (2, 7, 6, 2), jnp.float64)
-
-        def loss(p, x):
-            return jnp.sum(jnp.sin(conv.apply(p, state, x)[0]))
-
-        def native(p, x):
-            with layers.native_conv_gradients():
-                return loss(p, x)
-
-        ref = jax.grad(loss, argnums=(0, 1))(params, x)
-        got = jax.jit(jax.grad(native, argnums=(0, 1)))(params, x)
-        for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got), strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-        assert not layers._NATIVE_CONV_GRADIENTS.get()  # the context is left as it was
-        # ... and the switch is real: only the default goes through the custom backward pass.
-        assert "custom_vjp" in str(jax.make_jaxpr(loss)(params, x))
-        assert "custom_vjp" not in str(jax.make_jaxpr(native)(params, x))
 
 
 # =========================================================================== nesting: serial as
@@ -637,3 +612,245 @@ def test_layers_exports_the_combinators():
     for name in ("serial", "Residual", "Traced", "Layer"):
         assert name in layers.__all__
     assert layers.serial is models.serial
+
+
+# =========================================================================== Conv2D algorithms
+# and jax transformations through every layer. im2col == lax.conv == a numpy loop; jax.jvp,
+# jax.jacfwd, jax.jacrev, jax.hessian and jax.vmap of every layer kind and of a small convnet
+# against each other and a python loop; the convolution's gradient inside lax.scan.
+from jax import lax  # noqa: E402
+from jax.flatten_util import ravel_pytree  # noqa: E402
+
+from jaxnn import _conv  # noqa: E402
+
+F64_EPS = float(np.finfo(np.float64).eps)
+
+
+def _pair2(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _np_conv_any_pads(x, w, strides, pads):
+    """Cross-correlation by loops in float64; a negative pad crops (as lax's)."""
+    x = np.asarray(x, np.float64)
+    (t, b), (l, r) = pads
+    x = np.pad(x, ((0, 0), (max(t, 0), max(b, 0)), (max(l, 0), max(r, 0)), (0, 0)))
+    x = x[:, max(-t, 0):x.shape[1] - max(-b, 0), max(-l, 0):x.shape[2] - max(-r, 0)]
+    w = np.asarray(w, np.float64)
+    kh, kw, _, co = w.shape
+    oh = max((x.shape[1] - kh) // strides[0] + 1, 0)
+    ow = max((x.shape[2] - kw) // strides[1] + 1, 0)
+    y = np.zeros((x.shape[0], oh, ow, co))
+    for i in range(oh):
+        for j in range(ow):
+            patch = x[:, i * strides[0]:i * strides[0] + kh, j * strides[1]:j * strides[1] + kw]
+            y[:, i, j] = np.einsum("nuvc,uvco->no", patch, w)
+    return y
+
+
+_conv_im2col = jax.jit(_conv.conv_im2col, static_argnums=(2, 3))
+_conv_lax = jax.jit(_conv.conv_lax, static_argnums=(2, 3))
+
+
+@pytest.mark.parametrize("kernel,strides,padding,hwc", [
+    (1, 1, "SAME", (5, 3, 2)),
+    (1, 2, "VALID", (6, 5, 3)),
+    (3, 1, "SAME", (6, 4, 3)),
+    (3, 2, "SAME", (7, 6, 2)),
+    (3, 2, "VALID", (8, 5, 3)),
+    ((3, 5), (1, 2), "SAME", (6, 9, 2)),
+    (5, 1, "VALID", (9, 7, 2)),
+    (5, 2, ((2, 1), (0, 3)), (7, 6, 3)),
+    (3, 1, ((-1, 2), (1, 0)), (6, 5, 2)),  # a negative pad crops, as in lax
+    (5, 1, "VALID", (3, 6, 2)),  # kernel taller than the input: an empty output, as lax gives
+])
+def test_im2col_equals_lax_conv_and_a_numpy_loop(kernel, strides, padding, hwc):
+    kh, kw = _pair2(kernel)
+    s = _pair2(strides)
+    x, w = _x((2, *hwc), seed=5), _x((kh, kw, hwc[2], 4), seed=6)
+    pads = _conv.resolve_pads(padding, hwc[:2], (kh, kw), s)
+    got = _conv_im2col(jnp.asarray(x), jnp.asarray(w), s, pads)
+    ref = _conv_lax(jnp.asarray(x), jnp.asarray(w), s, pads)
+    exact = _np_conv_any_pads(x, w, s, pads)
+    assert got.shape == ref.shape == exact.shape and got.dtype == jnp.float32
+    # Each output is a float32 sum of n = kh*kw*c_in rounded products: whatever the order of
+    # summation it is within (n + 1) * eps * sum|terms| of the exact value (Higham's gamma_n
+    # bound, eps = 2u), so two orders are within twice that of each other.
+    n = kh * kw * hwc[2]
+    bound = (n + 1) * F32_EPS * _np_conv_any_pads(np.abs(x), np.abs(w), s, pads)
+    for y in (got, ref):
+        assert np.all(np.abs(np.asarray(y, np.float64) - exact) <= bound)
+    assert np.all(np.abs(np.asarray(got, np.float64) - np.asarray(ref, np.float64)) <= 2 * bound)
+
+
+def test_conv2d_algorithms_agree_keep_dtype_and_auto_is_im2col_on_cpu(key):
+    x = _x((2, 6, 5, 3), seed=2)
+    outs = {}
+    for algorithm in ("auto", "im2col", "lax"):
+        layer = layers.Conv2D(4, 3, strides=2, bias_init=0.1, algorithm=algorithm)
+        out_shape, params, state = layer.init(key, (6, 5, 3))  # the same init for every path
+        outs[algorithm] = layer.apply(params, state, x)[0]
+        assert outs[algorithm].shape == (2, *out_shape)
+        assert layer.apply(params, state, jnp.asarray(x, jnp.bfloat16))[0].dtype == jnp.bfloat16
+    bound = 2 * (27 + 1) * F32_EPS * _numpy_conv(np.abs(x), np.abs(params["w"]), (2, 2),
+                                                 ((0, 1), (1, 1)))
+    for algorithm in ("auto", "im2col"):
+        assert np.all(np.abs(np.asarray(outs[algorithm]) - np.asarray(outs["lax"])) <= bound)
+    with pytest.raises(ValueError, match="algorithm"):
+        layers.Conv2D(4, algorithm="fft")
+    if jax.default_backend() != "cpu":
+        return
+
+    def compiled(algorithm):
+        layer = layers.Conv2D(4, 3, algorithm=algorithm)
+        _, params, _ = layer.init(key, (6, 5, 3))
+        fn = jax.jit(jax.grad(lambda p: jnp.sum(layer.apply(p, {}, x)[0] ** 2)))
+        return fn.lower(params).compile().as_text()
+
+    # On a CPU "auto" compiles to im2col: no convolution anywhere, forward or backward.
+    assert "convolution(" not in compiled("auto") and "convolution(" not in compiled("im2col")
+    assert "convolution(" in compiled("lax")
+
+
+def _warm_bn_state(layer, params, state, shape):
+    """BatchNorm running averages after one training batch (so evaluation is not identity)."""
+    x = jnp.asarray(_x((6, *shape), seed=9) * 2 + 1, jnp.float64)
+    return layer.apply(params, state, x, train=True)[1]
+
+
+# name: (layer factory, input shape, apply options). Small shapes: each case compiles twice.
+_TRANSFORM_CASES = {
+    "dense": (lambda: layers.Dense(3, bias_init=0.1), (4,), {}),
+    "conv_auto": (lambda: layers.Conv2D(2, 3, strides=2), (5, 4, 2), {}),
+    "conv_im2col_valid": (lambda: layers.Conv2D(2, (3, 2), padding="VALID",
+                                                algorithm="im2col"), (5, 4, 2), {}),
+    "conv_lax": (lambda: layers.Conv2D(2, 3, strides=2, algorithm="lax"), (5, 4, 2), {}),
+    "maxpool": (lambda: layers.MaxPool(2), (4, 4, 2), {}),
+    "avgpool": (lambda: layers.AvgPool(3, 2, padding="SAME"), (5, 4, 2), {}),
+    "flatten": (lambda: layers.Flatten(), (2, 3, 2), {}),
+    "batchnorm_train": (lambda: layers.BatchNorm(), (3,), {"train": True}),
+    "batchnorm_train_images": (lambda: layers.BatchNorm(), (2, 2, 2), {"train": True}),
+    "batchnorm_eval": (lambda: layers.BatchNorm(), (3,), {"warm": True}),
+    "layernorm": (lambda: layers.LayerNorm(), (4,), {}),
+    "dropout_eval": (lambda: layers.Dropout(0.5), (4,), {}),
+    "dropout_train": (lambda: layers.Dropout(0.5), (4,), {"train": True, "key": 3}),
+    "relu": (lambda: layers.Activation("relu"), (4,), {}),
+    "tanh": (lambda: layers.Activation("tanh"), (4,), {}),
+    "prelu": (lambda: layers.Activation("prelu", alpha=0.2), (2, 2, 2), {}),
+    "activation_maxout": (lambda: layers.Activation("maxout", num_pieces=2), (4,), {}),
+    "maxout": (lambda: layers.Maxout(2, num_pieces=3), (3,), {}),
+}
+
+
+def _flat_fn(apply, params, state, x, *, train=False, key=None):
+    """``f(z)`` with ``z`` the flat (params, x): the layer's output and new state, flattened."""
+    z, unravel = ravel_pytree((params, x))
+
+    def f(z):
+        p, xx = unravel(z)
+        y, new_state = apply(p, state, xx, train=train, key=key)
+        return jnp.concatenate([jnp.ravel(y)] + [jnp.ravel(s) for s in jax.tree.leaves(new_state)])
+
+    return f, z
+
+
+def _all_transforms(f):
+    """One jitted function computing every transformation of ``f`` (one compile per case; the
+    platform-dependent Conv2D is then a conditional inside the traced program)."""
+
+    def run(z, v, u, zs):
+        loss = lambda z: jnp.sum(jnp.sin(f(z)))  # noqa: E731 - smooth, with curvature
+        return {
+            "jvp": jax.jvp(f, (z,), (v,))[1] @ u,
+            "vjp": jax.grad(lambda z: f(z) @ u)(z) @ v,
+            "jacfwd": jax.jacfwd(f)(z),
+            "jacrev": jax.jacrev(f)(z),
+            "hessian": jax.hessian(loss)(z),
+            "rev_rev": jax.jacrev(jax.grad(loss))(z),
+            "vmap": jax.vmap(f)(zs),
+        }
+
+    return jax.jit(run)
+
+
+def _agree(got, want, terms):
+    """float64 results of sums of at most ``terms`` products, computed in different orders:
+    they differ by ~ eps64 * terms * their scale (a generous constant for the order)."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    scale = max(1.0, float(np.abs(want).max(initial=0.0)))
+    np.testing.assert_allclose(got, want, rtol=0, atol=64 * terms * F64_EPS * scale)
+
+
+def _check_transforms(f, z, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.asarray(jax.jit(f)(z))
+    v, u = rng.normal(size=z.shape), rng.normal(size=y.shape)
+    zs = z + 0.1 * rng.normal(size=(3, z.size))
+    out = _all_transforms(f)(z, v, u, zs)
+    terms = z.size + y.size
+    assert np.all(np.isfinite(out["hessian"]))
+    # Forward and reverse mode: <u, J v> both ways; the whole Jacobian both ways.
+    _agree(out["jvp"], out["vjp"], terms)
+    assert out["jacfwd"].shape == (y.size, z.size)
+    _agree(out["jacfwd"], out["jacrev"], terms)
+    # Forward-over-reverse Hessian: symmetric, equal to reverse-over-reverse.
+    _agree(out["hessian"], out["hessian"].T, terms)
+    _agree(out["hessian"], out["rev_rev"], terms)
+    # vmap over a leading axis (params and inputs together, a population) = a python loop.
+    loop = np.stack([np.asarray(jax.jit(f)(zi)) for zi in zs])
+    _agree(out["vmap"], loop, terms)
+
+
+@pytest.mark.parametrize("case", list(_TRANSFORM_CASES))
+def test_jvp_jacfwd_hessian_vmap_through_every_layer_kind(case):
+    make, shape, opts = _TRANSFORM_CASES[case]
+    with jax.enable_x64(True):
+        layer = make()
+        _, params, state = layer.init(jax.random.key(1), shape)
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        state = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), state)
+        if opts.get("warm"):
+            state = _warm_bn_state(layer, params, state, shape)
+        x = jnp.asarray(np.random.default_rng(3).normal(size=(3, *shape)))
+        key = jax.random.key(opts["key"]) if "key" in opts else None
+        f, z = _flat_fn(layer.apply, params, state, x, train=opts.get("train", False), key=key)
+        _check_transforms(f, z)
+
+
+def test_jvp_jacfwd_hessian_vmap_through_a_convnet():
+    with jax.enable_x64(True):
+        model = models.convnet((8, 8, 1), 3, "conv:4,pool,fc:8")
+        params, state = model.init(jax.random.key(2))
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 8, 8, 1)))
+        f, z = _flat_fn(model.apply, params, state, x)
+        _check_transforms(f, z, seed=1)
+
+
+def test_conv_gradient_inside_lax_scan_equals_outside():
+    """An epoch is a lax.scan of steps: the conv layer's gradients there are those of a step
+    jitted alone, and those of lax.conv_general_dilated's own rules (float64)."""
+    with jax.enable_x64(True):
+        conv = layers.Conv2D(3, 3, strides=2, dtype=jnp.float64)
+        _, params, state = conv.init(jax.random.key(0), (7, 6, 2))
+        xs = jnp.asarray(np.random.default_rng(6).normal(size=(3, 2, 7, 6, 2)))
+
+        def loss(p, x, apply=conv.apply):
+            return jnp.sum(jnp.sin(apply(p, state, x)[0]))
+
+        grad = jax.grad(loss)
+
+        def scanned(p, xs):
+            return lax.scan(lambda p, x: (p, grad(p, x)), p, xs)[1]
+
+        in_scan = jax.jit(scanned)(params, xs)
+        lax_layer = layers.Conv2D(3, 3, strides=2, dtype=jnp.float64, algorithm="lax")
+        for i in range(xs.shape[0]):
+            alone = jax.jit(grad)(params, xs[i])
+            ref = jax.grad(lambda p, x: loss(p, x, lax_layer.apply))(params, xs[i])
+            for a, b, c in zip([t[i] for t in jax.tree.leaves(in_scan)],
+                               jax.tree.leaves(alone), jax.tree.leaves(ref), strict=True):
+                # float64 sums of at most 27 products (input gradient: 3x3 taps x 3 features;
+                # kernel gradient: 2 images x 4x3 outputs = 24).
+                _agree(a, b, 27)
+                _agree(b, c, 27)
