@@ -134,15 +134,15 @@ class RunConfig:
             raise ConfigError("config", f"expected a JSON object, got {type(d).__name__}",
                               source=source)
         known = set(cls.fields())
-        if strict:
-            unknown = sorted(set(d) - known)
-            if unknown:
-                raise ConfigError(unknown[0], "unknown key", source=source)
         if source is not None:
             missing = [k for k in _REQUIRED_KEYS if k not in d]
             if missing:
                 raise ConfigError(missing[0], "missing (is this a `jaxnn train` run directory?)",
                                   source=source)
+        if strict:
+            unknown = sorted(set(d) - known)
+            if unknown:
+                raise ConfigError(unknown[0], "unknown key", source=source)
         try:
             return cls(**{k: v for k, v in d.items() if k in known})
         except ConfigError as e:
@@ -258,8 +258,8 @@ def _check_values(cfg: RunConfig) -> None:
     _check_initializer(cfg.init, initializers)
     hidden_items(cfg)  # hidden / arch parse
     if cfg.arch is not None and cfg.hidden != "128,64":
-        raise ConfigError("hidden", "and arch both give the hidden layers; use one (hidden "
-                          "128,64 is arch fc:128,fc:64)")
+        raise ConfigError("arch", f"{cfg.arch!r} and hidden {cfg.hidden!r} both give the hidden "
+                          "layers; use one (hidden 128,64 is arch fc:128,fc:64)")
     if cfg.augment is not None:
         try:
             batching.parse_augment(cfg.augment)

@@ -107,7 +107,8 @@ class InitialLossCheck(NamedTuple):
 class OverfitCheck(NamedTuple):
     """What :func:`overfit_check` found: the loss and accuracy (evaluation mode) on the tiny
     training subset after training, whether that is a perfect fit (``ok``), the loss before
-    training, the subset size, the epochs run and why training stopped."""
+    training, the subset size, the epochs run, why training stopped (in words) and how
+    (``status``, a :class:`jaxnn.train.Status`)."""
 
     final_loss: float
     train_acc: float
@@ -116,6 +117,7 @@ class OverfitCheck(NamedTuple):
     num_examples: int
     epochs: int
     stopped_reason: str
+    status: str = "ok"
 
 
 class LayerStats(NamedTuple):
@@ -276,12 +278,11 @@ def dead_fraction_callback(model, x: ArrayLike) -> Callable[[dict, Any], None]:
 
 # --------------------------------------------------------------------------- initial loss
 def _expected_initial_loss(loss, num_classes: int) -> float:
-    fn = _losses.get(loss)
-    if fn is _losses.softmax_cross_entropy:
-        return math.log(num_classes)  # every class equally likely
-    if fn is _losses.multiclass_hinge_loss:
-        return float(num_classes - 1)  # C - 1 terms of max(0, 0 - 0 + 1)
-    # Any other classification loss: its value at all-zero scores.
+    """The loss at all-zero scores (what small weights give): log C for softmax cross-entropy
+    (every class equally likely), C - 1 for the multiclass hinge loss (C - 1 terms of
+    max(0, 0 - 0 + 1)); losses of score-shaped targets are taken of one-hot labels."""
+    fn = _losses.for_labels(loss) if isinstance(loss, str) else loss
+    fn = _losses.get(fn) if isinstance(fn, str) else fn
     zeros = jnp.zeros((1, num_classes), jnp.float32)
     return float(fn(zeros, jnp.zeros((1,), jnp.int32))[0])
 
@@ -384,6 +385,7 @@ def overfit_check(
     return OverfitCheck(
         final_loss=final_loss, train_acc=acc, ok=bool(ok), initial_loss=history.initial_loss,
         num_examples=n, epochs=len(history.records), stopped_reason=history.stopped_reason,
+        status=history.status,
     )
 
 

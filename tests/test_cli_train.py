@@ -121,7 +121,7 @@ def good_config(tmp_path_factory, npz):
 
 
 @pytest.mark.parametrize("config,needle", [
-    ({"foo": 1}, "missing key"), ("drop:lr", "missing key 'lr'"), ("set:lr=abc", "'lr'"),
+    ({"foo": 1}, "key 'dataset': missing"), ("drop:lr", "key 'lr': missing"), ("set:lr=abc", "'lr'"),
     ("set:epochs=4.5", "'epochs'"), ("set:hidden=[8]", "'hidden'"), ("set:foo=1", "unknown key"),
     ("text:{not json", "not valid JSON"), ("set:l2=NaN", "'l2'"),
 ])

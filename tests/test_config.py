@@ -81,7 +81,7 @@ def dataclasses_frozen_error():
     (dict(init="constant"), "init", "needs arguments"),
     (dict(arch="conv:4,foo:2"), "arch", "unknown kind 'foo'; valid: conv, pool"),
     (dict(arch="res(conv:4"), "arch", "unbalanced"),
-    (dict(arch="fc:8", hidden="16"), "hidden", "both give the hidden layers"),
+    (dict(arch="fc:8", hidden="16"), "arch", "both give the hidden layers"),
     (dict(momentum=0.5, optimizer="adam"), "momentum", "only for optimizer momentum"),
     (dict(weight_decay=0.1), "weight_decay", "only for optimizer adamw"),
     (dict(augment="crop:2"), "augment", "need images"),

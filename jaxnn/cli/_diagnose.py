@@ -81,6 +81,7 @@ def run_diagnose(args) -> int:
     import jax
 
     from jaxnn import diagnostics, plots, train
+    from jaxnn.train import Status
 
     for flag in ("overfit_examples", "overfit_epochs", "probe_examples"):
         _check(flag.replace("_", "-"), getattr(args, flag))
@@ -152,7 +153,7 @@ def run_diagnose(args) -> int:
     say(f"2. overfit {overfit.num_examples} examples, {_count(overfit.epochs, 'healthy epoch')}: loss "
         f"{overfit.final_loss:.4g}, accuracy {overfit.train_acc:.3f}  "
         f"[{'ok' if overfit.ok else 'FAILED: a bug in the pipeline, or the learning rate'}]"
-        + ("" if overfit.stopped_reason == "completed" else f" ({overfit.stopped_reason})"))
+        + ("" if overfit.status == Status.OK else f" ({overfit.stopped_reason})"))
     last = history.records[-1] if history.records else None
     say(f"3. training {len(history.records)}/{_count(c.epochs, 'epoch')}: {history.stopped_reason}"
         + (f"; train loss {history.initial_loss:.4g} -> {last['train_loss']:.4g}, train acc "

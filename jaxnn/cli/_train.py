@@ -245,6 +245,7 @@ def _fit_and_report(exp, run, *, resume: bool, args, dev) -> int:
         "test_loss": float(test.loss),
         "epochs_done": history.epochs_done,
         "stopped_reason": history.stopped_reason,
+        "status": history.status,
         "initial_loss": history.initial_loss,
         "final_train_loss": records[-1]["train_loss"] if records else None,
         "final_val_acc": records[-1]["val_acc"] if records else None,
