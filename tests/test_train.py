@@ -222,3 +222,32 @@ def test_patience_stops_after_epochs_without_a_better_val_loss(model, dataset):
     assert len(val) < 200
     best = int(np.argmin(val))
     assert best == len(val) - 1 - 3  # exactly `patience` epochs after the best one
+
+
+def test_convnet_epoch_in_scan_equals_the_jitted_steps():
+    """The generic step names no layer: a convnet's Conv2D chooses its own computation, and an
+    epoch in one lax.scan makes the same updates as make_train_step's steps one by one."""
+    model = layers.convnet((8, 8, 1), 3, "conv:4,pool,fc:8")
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(24, 8, 8, 1)).astype(np.float32)
+    y = rng.integers(0, 3, size=24).astype(np.int32)
+    opt = optim.momentum(0.05)
+    s0 = train.init_train_state(model, opt, key=jax.random.key(4))
+    epoch = train.make_epoch(model.apply, "softmax_cross_entropy", opt, batch_size=8,
+                             donate=False)
+    s_scan, metrics = epoch(s0, x, y, jnp.int32(1))
+    step = train.make_train_step(model.apply, "softmax_cross_entropy", opt, donate=False)
+    s_loop, losses = s0, []
+    for b in data.iterate_batches(x, y, 8, key=jax.random.fold_in(s0.key, 0), epoch=1):
+        s_loop, m = step(s_loop, b)
+        losses.append(float(m.loss))
+    # Each logit and gradient entry is a float32 sum of at most n = 8 images x 8x8 positions
+    # x 9 taps products: two summation orders differ by <= 2 n eps of its magnitude. So do the
+    # losses (O(1), Lipschitz 1 in the logits), and the parameters by at most that fraction of
+    # how far they moved (plus the rounding of the parameters themselves).
+    n, eps = 8 * 8 * 8 * 9, float(np.finfo(np.float32).eps)
+    np.testing.assert_allclose(metrics.loss, losses, rtol=2 * n * eps)
+    for a, b, p0 in zip(jax.tree.leaves(s_scan.params), jax.tree.leaves(s_loop.params),
+                        jax.tree.leaves(s0.params), strict=True):
+        moved = float(np.abs(np.asarray(b) - np.asarray(p0)).max())
+        np.testing.assert_allclose(a, b, rtol=2 * eps, atol=2 * n * eps * moved)
