@@ -86,12 +86,15 @@ class Dataset(NamedTuple):
 
 
 class RemoteFile(NamedTuple):
-    """One original file: its ``name`` (on the server, on a mirror and in the cache) and its
-    published checksum (``algorithm`` ``"sha256"`` or ``"md5"``, hex ``digest``)."""
+    """One original file: its ``name`` (on the server, on a mirror and in the cache), its
+    published checksum (``algorithm`` ``"sha256"`` or ``"md5"``, hex ``digest``) and its
+    ``size`` in bytes when known (a download is cut off beyond it, and its deadline scales
+    with it)."""
 
     name: str
     algorithm: str
     digest: str
+    size: int | None = None
 
 
 class Source(NamedTuple):
@@ -122,8 +125,8 @@ SOURCES: dict[str, Source] = {
     "mnist": Source(
         "https://storage.googleapis.com/cvdf-datasets/mnist/",
         tuple(
-            RemoteFile(name, "sha256", digest)
-            for name, digest in zip(
+            RemoteFile(name, "sha256", digest, size)
+            for name, digest, size in zip(
                 _IDX_NAMES,
                 (
                     "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
@@ -131,6 +134,7 @@ SOURCES: dict[str, Source] = {
                     "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
                     "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
                 ),
+                (9912422, 28881, 1648877, 4542),
                 strict=True,
             )
         ),
@@ -138,8 +142,8 @@ SOURCES: dict[str, Source] = {
     "fashion_mnist": Source(
         "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
         tuple(
-            RemoteFile(name, "md5", digest)
-            for name, digest in zip(
+            RemoteFile(name, "md5", digest, size)
+            for name, digest, size in zip(
                 _IDX_NAMES,
                 (
                     "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
@@ -147,13 +151,15 @@ SOURCES: dict[str, Source] = {
                     "bef4ecab320f06d8554ea6380940ec79",
                     "bb300cfdad3c16e7a12a480ee83cd310",
                 ),
+                (26421880, 29515, 4422102, 5148),
                 strict=True,
             )
         ),
     ),
     "cifar10": Source(
         "https://www.cs.toronto.edu/~kriz/",
-        (RemoteFile("cifar-10-python.tar.gz", "md5", "c58f30108f718f92721af3b95e74349a"),),
+        (RemoteFile("cifar-10-python.tar.gz", "md5", "c58f30108f718f92721af3b95e74349a",
+                    170498071),),
     ),
 }
 
@@ -230,7 +236,7 @@ def download(
             dest = directory / remote.name
             if not (dest.is_file() and _matches(dest, remote)):
                 fetch(_join(base, remote.name), dest, algorithm=remote.algorithm,
-                      digest=remote.digest, progress=progress)
+                      digest=remote.digest, progress=progress, size=remote.size)
             paths.append(dest)
     except BaseException:
         for d in created:  # deepest first; only empty directories go

@@ -12,10 +12,21 @@ them, and it keeps four promises:
   rewritten atomically. A new run directory is created atomically (``os.mkdir``; a default name
   that is taken gets a ``-2``, ``-3``, ... suffix) and probed for writability before any data is
   loaded; :meth:`RunDir.abandon` removes it again if the run fails before writing anything.
+- **Nothing of anybody else's touched.** Every run directory carries a marker, ``.jaxnn-run``
+  (JSON ``{"verb": ..., "version": ...}``). A new run goes into a new or empty directory, or
+  one this verb marked and left without a file of its own; any other existing directory is
+  refused, and so is one inside another run directory (orbax prunes ``checkpoints/``; a run in
+  there would be deleted). Resume needs the marker (a run from before markers, ``config.json``
+  with ``checkpoints/``, is accepted and marked). Files are opened with ``O_NOFOLLOW``,
+  temporary files created with ``O_EXCL``, and a run directory holding a symbolic link is
+  refused; a lock file is only removed by the process that created it, while holding it, and
+  a process that locked a lock file that was removed meanwhile tries again.
 - **Nothing intact lost.** Each checkpoint carries the metric records up to its epoch, so
   ``metrics.jsonl`` can be rebuilt; a garbled line is skipped (and reported), never a reason to
-  drop the lines after it; resume falls back to the newest checkpoint that restores, moving a
-  corrupt one aside to ``corrupt-checkpoints/``.
+  drop the lines after it; resume falls back to the newest checkpoint that restores and
+  passes its integrity check (:mod:`jaxnn.checkpoint` verifies every array's digest), moving a
+  corrupt one aside to ``corrupt-checkpoints/``. A checkpoint that does not fit the model is no
+  corruption but a changed config: :class:`RunMismatchError`, nothing moved.
 - **Resume repeats the uninterrupted run.** :func:`fit` continues from the restored state; since
   the data order and dropout keys are pure functions of ``(key, epoch, step)``, every later
   epoch's loss is the one an uninterrupted run gets.
@@ -36,7 +47,9 @@ import functools
 import json
 import math
 import os
+import secrets
 import shutil
+import stat
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -45,11 +58,12 @@ import jax
 import numpy as np
 
 from jaxnn import train as _train
-from jaxnn.checkpoint import Checkpointer
+from jaxnn.checkpoint import Checkpointer, CheckpointMismatchError
 
 __all__ = [
     "RunDirError",
     "RunInUseError",
+    "RunMismatchError",
     "RunDir",
     "Restored",
     "jsonable",
@@ -62,12 +76,21 @@ __all__ = [
     "load_checkpoint",
     "fit",
     "RUN_FILES",
+    "MARKER",
+    "read_marker",
+    "enclosing_run",
 ]
 
 #: Files whose presence marks a directory as holding a run.
 RUN_FILES = ("config.json", "checkpoints", "metrics.jsonl", "results.json", "summary.json",
              "diagnosis.json")
 _LOCK = ".lock"
+#: The file that says a directory is a jaxnn run directory: JSON ``{"verb", "version"}``.
+MARKER = ".jaxnn-run"
+#: What a run directory may hold before its run wrote anything (its own bookkeeping).
+_BOOKKEEPING = (_LOCK, MARKER)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 class RunDirError(ValueError):
@@ -76,6 +99,11 @@ class RunDirError(ValueError):
 
 class RunInUseError(RunDirError):
     """Another live process holds the run directory's lock."""
+
+
+class RunMismatchError(RunDirError):
+    """A checkpoint does not fit the model built from the run's config (a config problem, not a
+    damaged checkpoint: nothing is moved)."""
 
 
 def jsonable(obj, *, convert: Callable[[Any], Any] | None = None):
@@ -107,10 +135,18 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 
 def _write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
+    _write_atomic(path, text.encode())
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    """``data`` into a new temporary file next to ``path`` (``O_EXCL | O_NOFOLLOW``: never an
+    existing file or a symbolic link's target), flushed, then renamed over ``path`` (a
+    symbolic link at ``path`` is replaced, never followed)."""
+    tmp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644)
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -139,17 +175,7 @@ def read_json(path: str | os.PathLike) -> dict:
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` as :func:`write_json_atomic` writes JSON: a temporary file in
     the same directory, flushed to disk, renamed over ``path``."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+    _write_atomic(os.fspath(path), bytes(data))
 
 
 def write_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
@@ -207,11 +233,103 @@ def read_metrics(path: str | os.PathLike) -> tuple[list[dict], list[int]]:
 
 
 def _holds_run(path: str) -> bool:
-    return any(os.path.exists(os.path.join(path, f)) for f in RUN_FILES)
+    return any(os.path.lexists(os.path.join(path, f)) for f in RUN_FILES)
+
+
+def read_marker(path: str | os.PathLike) -> dict | None:
+    """The marker (``{"verb": ..., "version": ...}``) of the run directory ``path``, or ``None``
+    when it has none; an unreadable marker (or a symbolic link) is a :class:`RunDirError`."""
+    marker = os.path.join(os.fspath(path), MARKER)
+    try:
+        fd = os.open(marker, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise RunDirError(f"{marker}: cannot read the jaxnn marker ({_os_reason(e)})") from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            obj = json.loads(f.read(4096).decode())
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"{marker}: not a valid jaxnn marker ({_short_reason(e)})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("verb"), str):
+        raise RunDirError(f"{marker}: not a valid jaxnn marker (expected {{\"verb\": ...}})")
+    return obj
+
+
+def _is_run_dir(path: str) -> bool:
+    """A jaxnn run directory: marked, or (from before markers) ``config.json`` with
+    ``checkpoints/``."""
+    return os.path.lexists(os.path.join(path, MARKER)) or (
+        os.path.isfile(os.path.join(path, "config.json"))
+        and os.path.isdir(os.path.join(path, "checkpoints")))
+
+
+def enclosing_run(path: str | os.PathLike) -> str | None:
+    """The run directory that ``path`` lies inside (a parent, grandparent, ... of it, symbolic
+    links resolved), or ``None``. A run inside another's ``checkpoints/`` would be deleted when
+    orbax prunes old checkpoints, so a new run is never made there."""
+    d = os.path.realpath(os.path.abspath(os.fspath(path)))
+    while True:
+        parent = os.path.dirname(d)
+        if parent == d:
+            return None
+        d = parent
+        if _is_run_dir(d):
+            return d
+
+
+def _symlinks(path: str) -> list[str]:
+    """Symbolic links among ``path``'s entries and those of its ``checkpoints/``."""
+    found = []
+    for d in (path, os.path.join(path, "checkpoints")):
+        with contextlib.suppress(OSError):
+            with os.scandir(d) as it:
+                found += [e.path for e in it if e.is_symlink()]
+    return found
+
+
+def _refuse_symlinks(path: str) -> None:
+    links = _symlinks(path)
+    if links:
+        raise RunDirError(f"{links[0]} is a symbolic link; jaxnn does not follow symbolic links "
+                          "in a run directory (remove it)")
 
 
 def _os_reason(e: OSError) -> str:
     return e.strerror or type(e).__name__
+
+
+def _check_reusable(path: str, verb: str, *, locked: bool = False) -> None:
+    """Refuse an existing ``path`` as a new ``verb`` run's directory unless it is empty or holds
+    nothing but jaxnn's bookkeeping of a ``verb`` run that wrote nothing (``locked``: this
+    process holds the lock now, so ``.lock`` and its probe are its own)."""
+    try:
+        entries = os.listdir(path)
+    except OSError as e:
+        raise RunDirError(f"cannot read the directory {path}: {_os_reason(e)}") from None
+    if not entries:
+        return
+    marker = read_marker(path)
+    if marker is None:
+        if _holds_run(path):
+            raise RunDirError(f"{path} already holds a run; choose another directory "
+                              "(or resume it)")
+        if locked and set(entries) <= {_LOCK}:
+            return
+        raise RunDirError(f"{path} exists, is not empty and is not a jaxnn {verb} directory; "
+                          "choose a new or empty directory (jaxnn does not write over files "
+                          "it did not write)")
+    if marker["verb"] != verb:
+        raise RunDirError(f"{path} holds a jaxnn {marker['verb']} run, not a {verb} run; "
+                          "choose another directory")
+    if _holds_run(path):
+        raise RunDirError(f"{path} already holds a run; choose another directory "
+                          "(or resume it)")
+    others = [e for e in entries if e not in _BOOKKEEPING]
+    if others:
+        raise RunDirError(f"{path} holds files jaxnn did not write ({others[0]}); choose a new "
+                          "or empty directory")
+    _refuse_symlinks(path)
 
 
 class Restored(NamedTuple):
@@ -239,6 +357,8 @@ class RunDir:
         self.main = main
         self.created = created
         self._lock_fd: int | None = None
+        self._made_lock = False
+        self._made_marker = False
         self._made_root: str | None = None
         self._written = False
         self._file_epochs: set[int] = set()
@@ -255,23 +375,38 @@ class RunDir:
     # ------------------------------------------------------------------ opening
     @classmethod
     def create(cls, path: str | os.PathLike | None = None, *, prefix: str = "run",
-               root: str | os.PathLike = "runs", main: bool = True) -> RunDir:
-        """A directory for a new run, locked and checked writable.
+               root: str | os.PathLike = "runs", main: bool = True,
+               verb: str | None = None) -> RunDir:
+        """A directory for a new run of ``verb`` (default: ``prefix``), locked, checked
+        writable and marked (``.jaxnn-run``).
 
-        With ``path`` the directory may exist but must not hold a run; without it the name is
+        With ``path`` the directory may exist if it is empty, or holds nothing but the marker
+        of the same verb (a run that stopped before writing anything); without it the name is
         ``root/prefix-YYYYmmdd-HHMMSS``, created atomically with a numeric suffix if taken.
-        Errors (:class:`RunDirError`) name the path and why it cannot be used."""
+        Neither may lie inside another run directory. Errors (:class:`RunDirError`) name the
+        path and why it cannot be used."""
         if not main:
             return cls(os.fspath(path), main=False)
+        verb = verb or prefix
         made_root = None
         if path is None:
+            inside = enclosing_run(os.path.join(os.fspath(root), "x"))
+            if inside is not None:
+                raise RunDirError(f"{root} is inside the run directory {inside}; run from "
+                                  "outside it or choose --out elsewhere")
             made_root = None if os.path.isdir(root) else os.fspath(root)
             path, created = cls._make_default(os.fspath(root), prefix), True
         else:
             path, created = os.fspath(path), False
-            if os.path.exists(path) and not os.path.isdir(path):
+            inside = enclosing_run(path)
+            if inside is not None:
+                raise RunDirError(f"{path} is inside the run directory {inside}; choose a "
+                                  "directory outside it (jaxnn manages what is in there)")
+            if os.path.lexists(path) and not os.path.isdir(path):
                 raise RunDirError(f"{path} exists and is not a directory")
-            if not os.path.isdir(path):
+            if os.path.isdir(path):
+                _check_reusable(path, verb)
+            else:
                 try:
                     os.makedirs(path)
                     created = True
@@ -285,13 +420,20 @@ class RunDir:
         try:
             run._probe_writable()
             run._acquire_lock()
-            if _holds_run(path):
-                raise RunDirError(f"{path} already holds a run; choose another directory "
-                                  "(or resume it)")
+            _check_reusable(path, verb, locked=True)  # again, now that nobody else can start
+            if read_marker(path) is None:
+                run._write_marker(verb)
         except BaseException:
             run._cleanup()
             raise
         return run
+
+    def _write_marker(self, verb: str) -> None:
+        from jaxnn import __version__
+
+        _write_text_atomic(self.file(MARKER),
+                           json.dumps({"verb": verb, "version": __version__}) + "\n")
+        self._made_marker = True
 
     @staticmethod
     def _make_default(root: str, prefix: str) -> str:
@@ -313,8 +455,13 @@ class RunDir:
         raise RunDirError(f"cannot find a free run directory name under {root}")
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, main: bool = True) -> RunDir:
-        """An existing run directory (holding ``config.json``), locked for this process."""
+    def open(cls, path: str | os.PathLike, *, main: bool = True,
+             verb: str | None = None) -> RunDir:
+        """An existing run directory (holding ``config.json``), locked for this process.
+
+        The locking open (``main=True``) needs the jaxnn marker (of ``verb``, when given); a
+        run from before markers (``config.json`` and ``checkpoints/``, no marker) is accepted
+        as a ``train`` run and marked. A run directory holding a symbolic link is refused."""
         path = os.fspath(path)
         if not os.path.isdir(path):
             raise RunDirError(f"{path} is not a directory")
@@ -322,41 +469,85 @@ class RunDir:
             raise RunDirError(f"{path} is not a jaxnn run directory (no config.json)")
         run = cls(path, main=main)
         if main:
+            _refuse_symlinks(path)
+            marker = read_marker(path)
+            legacy = marker is None and os.path.isdir(os.path.join(path, "checkpoints"))
+            if marker is None and not legacy:
+                raise RunDirError(f"{path} is not a jaxnn run directory (no {MARKER} marker); "
+                                  "jaxnn only continues runs it wrote")
+            if verb is not None and marker is not None and marker["verb"] != verb:
+                raise RunDirError(f"{path} holds a jaxnn {marker['verb']} run, not a {verb} run")
             run._probe_writable()
             run._acquire_lock()
             run._written = True  # an existing run is never removed
+            if legacy:  # a run from before markers: mark it as the train run it is
+                run._write_marker("train")
+                run._made_marker = False
         return run
 
     def _probe_writable(self) -> None:
-        probe = os.path.join(self.path, f".probe-{os.getpid()}")
+        probe = os.path.join(self.path, f".probe-{os.getpid()}-{secrets.token_hex(4)}")
         try:
-            with open(probe, "w") as f:
-                f.write("ok")
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
+                         0o600)
+            try:
+                os.write(fd, b"ok")
+            finally:
+                os.close(fd)
             os.remove(probe)
         except OSError as e:
             raise RunDirError(f"cannot write in the run directory {self.path}: "
                               f"{_os_reason(e)}") from None
 
     def _acquire_lock(self) -> None:
+        """Lock ``RUN/.lock``: opened without following a symbolic link, flocked, and checked to
+        still be the file at that name (a lock file removed or replaced meanwhile is not the
+        lock any more: try again)."""
         lock_path = os.path.join(self.path, _LOCK)
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise RunDirError(f"cannot write in the run directory {self.path}: "
-                              f"{_os_reason(e)}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise RunDirError(f"cannot lock the run directory {self.path}: "
+        for _ in range(100):
+            made = False
+            try:
+                try:
+                    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+                                 | _CLOEXEC, 0o644)
+                    made = True
+                except FileExistsError:
+                    fd = os.open(lock_path, os.O_RDWR | _NOFOLLOW | _CLOEXEC | os.O_NONBLOCK)
+            except FileNotFoundError:
+                continue  # removed between the two opens
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise RunDirError(f"{lock_path} is a symbolic link; jaxnn does not follow "
+                                      "symbolic links in a run directory (remove it)") from None
+                raise RunDirError(f"cannot write in the run directory {self.path}: "
                                   f"{_os_reason(e)}") from None
-            pid = _read_pid(lock_path)
-            who = f"process {pid}" if pid else "another process"
-            raise RunInUseError(f"{self.path} is in use by {who}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise RunDirError(f"{lock_path} is not a regular file (remove it)")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise RunDirError(f"cannot lock the run directory {self.path}: "
+                                      f"{_os_reason(e)}") from None
+                pid = _read_pid(lock_path)
+                who = f"process {pid}" if pid else "another process"
+                raise RunInUseError(f"{self.path} is in use by {who}") from None
+            try:
+                now = os.stat(lock_path, follow_symlinks=False)
+            except FileNotFoundError:
+                now = None
+            mine = os.fstat(fd)
+            if now is None or (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
+                os.close(fd)  # the file was removed or replaced after we opened it
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self._lock_fd, self._made_lock = fd, made
+            return
+        raise RunDirError(f"cannot lock the run directory {self.path}: its lock file keeps "
+                          "changing")
 
     # ------------------------------------------------------------------ closing
     def close(self) -> None:
@@ -376,13 +567,19 @@ class RunDir:
         self._cleanup()
 
     def _cleanup(self) -> None:
-        held = self._lock_fd is not None
+        if self.main and self._lock_fd is not None:
+            # Only what this process made, and only while it still holds the lock: a process
+            # that opened the lock file meanwhile finds it gone once it gets the flock, and
+            # tries again (a lock file another process may hold is never removed).
+            if self._made_marker:
+                with contextlib.suppress(OSError):
+                    os.remove(self.file(MARKER))
+            if self._made_lock:
+                with contextlib.suppress(OSError):
+                    os.remove(self.file(_LOCK))
         self.close()
         if not self.main:
             return
-        if held:  # never the lock file of another live process
-            with contextlib.suppress(OSError):
-                os.remove(os.path.join(self.path, _LOCK))
         if self.created:
             with contextlib.suppress(OSError):
                 os.rmdir(self.path)  # only if empty: nothing of anybody's is removed
@@ -452,7 +649,9 @@ class RunDir:
             records, _ = self.read_metrics()
             self.write_metrics([r for r in records if r["epoch"] != rec["epoch"]] + [rec])
             return
-        with open(self.file("metrics.jsonl"), "a") as f:
+        fd = os.open(self.file("metrics.jsonl"),
+                     os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o644)
+        with os.fdopen(fd, "a") as f:
             f.write(json.dumps(jsonable(rec)) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -468,21 +667,33 @@ class RunDir:
 
     def restore(self, ckpt: Checkpointer, *, template: Any,
                 check: Callable[[Any, dict], str | None] | None = None) -> Restored:
-        """Restore the newest checkpoint that restores (and passes ``check(state, meta)``, which
-        returns a reason to reject it or ``None``); each newer one that fails is moved to
-        ``corrupt-checkpoints/`` and listed in ``skipped``."""
-        skipped = []
+        """Restore the newest checkpoint that restores, passes its integrity check and
+        ``check(state, meta)`` (which returns a reason to reject it or ``None``); each newer one
+        that fails is moved to ``corrupt-checkpoints/`` and listed in ``skipped``.
+
+        Raises:
+          RunMismatchError: a checkpoint's tree does not fit ``template`` (the model changed,
+            e.g. a hand-edited config): one line naming the array and both shapes; nothing is
+            moved.
+        """
+        skipped, found = [], Restored(None, None, None, [])
         for step in sorted(ckpt.all_steps(), reverse=True):
             try:
                 state, meta = ckpt.restore(template=template, step=step)
                 reason = check(state, meta) if check is not None else None
+            except CheckpointMismatchError as e:
+                raise RunMismatchError(
+                    f"{self.path}: {e}; the run's config does not build the model it was "
+                    "trained with (was config.json edited?); nothing was changed") from None
             except Exception as e:  # orbax raises many types for a damaged directory
                 reason = _short_reason(e)
             if reason is None:
-                return Restored(state, meta, step, skipped)
+                found = Restored(state, meta, step, skipped)
+                break
             skipped.append((step, reason))
+        for step, _reason in skipped:  # moved only once no checkpoint turned out a mismatch
             self._set_aside(ckpt, step)
-        return Restored(None, None, None, skipped)
+        return found._replace(skipped=skipped)
 
     def _set_aside(self, ckpt: Checkpointer, step: int) -> None:
         if not self.main:
@@ -498,8 +709,9 @@ class RunDir:
 
 def _read_pid(lock_path: str) -> int | None:
     try:
-        with open(lock_path) as f:
-            return int(f.read().strip() or 0) or None
+        fd = os.open(lock_path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | os.O_NONBLOCK)
+        with os.fdopen(fd) as f:
+            return int(f.read(32).strip() or 0) or None
     except (OSError, ValueError):
         return None
 
@@ -565,6 +777,8 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer, *, key: jax.Array
             try:
                 state, meta = ckpt.restore(template=template, step=s)
                 reason = _check_restored(state, meta)
+            except CheckpointMismatchError as e:
+                raise RunMismatchError(f"{path}: {e}") from None
             except Exception as e:  # orbax raises many types for a damaged directory
                 if not os.path.isdir(os.path.join(directory, str(s))):
                     continue  # removed meanwhile (a training process keeps the newest N)

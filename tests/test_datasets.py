@@ -1,9 +1,14 @@
 """Tests for jaxnn.datasets: loaders on small files in the original formats, splits, label and
 file validation, and downloads from a local HTTP server (never the internet)."""
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import pickle
+import subprocess
+import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -20,7 +25,8 @@ from _datafiles import (
     write_idx_set,
 )
 
-from jaxnn import datasets
+from jaxnn import _download, datasets
+from jaxnn._download import DownloadError, deadline_for, fetch
 
 pytestmark = pytest.mark.usefixtures("offline")
 
@@ -610,6 +616,104 @@ def test_cache_status(server, monkeypatch, tmp_path):
     assert datasets.cache_status("mnist", data_dir=tmp_path).mismatched == ()  # not checked
 
 
+# --------------------------------------------------------------------------------------------
+# downloads that stall, overflow or were killed
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _bad_server(kind: str):
+    """``trickle``: announces 1000 bytes, sends one every 0.2 s; ``endless``: no length, sends
+    1 KiB chunks until the client hangs up."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            if kind == "trickle":
+                self.send_header("Content-Length", "1000")
+            self.end_headers()
+            try:
+                for _ in range(1000):
+                    self.wfile.write(b"x" if kind == "trickle" else b"x" * 1024)
+                    self.wfile.flush()
+                    time.sleep(0.2 if kind == "trickle" else 0.001)
+            except OSError:
+                pass
+            self.close_connection = True
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/f.bin"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_trickling_server_meets_the_overall_deadline(tmp_path, monkeypatch):
+    """The per-read timeout never fires when a byte arrives every 0.2 s; the deadline does."""
+    monkeypatch.setenv("JAXNN_DOWNLOAD_DEADLINE", "1.5")
+    with _bad_server("trickle") as url:
+        t0 = time.monotonic()
+        with pytest.raises(DownloadError, match=r"f.bin: the download .* took longer than 1.5 s"
+                           ) as e:
+            fetch(url, tmp_path / "f.bin", algorithm="sha256", digest="0" * 64)
+        assert time.monotonic() - t0 < 6 and "\n" not in str(e.value)
+    assert os.listdir(tmp_path) == []
+    assert deadline_for(None) == 1.5
+    monkeypatch.delenv("JAXNN_DOWNLOAD_DEADLINE")
+    assert deadline_for(16 * 1024 * 100) == pytest.approx(_download.DEADLINE_BASE + 100)
+
+
+def test_a_download_stops_at_the_expected_size(tmp_path):
+    with _bad_server("endless") as url:
+        with pytest.raises(DownloadError, match="sent more than the expected 5000 bytes"):
+            fetch(url, tmp_path / "f.bin", algorithm="sha256", digest="0" * 64, size=5000)
+    assert os.listdir(tmp_path) == []
+
+
+def test_partial_files_of_killed_downloads_are_removed_by_the_next(tmp_path, monkeypatch):
+    """kill -9 mid-transfer leaves a .part file; the next download of that file removes it,
+    and only such leftovers: not another file's, not a live download's, nothing else."""
+    with _bad_server("trickle") as url:
+        code = ("import sys; from jaxnn._download import fetch; "
+                "fetch(sys.argv[1], sys.argv[2], algorithm='sha256', digest='0' * 64)")
+        p = subprocess.Popen([sys.executable, "-c", code, url, str(tmp_path / "f.bin")])
+        try:
+            t0 = time.monotonic()
+            while not any(n.endswith(".part") for n in os.listdir(tmp_path)):
+                assert time.monotonic() - t0 < 60 and p.poll() is None
+                time.sleep(0.05)
+        finally:
+            p.kill()
+            p.wait()
+    (left,) = os.listdir(tmp_path)
+    assert left.startswith(".f.bin.") and left.endswith(".part")
+    keep = [".other.bin.abcd1234.part", ".f.bin.part", "f.bin.abcd1234.part", "notes.txt"]
+    for name in keep:
+        (tmp_path / name).write_text("the user's")
+    live = tmp_path / ".f.bin.live0000.part"  # a download still running: locked
+    live.write_text("")
+    fd = os.open(live, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        old = time.time() - 3600
+        for name in os.listdir(tmp_path):
+            os.utime(tmp_path / name, (old, old))
+        with pytest.raises(DownloadError):  # any download of f.bin cleans up first
+            fetch(DEAD + "f.bin", tmp_path / "f.bin", algorithm="sha256", digest="0" * 64)
+        assert sorted(os.listdir(tmp_path)) == sorted(keep + [live.name])
+    finally:
+        os.close(fd)
+
+
 def test_published_checksum_table():
     """The table holds each dataset's original files with well-formed digests."""
     want = {"mnist": ("sha256", 4), "fashion_mnist": ("md5", 4), "cifar10": ("md5", 1)}
@@ -621,6 +725,7 @@ def test_published_checksum_table():
         for f in files:
             assert f.algorithm == algorithm and len(f.digest) == width[algorithm]
             int(f.digest, 16)
+            assert isinstance(f.size, int) and f.size > 1000  # caps the download
 
 
 def test_digits_read_without_importing_sklearn_equal_sklearns():

@@ -116,18 +116,142 @@ def test_a_run_failing_before_its_first_write_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError), rundir.RunDir.create(None, root=tmp_path / "runs"):
         raise RuntimeError("a bad flag found after the default directory was made")
     assert not (tmp_path / "runs").exists()
-    existing = tmp_path / "mine"
+    existing = tmp_path / "empty"
     existing.mkdir()
-    (existing / "notes.txt").write_text("the user's")
     with pytest.raises(RuntimeError), rundir.RunDir.create(existing):
         raise RuntimeError
-    assert sorted(os.listdir(existing)) == ["notes.txt"]
+    assert existing.is_dir() and os.listdir(existing) == []  # the user's directory stays
 
 
 def test_a_directory_holding_a_run_is_refused(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(rundir.RunDirError, match="already holds a run"):
         rundir.RunDir.create(tmp_path)
+
+
+# --------------------------------------------------------------------------- whose directory
+def test_files_jaxnn_did_not_write_are_never_overwritten(tmp_path, monkeypatch):
+    """An existing --out must be empty, or a directory of the same verb that a run left
+    without a file of its own; the marker says which directories are jaxnn's."""
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "curves.png").write_text("mine")
+    (d / ".lock").write_text("x")
+    for verb in ("train", "diagnose"):
+        with pytest.raises(rundir.RunDirError, match="not empty"):
+            rundir.RunDir.create(d, verb=verb)
+    assert (d / "curves.png").read_text() == "mine" and (d / ".lock").read_text() == "x"
+    monkeypatch.chdir(d)
+    with pytest.raises(rundir.RunDirError, match="not empty"):
+        rundir.RunDir.create(".", verb="train")
+    # An empty directory is fine; the run marks it as its own.
+    e = tmp_path / "e"
+    e.mkdir()
+    with rundir.RunDir.create(e, verb="train"):
+        assert rundir.read_marker(e)["verb"] == "train"
+    # Left with nothing but jaxnn's bookkeeping (a kill before the first file): the same verb
+    # may use it again, another verb may not.
+    with pytest.raises(rundir.RunDirError, match="jaxnn train run, not a diagnose run"):
+        rundir.RunDir.create(e, verb="diagnose")
+    with rundir.RunDir.create(e, verb="train"):
+        pass
+    (e / "notes.txt").write_text("the user's")
+    with pytest.raises(rundir.RunDirError, match="did not write"):
+        rundir.RunDir.create(e, verb="train")
+
+
+@pytest.mark.parametrize("inner", ["checkpoints/4", "checkpoints/1", "checkpoints", "sub/run"])
+def test_a_run_inside_another_run_directory_is_refused(tmp_path, inner):
+    """orbax prunes RUN/checkpoints: a run made in there would be deleted by a later resume."""
+    outer = tmp_path / "R"
+    with rundir.RunDir.create(outer, verb="train"):
+        (outer / "checkpoints" / "1").mkdir(parents=True)
+    legacy = tmp_path / "L"  # from before markers: config.json and checkpoints/
+    (legacy / "checkpoints").mkdir(parents=True)
+    (legacy / "config.json").write_text("{}")
+    for run in (outer, legacy):
+        with pytest.raises(rundir.RunDirError, match=f"inside the run directory {run}"):
+            rundir.RunDir.create(run / inner)
+        assert not (run / inner).exists() or inner in ("checkpoints", "checkpoints/1")
+    link = tmp_path / "link"
+    link.symlink_to(outer / "checkpoints")
+    with pytest.raises(rundir.RunDirError, match="inside the run directory"):
+        rundir.RunDir.create(link / "4")
+    with pytest.raises(rundir.RunDirError, match="inside the run directory"):
+        rundir.RunDir.create(None, root=outer / "checkpoints" / "runs")
+    assert sorted(os.listdir(outer / "checkpoints")) == ["1"]
+
+
+def test_resume_needs_the_marker_and_marks_runs_from_before_it(tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.json").write_text("{}")
+    with pytest.raises(rundir.RunDirError, match="not a jaxnn run directory"):
+        rundir.RunDir.open(foreign)
+    assert sorted(os.listdir(foreign)) == ["config.json"]
+    legacy = tmp_path / "legacy"
+    (legacy / "checkpoints").mkdir(parents=True)
+    (legacy / "config.json").write_text("{}")
+    with rundir.RunDir.open(legacy):
+        pass
+    assert rundir.read_marker(legacy)["verb"] == "train"
+
+
+# --------------------------------------------------------------------------- symlinks, lock race
+def test_symbolic_links_in_a_run_directory_are_never_followed(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    run = tmp_path / "R"
+    with rundir.RunDir.create(run, verb="train"):
+        (run / "config.json").write_text("{}")
+        (run / "checkpoints").mkdir()
+    os.remove(run / ".lock")
+    (run / ".lock").symlink_to(victim)
+    with pytest.raises(rundir.RunDirError, match="symbolic link"):
+        rundir.RunDir.open(run)
+    with pytest.raises(rundir.RunDirError):
+        rundir.RunDir.create(run, verb="train")
+    bare = tmp_path / "bare"  # nothing but a planted lock link
+    bare.mkdir()
+    (bare / ".lock").symlink_to(victim)
+    with pytest.raises(rundir.RunDirError):
+        rundir.RunDir.create(bare, verb="train")
+    # The writers replace a link by a file and never write through it.
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "summary.json").symlink_to(victim)
+    rundir.write_json_atomic(tmp_path / "w" / "summary.json", {"a": 1})
+    assert not (tmp_path / "w" / "summary.json").is_symlink()
+    assert victim.read_text() == "precious"
+
+
+def test_a_refused_run_never_removes_a_lock_another_process_may_hold(tmp_path, monkeypatch):
+    run = tmp_path / "R"
+    with rundir.RunDir.create(run, verb="train"):
+        (run / "config.json").write_text("{}")
+        (run / "checkpoints").mkdir()
+    # A resume has opened the lock file (and is about to flock it) when a `train --out R`
+    # takes the lock and is refused: the refused run must leave that lock file alone.
+    fd = os.open(run / ".lock", os.O_RDWR)
+    try:
+        with pytest.raises(rundir.RunDirError, match="already holds a run"):
+            rundir.RunDir.create(run, verb="train")
+        assert os.fstat(fd).st_ino == os.stat(run / ".lock").st_ino
+    finally:
+        os.close(fd)
+    # A lock file removed (and made anew) between our open and our flock is not the lock:
+    # the run directory locks the file that is there now.
+    real_flock, swapped = rundir.fcntl.flock, []
+
+    def flock(fd, op):
+        if not swapped:
+            swapped.append(True)
+            os.remove(run / ".lock")
+            (run / ".lock").write_text("")
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(rundir.fcntl, "flock", flock)
+    with rundir.RunDir.open(run) as r:
+        assert os.fstat(r._lock_fd).st_ino == os.stat(run / ".lock").st_ino
 
 
 # --------------------------------------------------------------------------- files
@@ -258,3 +382,38 @@ def test_divergence_in_epoch_one_keeps_the_initial_state(model, dataset, tmp_pat
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(hist.state.params),
                     strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- config vs corruption
+def test_a_checkpoint_that_does_not_fit_the_model_is_a_config_error(model, dataset, tmp_path):
+    """A changed config (hidden 16 -> 32) is not corruption: one line naming the array and both
+    shapes, and every checkpoint stays where it is."""
+    path = tmp_path / "r"
+    _run(path, model, dataset, epochs=3)
+    before = sorted(os.listdir(path / "checkpoints"))
+    wider = layers.mlp([6, 32, 3], dropout=0.2, batch_norm=True)
+    with pytest.raises(rundir.RunMismatchError) as e:
+        _run(path, wider, dataset, epochs=4, resume=True)
+    msg = str(e.value)
+    assert "\n" not in msg and "params/layer_0/" in msg
+    assert "(16,) float32 in the checkpoint but (32,) float32 in the model" in msg
+    assert sorted(os.listdir(path / "checkpoints")) == before
+    assert not (path / "corrupt-checkpoints").exists()
+
+
+def test_arrays_that_changed_on_disk_fail_their_digest_and_fall_back(model, dataset, full,
+                                                                     tmp_path):
+    """Bit rot orbax cannot see (here: checkpoint 3's arrays replaced by checkpoint 2's, valid
+    files with the wrong numbers) is caught by the digests and treated as corruption."""
+    path = tmp_path / "r"
+    _run(path, model, dataset, epochs=3)
+    newest, older = path / "checkpoints" / "3", path / "checkpoints" / "2"
+    import shutil
+
+    shutil.rmtree(newest / "state")
+    shutil.copytree(older / "state", newest / "state")
+    messages = []
+    resumed = _run(path, model, dataset, epochs=4, resume=True, messages=messages)
+    skipped = [m for m in messages if m.startswith("skipped checkpoint")]
+    assert len(skipped) == 1 and "checkpoint 3" in skipped[0] and "digest" in skipped[0]
+    np.testing.assert_allclose(resumed["train_loss"], full["train_loss"], rtol=1e-6)

@@ -161,6 +161,44 @@ def _close_runs() -> None:
         _common.OPEN_RUNS.pop().abandon()
 
 
+#: Functions in which a raised KeyboardInterrupt would be swallowed ("Exception ignored in ...")
+#: instead of stopping the program: a SIGINT arriving there is delivered again a moment later.
+_SWALLOWING = frozenset({"_xla_gc_callback", "__del__"})
+
+
+def _install_sigint(prog: list[str]) -> None:
+    """Ctrl-C (SIGINT) in the console script: a ``KeyboardInterrupt`` in the main thread, as
+    usual, except where it would be lost or break an import half-way (a gc callback such as
+    JAX's, a ``__del__``, an import): there the signal is sent again 50 ms later. A second
+    Ctrl-C while the first one is being handled ends the process at once (``prog``:
+    "interrupted", exit 130)."""
+    import signal
+    import threading
+
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return  # ignored (a background job) or handled by someone else: leave it
+    state = {"raised": False}
+
+    def handler(signum, frame):
+        f = frame
+        while f is not None:
+            code = f.f_code
+            if code.co_name in _SWALLOWING or code.co_filename.startswith("<frozen importlib"):
+                timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+                timer.daemon = True
+                timer.start()
+                return
+            f = f.f_back
+        if state["raised"]:
+            sys.stderr.write(f"{prog[0]}: interrupted\n")
+            sys.stderr.flush()
+            os._exit(130)
+        state["raised"] = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxnn`` console script (``argv=None``: ``sys.argv``).
 
@@ -171,6 +209,17 @@ def main(argv: list[str] | None = None) -> int:
     returns 2; no verb (or no experiment) prints the help on stderr and returns 2.
     """
     console = argv is None
+    prog = ["jaxnn"]  # the verb's name once known, for the "interrupted" line
+    if console:
+        _install_sigint(prog)
+    try:
+        return _main(argv, console, prog)
+    except KeyboardInterrupt:  # during start-up, before the verb runs
+        sys.stderr.write(f"{prog[0]}: interrupted\n")
+        return 130
+
+
+def _main(argv, console: bool, prog: list[str]) -> int:
     if console:  # keep freed buffers before JAX allocates any
         from jaxnn._malloc import apply_fast_malloc
 
@@ -178,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args, extra = parser.parse_known_args(argv)
     verb_parser = _verb_parser(parser, args)
+    prog[0] = verb_parser.prog
     if extra:
         verb_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):

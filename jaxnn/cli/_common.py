@@ -245,14 +245,16 @@ OPEN_RUNS: list = []
 
 
 def new_run_dir(out: str | None, verb: str, *, main: bool = True):
-    """Create and lock the run directory of a new run (``out``, or ``runs/<verb>-<time>`` made
-    atomically), checked writable before any data is loaded. Returns a
+    """Create, lock and mark (``.jaxnn-run``, with ``verb``) the run directory of a new run
+    (``out``, or ``runs/<verb>-<time>`` made atomically), checked writable before any data is
+    loaded. An ``out`` that exists must be empty (or a ``verb`` directory that a run left
+    without a file of its own), and none may lie inside another run directory. Returns a
     :class:`jaxnn.rundir.RunDir`; use it as a context manager so that a run failing before it
     writes anything leaves no directory behind."""
     from jaxnn import rundir
 
     try:
-        run = rundir.RunDir.create(out, prefix=verb, main=main)
+        run = rundir.RunDir.create(out, prefix=verb, verb=verb, main=main)
         OPEN_RUNS.append(run)
         return run
     except rundir.RunDirError as e:
