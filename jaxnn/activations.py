@@ -46,6 +46,7 @@ __all__ = [
     "step",
     "sigmoid",
     "tanh",
+    "hard_tanh",
     "relu",
     "leaky_relu",
     "prelu",
@@ -161,6 +162,22 @@ def relu(x: ArrayLike) -> Array:
     Array(0., dtype=float32, weak_type=True)
     """
     return jax.nn.relu(x)
+
+
+def hard_tanh(x: ArrayLike) -> Array:
+    r"""Hard tanh: tanh's piecewise-linear stand-in, cheap and saturating
+    (:func:`jax.nn.hard_tanh`).
+
+    .. math:: f(x) = \max(-1, \min(1, x)), \qquad
+        f'(x) = \begin{cases} 1 & |x| \le 1 \\ 0 & |x| > 1 \end{cases}
+
+    **Kinks:** at exactly ``x = +-1`` the gradient is 1 (the linear piece); beyond them 0, so
+    units pushed past +-1 stop learning like saturated tanh units. ``hard_tanh(nan) = nan``.
+
+    >>> hard_tanh(jnp.array([-3.0, 0.5, 2.0]))
+    Array([-1. ,  0.5,  1. ], dtype=float32)
+    """
+    return jax.nn.hard_tanh(x)
 
 
 @jax.jit
@@ -390,6 +407,7 @@ REGISTRY.alias("identity", "linear")
 REGISTRY.register("step", step)
 REGISTRY.register("sigmoid", sigmoid, saturates=(0.0, 1.0))
 REGISTRY.register("tanh", tanh, saturates=(-1.0, 1.0))
+REGISTRY.register("hard_tanh", hard_tanh, saturates=(-1.0, 1.0))
 REGISTRY.register("relu", relu)
 REGISTRY.register("leaky_relu", leaky_relu)
 REGISTRY.register("prelu", prelu, params={"alpha": 0.25})

@@ -88,6 +88,8 @@ CASES = [
     ("step", A.step, lambda x: (x >= 0).astype(x.dtype), lambda x: np.zeros_like(x)),
     ("sigmoid", A.sigmoid, np_sigmoid, lambda x: np_sigmoid(x) * (1 - np_sigmoid(x))),
     ("tanh", A.tanh, np.tanh, lambda x: 1 - np.tanh(x) ** 2),
+    ("hard_tanh", A.hard_tanh, lambda x: np.clip(x, -1.0, 1.0),
+     lambda x: (np.abs(x) <= 1).astype(x.dtype)),
     ("relu", A.relu, lambda x: np.where(x > 0, x, 0.0), lambda x: (x > 0).astype(x.dtype)),
     (
         "leaky_relu",
@@ -446,3 +448,9 @@ def test_public_names_resolve():
         assert getattr(A, name).__doc__, name
     assert set(A.names()) <= set(A.__all__)
     assert A.identity is A.linear
+
+
+def test_hard_tanh_kinks_take_the_linear_piece():
+    assert float(jgrad(A.hard_tanh)(1.0)) == 1.0 and float(jgrad(A.hard_tanh)(-1.0)) == 1.0
+    assert float(jgrad(A.hard_tanh)(1.0001)) == 0.0
+    assert np.isnan(float(A.hard_tanh(jnp.nan)))

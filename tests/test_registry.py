@@ -77,7 +77,7 @@ def test_names_are_complete_unique_and_the_registrys(kind):
     names, get, registry, documented = REGISTRIES[kind]
     got = names()
     assert isinstance(got, tuple) and len(set(got)) == len(got)
-    assert set(got) == documented
+    assert documented <= set(got)  # the SPEC's names; a module may hold more (its own tests)
     assert got == registry.names() == tuple(registry)
     assert registry.kind == kind and len(registry) == len(got)
     for name in got:
@@ -192,8 +192,13 @@ def test_activation_entries_say_what_layers_and_diagnostics_need():
     assert not maxout.params
     assert activations.entry("tanh").saturates == (-1.0, 1.0)
     assert activations.entry("sigmoid").saturates == (0.0, 1.0)
-    assert {n for n in activations.names() if activations.entry(n).saturates} == {
-        "tanh", "sigmoid"}
+    saturating = {n for n in activations.names() if activations.entry(n).saturates}
+    assert {"tanh", "sigmoid"} <= saturating
+    for name in saturating:  # the range's ends are where the function is flat
+        lo, hi = activations.entry(name).saturates
+        fn = activations.get(name)
+        assert float(fn(jnp.float32(-1e4))) == lo and float(fn(jnp.float32(1e4))) == hi, name
+        assert float(jax.grad(fn)(jnp.float32(1e4))) == 0.0, name
     assert {n for n in activations.names() if not activations.entry(n).elementwise} == {
         "prelu", "maxout"}
     assert isinstance(prelu, activations.ActivationEntry) and isinstance(prelu, Entry)
