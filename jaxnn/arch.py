@@ -179,6 +179,12 @@ def _build_pool(item, opts, image):
     return [layers.MaxPool(2) if item.kind == "pool" else layers.AvgPool(2)], True
 
 
+def _build_gap(item, opts, image):
+    from jaxnn import layers
+
+    return [layers.GlobalAvgPool()], False
+
+
 def _parse_fc(args):
     _nargs(args, (1,))
     return ArchItem("fc", _positive_int(args[0]))
@@ -235,6 +241,8 @@ KINDS: dict[str, ArchKind] = {k.name: k for k in (
              lambda i: "pool"),
     ArchKind("avgpool", "avgpool", "2x2 average pooling", _parse_none("avgpool"), _build_pool,
              True, lambda i: "avgpool"),
+    ArchKind("gap", "gap", "global average pooling: one mean per channel (images to flat "
+             "features)", _parse_none("gap"), _build_gap, True, lambda i: "gap"),
     ArchKind("fc", "fc:N", "N units, fully connected (flattens images)", _parse_fc, _build_fc,
              False, _fmt_size),
     ArchKind("dropout", "dropout:P", "dropout with drop probability P", _parse_dropout,

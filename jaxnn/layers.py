@@ -60,6 +60,7 @@ __all__ = [
     "MaxPool",
     "AvgPool",
     "Flatten",
+    "GlobalAvgPool",
     "BatchNorm",
     "LayerNorm",
     "Dropout",
@@ -399,6 +400,26 @@ def Flatten() -> Layer:
         return x.reshape(x.shape[0], -1), state
 
     return Layer(init_fn, apply, name="flatten")
+
+
+def GlobalAvgPool() -> Layer:
+    r"""Global average pooling of NHWC images: one mean per channel over every position,
+    :math:`y_{n,c} = \frac{1}{HW} \sum_{i<H, j<W} x_{n,i,j,c}` (``[batch, h, w, c] ->
+    [batch, c]``), the usual last step of a residual network before its classifier. The sum is
+    taken in at least float32; the output keeps ``x``'s dtype."""
+
+    def init_fn(key, input_shape):
+        shape = _shape(input_shape, "GlobalAvgPool", rank=3)
+        return (shape[-1],), {}, {}
+
+    def apply(params, state, x, *, train=False, key=None, mask=None):
+        x = jnp.asarray(x)
+        if x.ndim != 4:
+            raise ValueError(f"GlobalAvgPool: x must be [batch, height, width, channels] (NHWC), "
+                             f"got {tuple(x.shape)}")
+        return jnp.mean(x.astype(_stat_dtype(x)), axis=(1, 2)).astype(x.dtype), state
+
+    return Layer(init_fn, apply, name="gap")
 
 
 # --------------------------------------------------------------------------- normalization

@@ -18,7 +18,7 @@ def test_parse_nested_residual_blocks_and_format_back():
 
 
 @pytest.mark.parametrize("text, words", [
-    ("conv:4,nope", "unknown kind 'nope'; valid: conv, pool, avgpool, fc, dropout, res"),
+    ("conv:4,nope", "unknown kind 'nope'; valid: " + ", ".join(arch.KINDS)),
     ("conv:0", "conv:C[:K]"),
     ("fc:4:4", "fc:N: takes 1 argument(s), got 2"),
     ("pool:2", "pool: takes 0 argument(s)"),
@@ -80,3 +80,23 @@ def test_a_kind_added_as_one_row_parses_builds_and_trains(monkeypatch):
     h = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 1e-5)
     w1, b1 = np.asarray(params["layer_1"]["w"]), np.asarray(params["layer_1"]["b"])
     np.testing.assert_allclose(np.asarray(y), h @ w1 + b1, rtol=1e-4, atol=1e-5)
+
+
+def test_gap_averages_each_channel_before_the_classifier():
+    """conv:3 -> relu -> gap -> Dense, against numpy (the conv written as a loop)."""
+    model = models.convnet((4, 4, 2), 3, "conv:3,gap")
+    params, state = model.init(jax.random.key(0))
+    x = np.random.default_rng(0).normal(size=(2, 4, 4, 2)).astype(np.float32)
+    y, _ = model.apply(params, state, x)
+    w, b = np.asarray(params["layer_0"]["w"]), np.asarray(params["layer_0"]["b"])
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    conv = np.zeros((2, 4, 4, 3), np.float32)
+    for i in range(4):
+        for j in range(4):
+            conv[:, i, j] = np.einsum("nuvc,uvco->no", xp[:, i:i + 3, j:j + 3], w) + b
+    h = np.maximum(conv, 0).mean(axis=(1, 2))
+    w1, b1 = np.asarray(params["layer_1"]["w"]), np.asarray(params["layer_1"]["b"])
+    np.testing.assert_allclose(np.asarray(y), h @ w1 + b1, rtol=1e-4, atol=1e-5)
+    assert arch.format_arch(arch.parse_arch("conv:3,gap,fc:4")) == "conv:3,gap,fc:4"
+    with pytest.raises(ValueError, match="gap needs images"):
+        models.convnet((6,), 3, "gap")

@@ -854,3 +854,19 @@ def test_conv_gradient_inside_lax_scan_equals_outside():
                 # kernel gradient: 2 images x 4x3 outputs = 24).
                 _agree(a, b, 27)
                 _agree(b, c, 27)
+
+
+# --------------------------------------------------------------------------- GlobalAvgPool
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_global_avg_pool_is_the_mean_per_channel(dtype):
+    layer = layers.GlobalAvgPool()
+    shape, params, state = layer.init(jax.random.key(0), (3, 5, 4))
+    assert shape == (4,) and params == {} and state == {}
+    x = np.random.default_rng(1).normal(size=(2, 3, 5, 4)).astype(np.float32)
+    y, _ = layer.apply(params, state, jnp.asarray(x, dtype))
+    assert y.dtype == dtype and y.shape == (2, 4)
+    want = np.asarray(jnp.asarray(x, dtype), np.float64).mean(axis=(1, 2))
+    tol = 1e-6 if dtype == jnp.float32 else 2 ** -8  # the output rounding of the dtype
+    np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=tol, atol=tol)
+    with pytest.raises(ValueError, match="GlobalAvgPool: needs inputs of shape"):
+        layer.init(jax.random.key(0), (16,))
