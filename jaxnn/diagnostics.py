@@ -66,6 +66,7 @@ __all__ = [
     "layer_stats",
     "dead_fraction_probe",
     "dead_fraction_callback",
+    "overfitting_onset",
     "diagnose",
 ]
 
@@ -161,6 +162,8 @@ class Diagnosis(NamedTuple):
         the verdicts were drawn from (NaN where the history lacks them).
       gap: ``final_train_acc - final_val_acc``.
       dead_fraction: the last tracked dead-unit fraction (NaN if not tracked).
+      overfit_epoch: the epoch from which the validation loss rises while the training loss
+        falls (:func:`overfitting_onset`; ``None``: it does not).
     """
 
     verdicts: list[str]
@@ -173,6 +176,7 @@ class Diagnosis(NamedTuple):
     final_val_acc: float
     gap: float
     dead_fraction: float
+    overfit_epoch: int | None = None
 
 
 # --------------------------------------------------------------------------- unit statistics
@@ -535,6 +539,33 @@ def _last(cols, name) -> float:
     v = cols.get(name)
     return float(v[-1]) if v is not None and v.size else math.nan
 
+def overfitting_onset(history, *, val_rise: float = 0.1, min_epochs: int = 2) -> int | None:
+    r"""The epoch from which the validation loss rises while the training loss falls: the
+    curriculum's picture of overfitting (and the epoch early stopping would keep), or ``None``.
+
+    With :math:`m` the epoch of the lowest validation loss :math:`V_m`, it is :math:`m` when at
+    least ``min_epochs`` epochs follow it, the last validation loss is above
+    :math:`(1 + \text{val\_rise}) V_m` and the last training loss is below the training loss of
+    epoch :math:`m`. ``history`` as for :func:`diagnose` (needs ``train_loss`` and
+    ``val_loss``); epochs are the records' ``epoch`` numbers where they carry them, else 1, 2, ...
+
+    >>> overfitting_onset({"train_loss": [1.0, 0.5, 0.3, 0.2, 0.1],
+    ...                    "val_loss": [1.1, 0.6, 0.7, 0.8, 0.9]})
+    2
+    """
+    cols, _, _ = _columns(history)
+    train, val = cols.get("train_loss"), cols.get("val_loss")
+    if train is None or val is None or not val.size or train.shape != val.shape:
+        return None
+    if not (np.all(np.isfinite(train)) and np.all(np.isfinite(val))):
+        return None
+    m = int(np.argmin(val))
+    if (len(val) - 1 - m < min_epochs or not val[-1] > (1 + val_rise) * val[m]
+            or not train[-1] < train[m]):
+        return None
+    epochs = cols.get("epoch")
+    return int(epochs[m]) if epochs is not None and np.isfinite(epochs[m]) else m + 1
+
 
 def diagnose(
     history,
@@ -547,6 +578,7 @@ def diagnose(
     max_gap: float = 0.1,
     poor_acc: float = 0.8,
     max_dead: float = 0.3,
+    val_rise: float = 0.1,
 ) -> Diagnosis:
     r"""Plain-words verdicts on a training run.
 
@@ -559,7 +591,9 @@ def diagnose(
     - **"learning rate too low"** (:data:`LR_TOO_LOW`): otherwise, the loss went down by less
       than ``min_decrease`` :math:`\cdot L_0` over the whole run.
     - **overfitting** (:data:`OVERFITTING`): final training accuracy exceeds validation accuracy
-      by more than ``max_gap``.
+      by more than ``max_gap``, or the validation loss rises while the training loss falls
+      (:func:`overfitting_onset` with ``val_rise``; the reason names the epoch it starts, also
+      in :attr:`Diagnosis.overfit_epoch`).
     - **underfitting** (:data:`UNDERFITTING`): with a sound learning rate, final training and
       validation accuracy both below ``poor_acc``.
     - **dead ReLUs** (:data:`DEAD_UNITS`): the last tracked dead-unit fraction (``dead_fraction``
@@ -616,9 +650,17 @@ def diagnose(
     # -- generalization
     train_acc, val_acc = _last(cols, "train_acc"), _last(cols, "val_acc")
     gap = train_acc - val_acc
+    onset = overfitting_onset(cols, val_rise=val_rise)
+    rising = ""
+    if onset is not None:
+        val = cols["val_loss"]
+        rising = (f"validation loss rising while training loss falls from epoch {onset} "
+                  f"({np.min(val):.4g} then, {val[-1]:.4g} at the end)")
     if gap > max_gap:
         say(OVERFITTING, f"training accuracy {train_acc:.3f} is {gap:.3f} above validation "
-                         f"accuracy {val_acc:.3f}")
+                         f"accuracy {val_acc:.3f}" + (f"; {rising}" if rising else ""))
+    elif rising:
+        say(OVERFITTING, rising)
     if lr_ok and train_acc < poor_acc and val_acc < poor_acc:
         say(UNDERFITTING, f"training accuracy {train_acc:.3f} and validation accuracy "
                           f"{val_acc:.3f} are both below {poor_acc:g}")
@@ -632,4 +674,5 @@ def diagnose(
         verdicts=verdicts, reasons=reasons, ok=not verdicts, initial_loss=l0,
         final_train_loss=_last(cols, "train_loss"), final_val_loss=_last(cols, "val_loss"),
         final_train_acc=train_acc, final_val_acc=val_acc, gap=gap, dead_fraction=dead,
+        overfit_epoch=onset,
     )
