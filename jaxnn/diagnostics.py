@@ -66,7 +66,6 @@ __all__ = [
     "layer_stats",
     "dead_fraction_probe",
     "dead_fraction_callback",
-    "overfitting_onset",
     "diagnose",
 ]
 
@@ -539,7 +538,7 @@ def _last(cols, name) -> float:
     v = cols.get(name)
     return float(v[-1]) if v is not None and v.size else math.nan
 
-def overfitting_onset(history, *, val_rise: float = 0.1, min_epochs: int = 2) -> int | None:
+def _overfitting_onset(history, *, val_rise: float = 0.1, min_epochs: int = 2) -> int | None:
     r"""The epoch from which the validation loss rises while the training loss falls: the
     curriculum's picture of overfitting (and the epoch early stopping would keep), or ``None``.
 
@@ -549,7 +548,7 @@ def overfitting_onset(history, *, val_rise: float = 0.1, min_epochs: int = 2) ->
     epoch :math:`m`. ``history`` as for :func:`diagnose` (needs ``train_loss`` and
     ``val_loss``); epochs are the records' ``epoch`` numbers where they carry them, else 1, 2, ...
 
-    >>> overfitting_onset({"train_loss": [1.0, 0.5, 0.3, 0.2, 0.1],
+    >>> _overfitting_onset({"train_loss": [1.0, 0.5, 0.3, 0.2, 0.1],
     ...                    "val_loss": [1.1, 0.6, 0.7, 0.8, 0.9]})
     2
     """
@@ -592,7 +591,7 @@ def diagnose(
       than ``min_decrease`` :math:`\cdot L_0` over the whole run.
     - **overfitting** (:data:`OVERFITTING`): final training accuracy exceeds validation accuracy
       by more than ``max_gap``, or the validation loss rises while the training loss falls
-      (:func:`overfitting_onset` with ``val_rise``; the reason names the epoch it starts, also
+      (see ``_overfitting_onset``, with ``val_rise``; the reason names the epoch it starts, also
       in :attr:`Diagnosis.overfit_epoch`).
     - **underfitting** (:data:`UNDERFITTING`): with a sound learning rate, final training and
       validation accuracy both below ``poor_acc``.
@@ -650,7 +649,7 @@ def diagnose(
     # -- generalization
     train_acc, val_acc = _last(cols, "train_acc"), _last(cols, "val_acc")
     gap = train_acc - val_acc
-    onset = overfitting_onset(cols, val_rise=val_rise)
+    onset = _overfitting_onset(cols, val_rise=val_rise)
     rising = ""
     if onset is not None:
         val = cols["val_loss"]
