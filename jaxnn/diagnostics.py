@@ -162,7 +162,7 @@ class Diagnosis(NamedTuple):
       gap: ``final_train_acc - final_val_acc``.
       dead_fraction: the last tracked dead-unit fraction (NaN if not tracked).
       overfit_epoch: the epoch from which the validation loss rises while the training loss
-        falls (:func:`overfitting_onset`; ``None``: it does not).
+        falls (``None``: it does not).
     """
 
     verdicts: list[str]
