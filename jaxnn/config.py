@@ -40,6 +40,7 @@ __all__ = [
     "build_loss",
     "hidden_items",
     "steps_per_epoch",
+    "parameter_count",
 ]
 
 
@@ -196,6 +197,10 @@ _REQUIRED_KEYS = ("dataset", "data_dir", "hidden", "activation", "init", "bias_i
                   "dropout", "loss", "optimizer", "lr", "schedule", "l2", "batch_size", "epochs",
                   "preprocess", "seed")
 
+_FLOAT32_MAX = 3.4028234663852886e38
+#: Seeds are 32-bit: jax.random.key keeps the low 32 bits of a larger one (2**32 would be seed 0).
+_SEED_RANGE = (0, 2**32 - 1)
+
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
@@ -221,8 +226,11 @@ def _check_types(cfg: RunConfig) -> None:
         if not ok:
             raise ConfigError(f.name, f"expected {_TYPE_NAMES[t]}, got {v!r}")
         if t is float:
-            if not math.isfinite(v):
-                raise ConfigError(f.name, f"must be a finite number, got {v}")
+            # Training computes in float32: a value finite in float64 but not in float32
+            # (1e308) would be inf there.
+            if not math.isfinite(v) or abs(v) > _FLOAT32_MAX:
+                raise ConfigError(f.name, f"must be a finite number (|x| <= {_FLOAT32_MAX:.4g}, "
+                                  f"the float32 range), got {v}")
             object.__setattr__(cfg, f.name, float(v))
 
 
@@ -243,6 +251,11 @@ def _check_values(cfg: RunConfig) -> None:
 
     for key in ("batch_size", "epochs", "keep_checkpoints", "patience", "devices"):
         _at_least(cfg, key, 1)
+    for key in ("seed", "split_seed"):
+        lo, hi = _SEED_RANGE
+        if not lo <= getattr(cfg, key) <= hi:
+            raise ConfigError(key, f"must be in [{lo}, {hi}] (a 32-bit seed), got "
+                              f"{getattr(cfg, key)}")
     if not cfg.lr > 0:
         raise ConfigError("lr", f"must be positive, got {cfg.lr}")
     if cfg.l2 < 0:
@@ -317,8 +330,9 @@ def hidden_items(cfg: RunConfig):
             return arch.parse_arch(cfg.arch)
         except ValueError as e:
             raise ConfigError("arch", str(e)) from None
+    text = str(cfg.hidden).strip()
     try:
-        sizes = [int(s) for s in str(cfg.hidden).split(",") if s.strip()]
+        sizes = [int(s) for s in text.split(",")] if text else []
     except ValueError:
         raise ConfigError("hidden", f"must be comma-separated integers, got {cfg.hidden!r}") from None
     if any(s < 1 for s in sizes):
@@ -400,7 +414,45 @@ def build_model(cfg: RunConfig, input_shape, num_classes: int):
                                dropout=cfg.dropout)
     except ValueError as e:
         raise ConfigError("arch" if cfg.arch is not None else "hidden", str(e)) from None
+    _check_fits(model, "arch" if cfg.arch is not None else "hidden")
     return _scaled_init(model, cfg.init_scale)
+
+
+def parameter_count(model) -> int:
+    """The number of parameters of ``model`` (from shapes alone: nothing is allocated)."""
+    import jax
+
+    params, _ = jax.eval_shape(model.init, jax.random.key(0))
+    return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
+
+
+def _memory_bytes() -> int:
+    """The memory a training step can use: the first device's limit where JAX reports one
+    (accelerators), else the machine's physical memory."""
+    import jax
+
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+        if stats.get("bytes_limit"):
+            return int(stats["bytes_limit"])
+    except Exception:  # a backend without memory statistics
+        pass
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+#: Bytes per parameter while training: float32 weights, gradients and two optimizer moments.
+_BYTES_PER_PARAMETER = 16
+
+
+def _check_fits(model, key: str) -> None:
+    """Refuse a model whose parameters, gradients and optimizer state alone exceed memory
+    (before anything is allocated), naming its size."""
+    n = parameter_count(model)
+    need, have = n * _BYTES_PER_PARAMETER, _memory_bytes()
+    if need > have:
+        raise ConfigError(key, f"the model has {n:,} parameters: {need / 2**30:.1f} GiB with "
+                          f"gradients and optimizer state, more than the {have / 2**30:.1f} GiB "
+                          "of memory here")
 
 
 def _scaled_init(model, scale: float):

@@ -73,6 +73,11 @@ def dataclasses_frozen_error():
     (dict(batch_norm=1), "batch_norm", "true or false"),
     (dict(hidden=[8]), "hidden", "expected a string"),
     (dict(hidden="16,x"), "hidden", "comma-separated integers"),
+    (dict(hidden="128,,64"), "hidden", "comma-separated integers"),
+    (dict(seed=2**64), "seed", "a 32-bit seed"),
+    (dict(seed=2**32), "seed", "a 32-bit seed"),
+    (dict(seed=-1), "seed", "a 32-bit seed"),
+    (dict(lr=1e308), "lr", "the float32 range"),
     (dict(dropout=1.0), "dropout", "[0, 1)"),
     (dict(activation="nope"), "activation", "unknown 'nope'; valid: "),
     (dict(loss="nope"), "loss", "unknown 'nope'"),
@@ -264,3 +269,19 @@ def test_every_registered_optimizer_and_schedule_gives_finite_nonzero_updates():
             leaves = [np.asarray(u) for u in jax.tree.leaves(updates)]
             assert all(np.all(np.isfinite(u)) for u in leaves), (key, name)
             assert any(np.any(u != 0) for u in leaves), (key, name)
+
+
+# --------------------------------------------------------------------------- what cannot fit
+def test_parameter_count_is_the_sum_of_the_layers():
+    """64-128-64-10: (64*128 + 128) + (128*64 + 64) + (64*10 + 10) weights and biases."""
+    from jaxnn.config import parameter_count
+
+    model = build_model(RunConfig(), (64,), 10)
+    assert parameter_count(model) == 64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
+
+
+@pytest.mark.parametrize("cfg", [RunConfig(hidden="1000000000"),
+                                 RunConfig(arch="conv:100000,conv:100000")])
+def test_a_model_that_cannot_fit_in_memory_is_refused_before_allocating(cfg):
+    with pytest.raises(ConfigError, match="parameters: .* GiB .* more than the"):
+        build_model(cfg, (8, 8, 1) if cfg.arch else (64,), 10)

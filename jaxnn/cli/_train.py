@@ -265,7 +265,6 @@ def _fit_and_report(exp, run, *, resume: bool, args, dev) -> int:
             print(f"(every epoch: {run.file('metrics.jsonl')})")
     if history.diverged:
         good = history.epochs_done
-        print(f"{history.stopped_reason}")
         state_name = f"epoch {good}" if good else "the initial parameters"
         print(f"test accuracy {summary['test_acc']:.4f}  test loss {summary['test_loss']:.4f}  "
               f"(of the last good state: {state_name})")
