@@ -25,9 +25,25 @@ Rules shared by all losses:
   magnitude ``1e4`` and for ``-inf`` logits of non-target classes.
 * The output keeps the input's float dtype; 16-bit inputs are computed in float32 and cast back.
 
-Note that ``jax.jit`` converts numpy int64 arguments to int32 at its boundary (with x64 disabled),
-wrapping values beyond int32 before any loss sees them: check labels before jitting, as
-eager calls do.
+**Integer labels wider than int32.** Wherever a loss sees the caller's array -- an eager call, or
+a numpy / Python array used inside a jitted, vmapped or differentiated function (closed over, not
+passed as the transformation's argument) -- the range is checked in the array's own dtype before
+any conversion: a numpy int64 label ``2**32 + 2`` is a ``ValueError`` naming ``labels`` (at trace
+time under ``jit``), never class 2. A *traced* label is checked under ``jit``/``vmap`` in its
+traced dtype: with x64 enabled an int64 label beyond the classes gives NaN; with x64 disabled
+(JAX's default) traced labels are int32, and JAX itself converts a numpy int64 array passed as an
+*argument* of ``jax.jit`` or ``jax.vmap`` to int32 at that boundary, before any code of the loss
+runs -- ``2**32 + 2`` arrives as the valid class 2 and cannot be told from it. So check such labels
+where they are still numpy (call the loss once eagerly, or compare them with the number of
+classes), pass them as int32, or enable x64; out-of-range int32 values (negative, ``>= C``) are
+NaN as for every traced bad label.
+
+**Gradients with respect to targets** (soft targets, label smoothing, distillation) are the
+derivative of the formula, as in optax: ``-log softmax(x)_k`` for
+:func:`softmax_cross_entropy_onehot` and ``-x`` for :func:`sigmoid_binary_cross_entropy`, also
+at targets exactly 0 or 1. The one exception is a term of weight 0 whose log-probability is
+infinite (a ``-inf`` logit of a class with target 0): the term is dropped, so its value is 0
+(optax: NaN) and its target gradient 0 (optax: infinite).
 
 Example:
 
@@ -162,6 +178,20 @@ def _label_mask(labels: Array, num_classes: int) -> Array:
     return labels[..., None] == jnp.arange(num_classes, dtype=labels.dtype)
 
 
+def _weighted(w: Array, log_term: Array) -> Array:
+    """``w * log_term`` elementwise, where ``log_term >= 0`` may be ``+inf`` where ``w == 0``.
+
+    A zero-weighted ``+inf`` term (the log-probability of a ``-inf`` logit) gives 0, not
+    ``0 * inf = nan``, and sends no NaN gradient to the logits. Only an *infinite* term is
+    replaced (and only where its weight is 0), so every finite term keeps its derivative with
+    respect to the weight: ``d/dw = log_term`` also at ``w = 0`` (a "double where" on
+    ``w != 0`` would drop it). NaN terms are kept: NaN in, NaN out.
+    """
+    # Double where on the infinite terms only: the product never sees 0 * inf.
+    keep = (w != 0) | (log_term != jnp.inf)
+    return w * jnp.where(keep, log_term, 0)
+
+
 def _nan_if_invalid(loss: Array, labels: Array, num_classes: int) -> Array:
     """NaN where a label is outside [0, C): a traced bad label must not look like a loss."""
     valid = (labels >= 0) & (labels < num_classes)
@@ -259,8 +289,11 @@ def sigmoid_binary_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> Array:
 
     Elementwise it equals :func:`optax.losses.sigmoid_binary_cross_entropy`; the sum over
     non-batch axes (independent binary labels, e.g. multi-label ``[batch, labels]``) makes it
-    per-example. Stable log-sigmoid form: finite for logits of any magnitude; a term whose weight
-    is 0 is dropped, so ``logits = -inf`` with ``label = 0`` gives 0, not ``0 * inf = nan``.
+    per-example. Stable log-sigmoid form: finite for logits of any magnitude; an infinite term
+    whose weight is 0 is dropped, so ``logits = -inf`` with ``label = 0`` gives 0, not
+    ``0 * inf = nan``. Gradients: :math:`\sigma(x) - y` with respect to the logits and
+    :math:`\partial \ell / \partial y = -x` with respect to the labels (as optax's), also at
+    labels exactly 0 and 1 (0 instead of infinite at an infinite logit).
 
     Args:
       logits: ``[batch, ...]`` real-valued logits.
@@ -292,10 +325,11 @@ def sigmoid_binary_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> Array:
 def _sigmoid_bce(logits: Array, labels: Array) -> Array:
     dtype, acc = _float_dtype(logits)
     x, y = logits.astype(acc), labels.astype(acc)
-    # Double where: a zero-weighted infinite log term contributes 0 (and no NaN gradient).
-    pos = y * jnp.where(y != 0, jax.nn.log_sigmoid(x), 0)
-    neg = (1 - y) * jnp.where(y != 1, jax.nn.log_sigmoid(-x), 0)
-    loss = _sum_non_batch(-(pos + neg))
+    # -log sigmoid(x) = softplus(-x) >= 0; a zero-weighted infinite term contributes 0 (and no
+    # NaN gradient), a finite one keeps its derivative with respect to the label.
+    pos = _weighted(y, -jax.nn.log_sigmoid(x))
+    neg = _weighted(1 - y, -jax.nn.log_sigmoid(-x))
+    loss = _sum_non_batch(pos + neg)
     valid = _sum_non_batch(~((y >= 0) & (y <= 1))) == 0  # every label of the example in [0, 1]
     return jnp.where(valid, loss, jnp.nan).astype(dtype)
 
@@ -351,10 +385,13 @@ def softmax_cross_entropy_onehot(logits: ArrayLike, targets: ArrayLike) -> Array
 
     .. math:: \ell_i = -\sum_k t_{ik} \log \operatorname{softmax}(x_i)_k
 
-    Equals :func:`optax.losses.softmax_cross_entropy`. Classes with ``t_k = 0`` are dropped with a
-    ``where`` (not multiplied by 0), so ``-inf`` logits of non-target classes give a finite loss
-    and finite gradients instead of ``0 * -inf = nan``. Targets must be finite and
-    non-negative (then :math:`\ell_i \ge 0`); they are not required to sum to 1.
+    Equals :func:`optax.losses.softmax_cross_entropy`. An infinite ``-log p_k`` of a class with
+    ``t_k = 0`` (a ``-inf`` logit) is dropped with a ``where`` (not multiplied by 0), so ``-inf``
+    logits of non-target classes give a finite loss and finite gradients instead of
+    ``0 * -inf = nan``. Targets must be finite and non-negative (then :math:`\ell_i \ge 0`);
+    they are not required to sum to 1. The gradient with respect to the targets is
+    :math:`-\log \operatorname{softmax}(x_i)_k`, as optax's, also where :math:`t_{ik} = 0`
+    (0 instead of ``+inf`` at a ``-inf`` logit).
 
     Args:
       logits: ``[batch, classes]`` (or ``[batch, ..., classes]``: extra axes are summed).
@@ -386,8 +423,8 @@ def _softmax_ce_onehot(logits: Array, targets: Array) -> Array:
     dtype, acc = _float_dtype(logits)
     log_p = jax.nn.log_softmax(logits.astype(acc), axis=-1)
     t = targets.astype(acc)
-    # Double where: log-probabilities of zero-target classes (possibly -inf) never meet a 0.
-    loss = jnp.sum(t * jnp.where(t != 0, -log_p, 0), axis=-1)
+    # -log p of a zero-target class may be +inf (a -inf logit): it never meets the 0.
+    loss = jnp.sum(_weighted(t, -log_p), axis=-1)
     valid = jnp.all(jnp.isfinite(t) & (t >= 0), axis=-1)
     return _sum_non_batch(jnp.where(valid, loss, jnp.nan)).astype(dtype)
 
@@ -564,6 +601,8 @@ def _for_labels(name: str) -> Callable[[Array, Array], Array]:
         labels = _check_int_labels(f"{name} on labels", scores, labels, "scores")
         num_classes = scores.shape[-1]
         dtype = scores.dtype if jnp.issubdtype(scores.dtype, jnp.inexact) else jnp.float32
+        if scores.ndim == 1:  # one example (e.g. under vmap): a batch of one, then a scalar
+            return on_labels(scores[None], labels[None])[0]
         loss = fn(scores, jax.nn.one_hot(labels, num_classes, dtype=dtype))
         valid = (labels >= 0) & (labels < num_classes)
         if valid.ndim > 1:

@@ -604,3 +604,125 @@ def test_public_names_resolve():
         assert getattr(L, name).__doc__, name
     for name in L.names():
         assert L.get(name).__name__ in L.__all__
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients with respect to the targets (soft targets, distillation): optax's, also at 0 and 1
+
+
+def _targets_with_exact_zeros_and_ones(shape, rng):
+    """Random targets in [0, 1] where about a third of the entries are exactly 0 and a third
+    exactly 1 (the points a "double where" on the weight used to get wrong)."""
+    t = rng.uniform(size=shape)
+    pick = rng.integers(0, 3, shape)
+    return np.where(pick == 0, 0.0, np.where(pick == 1, 1.0, t))
+
+
+TARGET_GRAD_CASES = [
+    ("softmax_cross_entropy_onehot", L.softmax_cross_entropy_onehot,
+     optax.losses.softmax_cross_entropy),
+    ("sigmoid_binary_cross_entropy", L.sigmoid_binary_cross_entropy,
+     optax.losses.sigmoid_binary_cross_entropy),
+]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float16, jnp.bfloat16], ids=str)
+@pytest.mark.parametrize("name,fn,theirs", TARGET_GRAD_CASES, ids=[c[0] for c in TARGET_GRAD_CASES])
+def test_target_gradients_equal_optax(name, fn, theirs, dtype):
+    """d(sum of losses)/d(targets) = optax's (-log_softmax(x), resp. -x), also at targets exactly
+    0 and 1. The reference is optax in float64 on the same dtype-rounded inputs; ours computes in
+    float32: -log p_k = lse - x_k is within (C + 2 FN_ULPS + 4) U32 (|x_k - max| + log C + 1) of
+    the truth (the error_scale rule), the binary -x = softplus(-x) - softplus(x) within
+    (2 FN_ULPS + 4) U32 (|x| + 2 log 2); a 16-bit gradient is then rounded once (half its eps)."""
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(3.0 * rng.standard_normal((B, C)), dtype)
+    t = jnp.asarray(_targets_with_exact_zeros_and_ones((B, C), rng), dtype)
+    t = t.at[0].set(jax.nn.one_hot(2, C, dtype=dtype))  # a one-hot row too
+    ours = jgrad(lambda tt: jnp.sum(fn(x, tt)))(t)
+    assert ours.dtype == dtype
+    with jax.enable_x64(True):
+        x64 = jnp.asarray(np.asarray(x, np.float64))
+        t64 = jnp.asarray(np.asarray(t, np.float64))
+        want = np.asarray(jax.grad(lambda tt: jnp.sum(theirs(x64, tt)))(t64))
+    xs = np.asarray(x64)
+    if fn is L.softmax_cross_entropy_onehot:
+        scale = np.abs(xs - xs.max(-1, keepdims=True)) + np.log(C) + 1
+        tol = (C + 2 * FN_ULPS + 4) * U32 * scale
+        np.testing.assert_allclose(want, -(xs - np_logsumexp(xs)[:, None]), rtol=1e-12)
+    else:
+        tol = (2 * FN_ULPS + 4) * U32 * (np.abs(xs) + 2 * np.log(2))
+        np.testing.assert_allclose(want, -xs, rtol=1e-12, atol=1e-12)
+    tol = tol + float(jnp.finfo(dtype).eps) / 2 * np.abs(want)
+    assert_within(ours, want, tol, f"{name} {jnp.dtype(dtype).name}")
+    assert np.any(np.asarray(t) == 0) and np.any(np.asarray(t) == 1)
+
+
+def test_target_gradients_at_zero_and_one_worked_example():
+    """The issue's reproduction: [0, 1, 0] targets used to get [0, 0.464, 0]."""
+    z = jnp.array([[1.0, 2.0, 0.5]])
+    g = jgrad(lambda t: jnp.sum(L.softmax_cross_entropy_onehot(z, t)))(jnp.array([[0.0, 1.0, 0.0]]))
+    lse = np_logsumexp(np.array([1.0, 2.0, 0.5]))
+    assert_within(g, [[lse - 1.0, lse - 2.0, lse - 0.5]], 16 * U32 * 2)
+    x = jnp.array([1.5, -0.7])
+    gb = jgrad(lambda y: jnp.sum(L.sigmoid_binary_cross_entropy(x, y)))(jnp.array([0.0, 1.0]))
+    assert_within(gb, [-1.5, 0.7], (2 * FN_ULPS + 4) * U32 * 4)
+
+
+def test_target_and_logit_gradients_together_at_minus_inf_logits():
+    """Both gradients at once with -inf logits of zero-target classes: the loss is finite, the
+    logit gradient finite, and the target gradient of the dropped (infinite) term 0 -- the
+    documented convention (optax: NaN loss, infinite target gradient); finite terms keep theirs."""
+    z = jnp.array([[-jnp.inf, 2.0, 0.5]])
+    t = jnp.array([[0.0, 1.0, 0.0]])
+    gz, gt = jax.jit(jax.grad(lambda a, b: jnp.sum(L.softmax_cross_entropy_onehot(a, b)),
+                              argnums=(0, 1)))(z, t)
+    assert bool(jnp.all(jnp.isfinite(gz))) and float(gt[0, 0]) == 0.0
+    lse = np_logsumexp(np.array([2.0, 0.5]))
+    assert_within(gt[0, 1:], [lse - 2.0, lse - 0.5], 16 * U32 * 2)
+    x = jnp.array([[-jnp.inf, jnp.inf, 0.5]])
+    y = jnp.array([[0.0, 1.0, 0.0]])
+    gx, gy = jax.jit(jax.grad(lambda a, b: jnp.sum(L.sigmoid_binary_cross_entropy(a, b)),
+                              argnums=(0, 1)))(x, y)
+    np.testing.assert_array_equal(gy[0, :2], [0.0, 0.0])
+    assert_within(gy[0, 2:], [-0.5], 16 * U32)
+    assert bool(jnp.all(jnp.isfinite(gx)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Integer labels beyond int32 under jit / vmap
+
+
+LABEL_FNS = [(n, L.get(n)) for n in INT_LABEL_LOSSES] + [
+    (f"for_labels({n})", L.for_labels(n)) for n in ("mse", "sigmoid_binary_cross_entropy")]
+
+
+@pytest.mark.parametrize("name,fn", LABEL_FNS, ids=[n for n, _ in LABEL_FNS])
+def test_int64_labels_beyond_int32_inside_transformations(name, fn):
+    """A numpy int64 label 2**32 + 2 (class 2 once wrapped to int32) is never a loss: seen as
+    numpy inside jit / grad (closed over) it is the eager ValueError, at trace time; traced as
+    int64 (x64 enabled) under jit and vmap it makes that example NaN; the other examples keep
+    their values."""
+    z = jnp.asarray(LOGITS[:3], jnp.float32)
+    bad = np.array([0, 2**32 + 2, 1], np.int64)
+    for transformed in (jax.jit(lambda v: fn(v, bad)), jax.grad(lambda v: jnp.sum(fn(v, bad)))):
+        with pytest.raises(ValueError, match=rf"`labels` must lie in \[0, {C}\).*got {bad[1]}"):
+            transformed(z)
+    clean = np.asarray(fn(z, np.array([0, 2, 1], np.int32)))
+    with jax.enable_x64(True):
+        for call in (jax.jit(fn), jax.vmap(fn)):
+            out = np.asarray(call(z, bad))
+            assert np.isnan(out[1]), (name, out)
+            assert_within(out[[0, 2]], clean[[0, 2]], 1e-6 * (1 + np.abs(clean[[0, 2]])), name)
+
+
+@pytest.mark.parametrize("name", ["mse", "sigmoid_binary_cross_entropy"])
+def test_for_labels_one_example_at_a_time_under_vmap(name):
+    """scores [C] with a scalar label is one example: a scalar loss, as for the labels losses."""
+    fn = L.for_labels(name)
+    z = jnp.asarray(LOGITS[:4], jnp.float32)
+    y = jnp.asarray(LABELS[:4])
+    per = jax.vmap(fn)(z, y)
+    assert per.shape == (4,)
+    assert_within(per, fn(z, y), 1e-6 * (1 + np.abs(np.asarray(fn(z, y)))), name)
+    out = jax.vmap(fn)(z, y.at[1].set(C))
+    assert np.isnan(np.asarray(out)[1]) and not np.isnan(np.asarray(out)[[0, 2, 3]]).any()
