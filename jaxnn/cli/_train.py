@@ -17,6 +17,7 @@ from jaxnn.cli._common import (
     setup_devices,
     table,
 )
+from jaxnn.cli._progress import Progress
 
 #: Up to this many epochs the final table shows every epoch; beyond, the first and last few.
 FULL_TABLE_EPOCHS = 40
@@ -135,40 +136,20 @@ def _barrier(dev, name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-class _Progress:
-    """The CLI's view of training: a tqdm bar on a terminal, one flushed line per epoch when
-    stderr is not a terminal (a pipe, a log file, nohup, SLURM), nothing with ``--quiet``."""
+class _Progress(Progress):
+    """The CLI's view of training (:class:`jaxnn.cli._progress.Progress`): a tqdm bar on a
+    terminal, one flushed line per epoch when stderr is not a terminal (a pipe, a log file,
+    nohup, SLURM), nothing with ``--quiet``."""
 
     def __init__(self, *, total: int, quiet: bool, enabled: bool):
-        self.total, self.bar, self.lines = total, None, False
-        if quiet or not enabled:
-            return
-        if sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc="train", unit="epoch", leave=False)
-        else:
-            self.lines = True
-
-    def start(self, done: int) -> None:
-        if self.bar is not None:
-            self.bar.n = done
-            self.bar.refresh()
+        super().__init__(total=total, desc="train", unit="epoch", quiet=quiet, enabled=enabled,
+                         prefix=False)
 
     def __call__(self, rec: dict, state=None) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{rec['train_loss']:.4f}", val_acc=f"{rec['val_acc']:.4f}")
-        elif self.lines:
-            sys.stderr.write(
-                f"epoch {rec['epoch']}/{self.total}  train_loss {rec['train_loss']:.4f}  "
-                f"train_acc {rec['train_acc']:.4f}  val_loss {rec['val_loss']:.4f}  "
-                f"val_acc {rec['val_acc']:.4f}  ({rec['seconds']:.3f} s)\n")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.step(f"epoch {rec['epoch']}/{self.total}  train_loss {rec['train_loss']:.4f}  "
+                  f"train_acc {rec['train_acc']:.4f}  val_loss {rec['val_loss']:.4f}  "
+                  f"val_acc {rec['val_acc']:.4f}  ({rec['seconds']:.3f} s)",
+                  postfix={"loss": f"{rec['train_loss']:.4f}", "val_acc": f"{rec['val_acc']:.4f}"})
 
 
 def _say(message: str) -> None:
