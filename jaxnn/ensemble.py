@@ -63,6 +63,29 @@ def _check_logits(logits) -> jax.Array:
     return logits
 
 
+def _check_labels(labels, num_classes: int, n: int) -> jax.Array:
+    """Integer class ids ``[n]`` in ``[0, num_classes)``: dtype and shape are checked always
+    (they are static), the values where they are known (eager calls, numpy inputs); a traced
+    label outside the range is caught by :func:`ensemble_accuracy`'s NaN."""
+    traced = isinstance(labels, jax.core.Tracer)
+    values = None if traced else np.asarray(labels)
+    dtype = jnp.result_type(labels) if traced else values.dtype
+    if dtype == np.bool_ or not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"labels must be integer class ids in [0, {num_classes}), got dtype "
+                         f"{dtype}")
+    shape = np.shape(labels)
+    if shape != (n,):
+        raise ValueError(f"labels must have shape [{n}] to match logits with {n} examples, got "
+                         f"{shape}")
+    if values is not None and values.size:
+        bad = values[(values < 0) | (values >= num_classes)]
+        if bad.size:
+            raise ValueError(f"labels must be class ids in [0, {num_classes}) for logits with "
+                             f"{num_classes} classes, got {int(bad[0])}")
+        return jnp.asarray(values)
+    return jnp.asarray(labels)
+
+
 def average_probabilities(logits: ArrayLike) -> jax.Array:
     """The members' softmax probabilities averaged: ``[K, n, C] -> [n, C]``.
 
@@ -81,14 +104,19 @@ def average_probabilities(logits: ArrayLike) -> jax.Array:
 
 def ensemble_accuracy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
     """Accuracy of the ensemble's prediction ``argmax_y mean_k softmax(logits[k])_y`` against the
-    integer ``labels`` ``[n]``; ``logits`` is ``[K, n, C]``."""
+    integer ``labels`` ``[n]``; ``logits`` is ``[K, n, C]``.
+
+    Labels must be integer class ids in ``[0, C)``: a float or bool dtype is a ``ValueError``
+    always, a label outside the range a ``ValueError`` when the values are known (eager) and a
+    NaN accuracy under ``jit`` (never a plausible number).
+    """
     logits = _check_logits(logits)
-    labels = jnp.asarray(labels)
-    if labels.shape != logits.shape[1:2]:
-        raise ValueError(f"labels must have shape [{logits.shape[1]}] to match logits "
-                         f"{logits.shape}, got {labels.shape}")
+    num_classes = logits.shape[2]
+    labels = _check_labels(labels, num_classes, logits.shape[1])
     pred = jnp.argmax(average_probabilities(logits), axis=-1)
-    return jnp.mean((pred == labels).astype(jnp.float32))
+    acc = jnp.mean((pred == labels).astype(jnp.float32))
+    valid = jnp.all((labels >= 0) & (labels < num_classes))
+    return jnp.where(valid, acc, jnp.nan)
 
 
 def _nll(probs: jax.Array, labels: jax.Array) -> jax.Array:
@@ -138,6 +166,12 @@ def ensemble(
     }
     if model is None:  # the population's default, built here because its outputs are read below
         model = _models.mlp([int(np.prod(x.shape[1:])), 64, 64, int(data.num_classes)])
+    out = getattr(model, "output_shape", ())
+    num_classes = int(out[-1]) if out else int(data.num_classes)
+    try:  # before training: a bad test label would otherwise be gathered at a clamped index
+        _check_labels(y, num_classes, x.shape[0])
+    except ValueError as e:
+        raise ValueError(f"data.y_test: {e}") from None
     res = _population.train_population(
         data=data, hparams=hparams, epochs=epochs, batch_size=batch_size, key=key, model=model,
         loss=loss, optimizer=optimizer, devices=devices, on_epoch=on_epoch,

@@ -46,6 +46,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxnn import _conv
@@ -151,22 +152,33 @@ def _initializer(init: Any, arg: str) -> Callable[..., jax.Array]:
                      f"got {init!r}")
 
 
+def _size(d: Any) -> int | None:
+    """``d`` as an int when it is a Python/numpy integer (not a bool), else None."""
+    if isinstance(d, bool | np.bool_) or not isinstance(d, int | np.integer):
+        return None
+    return int(d)
+
+
 def _shape(input_shape: Any, layer: str, *, rank: int | None = None) -> Shape:
-    """``input_shape`` as a tuple of positive ints (an int ``n`` means ``(n,)``)."""
-    if isinstance(input_shape, int):
+    """``input_shape`` as a tuple of positive ints (an int ``n`` means ``(n,)``).
+
+    Sizes must be Python or numpy integers: ``4.5``, ``4.0`` and ``True`` are refused (numpy
+    refuses float sizes too), never truncated to a different shape.
+    """
+    if _size(input_shape) is not None:
         input_shape = (input_shape,)
     try:
-        shape = tuple(int(d) for d in input_shape)
+        shape = tuple(_size(d) for d in input_shape)
     except TypeError:
-        raise ValueError(f"{layer}: input_shape must be a tuple of sizes (without the batch "
-                         f"axis), got {input_shape!r}") from None
-    if not shape or min(shape) < 1:
-        raise ValueError(f"{layer}: input_shape must be non-empty positive sizes, got {shape}")
+        shape = ()
+    if isinstance(input_shape, str) or not shape or any(d is None or d < 1 for d in shape):
+        raise ValueError(f"{layer}: input_shape must be a non-empty tuple of positive integer "
+                         f"sizes (without the batch axis), got {input_shape!r}")
     if rank is not None and len(shape) != rank:
         what = "(height, width, channels)" if rank == 3 else f"rank {rank}"
         raise ValueError(f"{layer}: needs inputs of shape {what} (without the batch axis), got "
                          f"{shape}; images are NHWC")
-    return shape
+    return shape  # type: ignore[return-value]
 
 
 def _pair(v: Any, arg: str) -> tuple[int, int]:
@@ -206,6 +218,16 @@ def _out_shape(fn: Callable, shape: Shape, dtype=jnp.float32) -> Shape:
 
 
 # --------------------------------------------------------------------------- Dense
+def _float_input(x: jax.Array, param_dtype: Any) -> jax.Array:
+    """``x`` to compute with: a float ``x`` as is (the output keeps its dtype), an integer or
+    bool ``x`` promoted to the parameters' float dtype (float32 if they are not float), so the
+    parameters are never cast to an integer dtype."""
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+        return x
+    dtype = param_dtype if jnp.issubdtype(param_dtype, jnp.floating) else jnp.float32
+    return x.astype(dtype)
+
+
 def Dense(
     features: int,
     *,
@@ -219,10 +241,13 @@ def Dense(
     ``init`` / ``bias_init`` are initializer names, numbers (constants) or initializers
     (``bias_init=0.01`` is the "slightly positive ReLU bias"). ``W`` is drawn with the first half
     of ``jax.random.split(key)``, ``b`` with the second. Inputs ``[batch, ..., in]`` work: the
-    map applies to the last axis. The output keeps ``x``'s dtype.
+    map applies to the last axis. A float ``x`` keeps its dtype (the weights are cast to it);
+    an integer or bool ``x`` is promoted to the weights' float dtype (never the weights cast to
+    int).
     """
-    if int(features) < 1:
-        raise ValueError(f"Dense: `features` must be >= 1, got {features}")
+    if _size(features) is None or features < 1:
+        raise ValueError(f"Dense: `features` must be an integer >= 1, got {features!r}")
+    features = int(features)
     w_init, b_init = _initializer(init, "init"), _initializer(bias_init, "bias_init")
 
     def init_fn(key, input_shape):
@@ -239,6 +264,7 @@ def Dense(
         if x.ndim < 2 or x.shape[-1] != n_in:
             raise ValueError(f"Dense: x must have {n_in} features on its last axis, got "
                              f"{tuple(x.shape)}")
+        x = _float_input(x, params["w"].dtype)
         y = x @ params["w"].astype(x.dtype)
         if use_bias:
             y = y + params["b"].astype(x.dtype)
@@ -428,6 +454,18 @@ def _stat_dtype(x):
     return jnp.promote_types(x.dtype, jnp.float32)
 
 
+def _number(layer: str, arg: str, value: Any, ok: Callable[[float], bool], expected: str
+            ) -> float:
+    """``value`` as a float if it is a real number (not a bool) for which ``ok`` holds, else a
+    ``ValueError`` naming ``arg`` and ``expected``."""
+    v = None
+    if not isinstance(value, bool | np.bool_) and isinstance(value, int | float | np.number):
+        v = float(value)
+    if v is None or v != v or not ok(v):
+        raise ValueError(f"{layer}: `{arg}` must be {expected}, got {value!r}")
+    return v
+
+
 def _masked_moments(x, mask):
     """Per channel (last axis): mean, biased variance and the number of entries averaged, over
     every other axis in >= float32, counting only the rows with ``mask == 1``."""
@@ -458,11 +496,15 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5) -> Layer:
     averages. ``gamma``/``beta`` start at 1 and 0; statistics are computed in at least float32 and
     the output keeps ``x``'s dtype. Place it after the affine/conv layer and before the
     nonlinearity.
+
+    A batch without real rows (``mask`` all 0, ``n = 0``) leaves the running averages as they
+    are; the running variance moves only when at least two entries are averaged (``n >= 2``:
+    one value has no variance to estimate). ``momentum`` must be a number in ``[0, 1)`` and
+    ``eps`` a finite number ``> 0`` (an infinite ``eps`` would make every output ``beta``).
     """
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"BatchNorm: `momentum` must be in [0, 1), got {momentum}")
-    if not eps > 0:
-        raise ValueError(f"BatchNorm: `eps` must be positive, got {eps}")
+    momentum = _number("BatchNorm", "momentum", momentum, lambda v: 0.0 <= v < 1.0,
+                       "a number in [0, 1)")
+    eps = _number("BatchNorm", "eps", eps, lambda v: 0.0 < v < math.inf, "a finite number > 0")
 
     def init_fn(key, input_shape):
         shape = _shape(input_shape, "BatchNorm")
@@ -471,7 +513,7 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5) -> Layer:
         return shape, params, {"mean": jnp.zeros((c,)), "var": jnp.ones((c,))}
 
     def apply(params, state, x, *, train=False, key=None, mask=None):
-        x = jnp.asarray(x)
+        x = _float_input(jnp.asarray(x), params["gamma"].dtype)
         c = params["gamma"].shape[0]
         if x.ndim < 2 or x.shape[-1] != c:
             raise ValueError(f"BatchNorm: x must have {c} features on its last axis, got "
@@ -479,9 +521,13 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5) -> Layer:
         if train:
             mean, var, n = _masked_moments(x, mask)
             unbiased = var * n / jnp.maximum(n - 1.0, 1.0)
+            # No real entry: nothing to average in (an all-padding batch must not pull the
+            # running averages toward 0); one entry: a mean but no variance.
             state = {
-                "mean": momentum * state["mean"] + (1.0 - momentum) * mean,
-                "var": momentum * state["var"] + (1.0 - momentum) * unbiased,
+                "mean": jnp.where(n > 0, momentum * state["mean"] + (1.0 - momentum) * mean,
+                                  state["mean"]),
+                "var": jnp.where(n > 1, momentum * state["var"] + (1.0 - momentum) * unbiased,
+                                 state["var"]),
             }
         else:
             mean, var = state["mean"], state["var"]
@@ -495,16 +541,15 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5) -> Layer:
 def LayerNorm(*, eps: float = 1e-5) -> Layer:
     r"""Layer normalization over the last axis, per example (and per position):
     :math:`y = \gamma (x - \mu)/\sqrt{\sigma^2 + \epsilon} + \beta` (same in training and
-    evaluation; statistics in at least float32)."""
-    if not eps > 0:
-        raise ValueError(f"LayerNorm: `eps` must be positive, got {eps}")
+    evaluation; statistics in at least float32). ``eps`` must be a finite number ``> 0``."""
+    eps = _number("LayerNorm", "eps", eps, lambda v: 0.0 < v < math.inf, "a finite number > 0")
 
     def init_fn(key, input_shape):
         shape = _shape(input_shape, "LayerNorm")
         return shape, {"gamma": jnp.ones((shape[-1],)), "beta": jnp.zeros((shape[-1],))}, {}
 
     def apply(params, state, x, *, train=False, key=None, mask=None):
-        x = jnp.asarray(x)
+        x = _float_input(jnp.asarray(x), params["gamma"].dtype)
         c = params["gamma"].shape[0]
         if x.ndim < 2 or x.shape[-1] != c:
             raise ValueError(f"LayerNorm: x must have {c} features on its last axis, got "

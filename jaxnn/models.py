@@ -83,6 +83,7 @@ from jaxnn.layers import (
     _join,
     _report,
     _shape,
+    _size,
 )
 
 __all__ = [
@@ -406,9 +407,12 @@ def mlp(
         logits, state = model.apply(params, state, x)
     """
     try:
-        sizes = [int(s) for s in sizes]
-    except (TypeError, ValueError):
-        raise ValueError(f"mlp: sizes must be integers [in, hidden..., out], got {sizes!r}") from None
+        given = list(sizes)
+    except TypeError:
+        given = [None]
+    if any(_size(s) is None for s in given):  # 4.5 is not truncated to 4, nor True taken as 1
+        raise ValueError(f"mlp: sizes must be integers [in, hidden..., out], got {sizes!r}")
+    sizes = [_size(s) for s in given]
     if len(sizes) < 2 or min(sizes) < 1:
         raise ValueError(f"mlp: sizes must list at least an input and an output size >= 1, got "
                          f"{sizes}")

@@ -135,3 +135,36 @@ def test_ensemble_rejects(dataset):
 def test_public_names():
     assert set(ensemble.__all__) == {"EnsembleResult", "average_probabilities",
                                      "ensemble_accuracy", "ensemble"}
+
+
+# --------------------------------------------------------------------------- trust, round two
+@pytest.mark.parametrize("bad, match", [
+    ([7, 0, 1, 2, 3, 4, 0], r"class ids in \[0, 5\).*got 7"),
+    ([-1, 0, 1, 2, 3, 4, 0], r"class ids in \[0, 5\).*got -1"),
+    ([2.5, 0, 1, 2, 3, 4, 0], "integer class ids.*float"),
+    ([2.0, 0, 1, 2, 3, 4, 0], "integer class ids.*float"),
+    ([True, False, True, False, True, False, True], "integer class ids.*bool"),
+    (np.array([2**32 + 2, 0, 1, 2, 3, 4, 0], np.int64), r"got 4294967298"),
+])
+def test_ensemble_accuracy_refuses_labels_that_are_not_class_ids(logits, bad, match):
+    # Cause: the labels were compared with the argmax as they came, so 7 (of 5 classes), -1 and
+    # 2.5 each counted as a miss and a plausible accuracy came back.
+    with pytest.raises(ValueError, match=match):
+        ensemble.ensemble_accuracy(logits, np.asarray(bad))
+
+
+def test_ensemble_accuracy_is_nan_for_a_traced_bad_label(logits):
+    acc = jax.jit(ensemble.ensemble_accuracy)
+    good = np.array([0, 1, 2, 3, 4, 0, 1], np.int32)
+    assert np.isfinite(float(acc(logits, good)))
+    for label in (5, -1):
+        assert np.isnan(float(acc(logits, np.where(np.arange(7) == 0, label, good))))
+
+
+def test_ensemble_refuses_test_labels_beyond_the_models_classes(dataset):
+    # Checked before any training: a label the model has no output for.
+    bad = dataset._replace(y_test=np.where(np.arange(len(dataset.y_test)) == 0, 3,
+                                           dataset.y_test).astype(np.int32))
+    with pytest.raises(ValueError, match=r"y_test: labels must be class ids in \[0, 3\)"):
+        ensemble.ensemble(bad, members=2, epochs=1, key=jax.random.key(0),
+                          model=models.mlp([6, 4, 3]))

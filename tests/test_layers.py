@@ -870,3 +870,62 @@ def test_global_avg_pool_is_the_mean_per_channel(dtype):
     np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=tol, atol=tol)
     with pytest.raises(ValueError, match="GlobalAvgPool: needs inputs of shape"):
         layer.init(jax.random.key(0), (16,))
+
+
+# --------------------------------------------------------------------------- trust, round two
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.int8, jnp.uint8, jnp.bool_])
+def test_integer_inputs_compute_in_the_params_float_dtype(key, dtype):
+    # Cause: the weights were cast to x's dtype, so an int x met int weights (He-normal weights
+    # of size < 1 become 0): Dense on [[1, 2, 3, 4]] gave [-4, 0, 3]. Integer and bool inputs
+    # are promoted to the params' float dtype; the reference is numpy in float64.
+    x = np.array([[1, 0, 3, 4], [0, 1, 1, 0]]).astype(dtype)
+    dense = layers.Dense(3, bias_init=0.25)
+    _, params, _ = dense.init(key, (4,))
+    y, _ = dense.apply(params, {}, x)
+    assert y.dtype == jnp.float32
+    _close(y, x.astype(np.float64) @ np.asarray(params["w"], np.float64) + 0.25, 4)
+    # The normalization layers follow the same rule (their output was cast back to int).
+    for layer in (layers.BatchNorm(), layers.LayerNorm()):
+        _, p, s = layer.init(key, (4,))
+        out, _ = layer.apply(p, s, x, train=True)
+        assert out.dtype == jnp.float32 and np.all(np.isfinite(out))
+        assert float(jnp.max(jnp.abs(out))) > 0.5  # not truncated to 0
+    # Float inputs keep their dtype.
+    assert dense.apply(params, {}, jnp.asarray(x, jnp.float16))[0].dtype == jnp.float16
+
+
+@pytest.mark.parametrize("make, arg", [
+    (lambda: layers.BatchNorm(eps=float("inf")), "eps"),
+    (lambda: layers.BatchNorm(eps=0.0), "eps"),
+    (lambda: layers.BatchNorm(eps=float("nan")), "eps"),
+    (lambda: layers.BatchNorm(eps="1e-5"), "eps"),
+    (lambda: layers.BatchNorm(momentum=float("nan")), "momentum"),
+    (lambda: layers.BatchNorm(momentum=-0.1), "momentum"),
+    (lambda: layers.BatchNorm(momentum=float("inf")), "momentum"),
+    (lambda: layers.BatchNorm(momentum=True), "momentum"),
+    (lambda: layers.LayerNorm(eps=float("inf")), "eps"),
+    (lambda: layers.LayerNorm(eps=-1e-5), "eps"),
+])
+def test_norm_hyperparameters_must_be_finite_and_in_range(make, arg):
+    # Cause: only `eps > 0` was checked, so eps=inf normalized every output to beta (zeros).
+    with pytest.raises(ValueError, match=f"`{arg}` must be"):
+        make()
+
+
+def test_batchnorm_running_averages_do_not_move_without_real_rows(key):
+    # Cause: a fully masked batch (n = 0) still blended its mean 0 and variance 0 into the
+    # running averages, shrinking the variance used in evaluation.
+    bn = layers.BatchNorm(momentum=0.5)
+    _, params, _ = bn.init(key, (3,))
+    state = {"mean": jnp.array([1.0, 2.0, 3.0]), "var": jnp.array([4.0, 5.0, 6.0])}
+    x = _x((4, 3)) * 10
+    _, s = bn.apply(params, state, x, train=True, mask=np.zeros(4, np.float32))
+    np.testing.assert_array_equal(s["mean"], state["mean"])
+    np.testing.assert_array_equal(s["var"], state["var"])
+    _, s = jax.jit(lambda st, m: bn.apply(params, st, x, train=True, mask=m))(
+        state, jnp.zeros(4))
+    np.testing.assert_array_equal(s["var"], state["var"])
+    # One real row: the mean moves (half-way, momentum 0.5); one value has no variance.
+    _, s = bn.apply(params, state, x, train=True, mask=np.array([0, 1, 0, 0], np.float32))
+    _close(s["mean"], 0.5 * np.array([1.0, 2.0, 3.0]) + 0.5 * x[1], 1)
+    np.testing.assert_array_equal(s["var"], state["var"])

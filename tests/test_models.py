@@ -434,3 +434,39 @@ def test_nested_model_checkpoints_round_trip(tmp_path, key):
     assert jax.tree.structure(restored) == jax.tree.structure({"params": params, "state": state})
     jax.tree.map(np.testing.assert_array_equal, restored["params"], params)
     assert set(restored["params"]["layer_1"]) == {"layer_0", "layer_1", "skip"}
+
+
+# --------------------------------------------------------------------------- trust, round two
+@pytest.mark.parametrize("shape", [(4.5,), 4.5, (4.0,), (True,), (4, 2.5), ("4",), "4", (4, None),
+                                   (np.float64(4.0),), (-4,)])
+def test_serial_input_shape_must_be_positive_integers(shape):
+    # Cause: each size went through int(), so (4.5,) silently became (4,) (and True became 1).
+    with pytest.raises(ValueError, match="serial: input_shape must be .*positive integer"):
+        layers.serial(Dense(2), input_shape=shape)
+
+
+@pytest.mark.parametrize("sizes", [[4.5, 8, 3], [4, 8.5, 3], [True, 8, 3], ["4", 3]])
+def test_mlp_sizes_and_dense_features_must_be_integers(sizes):
+    # The same cause in the builders: int() truncated mlp sizes and Dense features.
+    with pytest.raises(ValueError, match="mlp: sizes must be integers"):
+        models.mlp(sizes)
+    with pytest.raises(ValueError, match="Dense: `features` must be an integer"):
+        Dense(next(s for s in sizes if type(s) is not int))
+
+
+def test_serial_input_shape_accepts_python_and_numpy_integers():
+    for shape, want in [(4, (4,)), ((4,), (4,)), ((np.int64(2), np.int32(3)), (2, 3)),
+                        (np.array([2, 3]), (2, 3)), ([3, 2], (3, 2))]:
+        model = layers.serial(Flatten(), Dense(2), input_shape=shape)
+        assert model.input_shape == want and all(type(d) is int for d in model.input_shape)
+
+
+def test_mlp_on_integer_inputs_equals_the_float_inputs(key):
+    # The example: mlp([4, 8, 3]) applied to int32 x returned zeros.
+    model = models.mlp([4, 8, 3])
+    params, state = model.init(key)
+    x = np.array([[1, 2, 3, 4], [0, -1, 5, 2]])
+    got, _ = model.apply(params, state, jnp.asarray(x, jnp.int32))
+    want, _ = model.apply(params, state, jnp.asarray(x, jnp.float32))
+    assert got.dtype == jnp.float32
+    np.testing.assert_array_equal(got, want)
