@@ -18,6 +18,12 @@ from jaxnn.cli._common import (
     table,
     write_json,
 )
+from jaxnn.cli._progress import Progress, add_quiet_flag
+
+#: The units of work of a diagnosis, in order: one progress line each when stderr is not a
+#: terminal (and one per training epoch while the training stage runs).
+STAGES = ("initial loss check", "overfit check", "training", "layer statistics",
+          "curves.png and diagnosis.json")
 
 
 def add_parser(sub) -> None:
@@ -44,6 +50,7 @@ def add_parser(sub) -> None:
                         "losses, accuracies, update/weight ratios, dead and saturated fractions, "
                         "activation and gradient histograms (needs jaxnn[tensorboard])")
     add_train_flags(p, epochs=5)
+    add_quiet_flag(p)
     p.set_defaults(func=run_diagnose)
 
 
@@ -95,54 +102,75 @@ def run_diagnose(args) -> int:
 
     say(f"diagnosing: {c.dataset}, hidden {c.hidden} {c.activation} ({c.init}), "
         f"{c.loss}, {c.optimizer} lr {c.lr:g}, l2 {c.l2:g}")
-    init = diagnostics.initial_loss_check(model, data, key=key, loss=exp.loss)
-    overfit = diagnostics.overfit_check(
-        model, data, optimizer=exp.optimizer, key=key, loss=exp.loss,
-        num_examples=args.overfit_examples, epochs=args.overfit_epochs)
-    x_probe, y_probe = data.x_val[:args.probe_examples], data.y_val[:args.probe_examples]
-    if x_probe.shape[0] == 0:
-        x_probe, y_probe = data.x_train[:args.probe_examples], data.y_train[:args.probe_examples]
-    callbacks = [diagnostics.dead_fraction_callback(model, x_probe)]
-    on_start = None
-    if args.tensorboard:
-        from jaxnn.tensorboard import TensorBoardCallback
+    progress = Progress(total=len(STAGES), desc="diagnose", unit="check", quiet=args.quiet)
 
-        tb = TensorBoardCallback(out, model, x_probe, y_probe, loss=exp.loss, l2=c.l2,
-                                 optimizer=exp.optimizer, activation=c.activation)
-        callbacks.append(tb)
-        on_start = tb.on_start
-        _written(out)
+    def done(what: str) -> None:  # one stage of STAGES finished
+        progress.step(f"{progress.count()} {what} ({progress.elapsed():.1f} s)", postfix=what)
+        progress.restart_clock()
+
+    def on_epoch(rec, state) -> None:  # the training stage, epoch by epoch
+        progress.note(f"{progress.count()} training, epoch {rec['epoch']}/{c.epochs}: train_loss "
+                      f"{rec['train_loss']:.4f}, val_acc {rec['val_acc']:.4f} "
+                      f"({rec['seconds']:.1f} s)",
+                      postfix=f"training, epoch {rec['epoch']}/{c.epochs}")
+
     try:
-        history = train.fit(
-            model, data, optimizer=exp.optimizer, epochs=c.epochs, key=key,
-            loss=exp.loss, batch_size=c.batch_size, l2=c.l2, on_start=on_start,
-            callback=lambda rec, state: [cb(rec, state) for cb in callbacks])
-    finally:
+        init = diagnostics.initial_loss_check(model, data, key=key, loss=exp.loss)
+        done("initial loss check done")
+        overfit = diagnostics.overfit_check(
+            model, data, optimizer=exp.optimizer, key=key, loss=exp.loss,
+            num_examples=args.overfit_examples, epochs=args.overfit_epochs)
+        done("overfit check done")
+        x_probe, y_probe = data.x_val[:args.probe_examples], data.y_val[:args.probe_examples]
+        if x_probe.shape[0] == 0:
+            x_probe = data.x_train[:args.probe_examples]
+            y_probe = data.y_train[:args.probe_examples]
+        callbacks = [diagnostics.dead_fraction_callback(model, x_probe), on_epoch]
+        on_start = None
         if args.tensorboard:
-            tb.close()
-    st = history.state
-    layers = diagnostics.layer_stats(
-        model, st.params, st.model_state, x_probe, y_probe, loss=exp.loss,
-        activation=c.activation, optimizer=exp.optimizer, opt_state=st.opt_state,
-        l2=c.l2)
-    verdict = diagnostics.diagnose(history)
+            from jaxnn.tensorboard import TensorBoardCallback
 
-    os.makedirs(out, exist_ok=True)
-    plots.learning_curves(history.records, os.path.join(out, "curves.png"),
-                          title=f"diagnose: {c.optimizer} lr {c.lr:g}",
-                          note=history.stopped_reason if history.diverged else "")
-    _written(out)
-    write_json(os.path.join(out, "diagnosis.json"), {
-        "config": c.to_dict(),
-        "initial_loss": init._asdict(),
-        "overfit": overfit._asdict(),
-        "layers": [{k: v for k, v in s._asdict().items() if k != "activations"}
-                   for s in layers],
-        "verdicts": verdict.verdicts,
-        "reasons": verdict.reasons,
-        "training": {"records": history.records, "stopped_reason": history.stopped_reason,
-                     "initial_loss": history.initial_loss},
-    })
+            tb = TensorBoardCallback(out, model, x_probe, y_probe, loss=exp.loss, l2=c.l2,
+                                     optimizer=exp.optimizer, activation=c.activation)
+            callbacks.insert(1, tb)
+            on_start = tb.on_start
+            _written(out)
+        try:
+            history = train.fit(
+                model, data, optimizer=exp.optimizer, epochs=c.epochs, key=key,
+                loss=exp.loss, batch_size=c.batch_size, l2=c.l2, on_start=on_start,
+                callback=lambda rec, state: [cb(rec, state) for cb in callbacks])
+        finally:
+            if args.tensorboard:
+                tb.close()
+        done(f"training done: {history.stopped_reason}")
+        st = history.state
+        layers = diagnostics.layer_stats(
+            model, st.params, st.model_state, x_probe, y_probe, loss=exp.loss,
+            activation=c.activation, optimizer=exp.optimizer, opt_state=st.opt_state,
+            l2=c.l2)
+        done("layer statistics done")
+        verdict = diagnostics.diagnose(history)
+
+        os.makedirs(out, exist_ok=True)
+        plots.learning_curves(history.records, os.path.join(out, "curves.png"),
+                              title=f"diagnose: {c.optimizer} lr {c.lr:g}",
+                              note=history.stopped_reason if history.diverged else "")
+        _written(out)
+        write_json(os.path.join(out, "diagnosis.json"), {
+            "config": c.to_dict(),
+            "initial_loss": init._asdict(),
+            "overfit": overfit._asdict(),
+            "layers": [{k: v for k, v in s._asdict().items() if k != "activations"}
+                       for s in layers],
+            "verdicts": verdict.verdicts,
+            "reasons": verdict.reasons,
+            "training": {"records": history.records, "stopped_reason": history.stopped_reason,
+                         "initial_loss": history.initial_loss},
+        })
+        done("curves.png and diagnosis.json written")
+    finally:
+        progress.close()
 
     say("")
     say("1. initial loss (weights scaled by "
