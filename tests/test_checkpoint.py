@@ -57,3 +57,23 @@ def test_no_checkpoint_is_a_clear_error(tmp_path):
         ck.restore(template=_state())
     with pytest.raises(ValueError, match="max_to_keep"):
         Checkpointer(tmp_path, max_to_keep=0)
+
+
+def test_checkpoints_from_before_digests_still_restore(tmp_path):
+    """Digests are checked when recorded; an older checkpoint (none recorded) restores."""
+    import orbax.checkpoint as ocp
+
+    from jaxnn.checkpoint import DIGEST_KEY, _keys_to_data
+
+    state = _state(3.0)
+    with ocp.CheckpointManager(tmp_path) as mgr:  # as the Checkpointer saved before digests
+        mgr.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(_keys_to_data(state)),
+                                            meta=ocp.args.JsonSave({"epoch": 1})))
+        mgr.wait_until_finished()
+    with Checkpointer(tmp_path) as ck:
+        restored, meta = ck.restore(template=_state())
+        assert meta == {"epoch": 1}
+        np.testing.assert_array_equal(restored.params["w"], state.params["w"])
+        ck.save(2, state, {"epoch": 2})
+        _, meta = ck.restore(template=_state())
+        assert meta == {"epoch": 2} and DIGEST_KEY not in meta  # recorded, and not shown

@@ -1,6 +1,9 @@
-"""jaxnn.rundir: the lock, atomic files, metrics that lose nothing intact, checkpoint fallback, and
-resume equal to an uninterrupted run."""
+"""jaxnn.rundir: the lock, atomic files, metrics that lose nothing intact, checkpoint fallback,
+resume equal to an uninterrupted run, and whose directory it is: the marker, no run inside
+another, no symlink followed, no lock removed from under its holder, a changed config told from
+a damaged checkpoint, digests against bit rot, a full disk and Ctrl-C in one line."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -417,3 +420,92 @@ def test_arrays_that_changed_on_disk_fail_their_digest_and_fall_back(model, data
     skipped = [m for m in messages if m.startswith("skipped checkpoint")]
     assert len(skipped) == 1 and "checkpoint 3" in skipped[0] and "digest" in skipped[0]
     np.testing.assert_allclose(resumed["train_loss"], full["train_loss"], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- disk full
+@contextlib.contextmanager
+def _tiny_disk(path, size: str):
+    """A tmpfs of ``size`` at ``path`` (root only); yields whether it could be mounted."""
+    path.mkdir()
+    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                        capture_output=True).returncode == 0
+    try:
+        yield ok
+    finally:
+        if ok:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes(tmp_path, make_blobs, capfd, monkeypatch):
+    """A real 200 KiB tmpfs when this runs as root; else orbax's writer fails with the ENOSPC
+    error tensorstore gives."""
+    from jaxnn.cli import main
+
+    ds = make_blobs(n=150, classes=3, spread=3.0, n_train=90, n_val=30)
+    npz = tmp_path / "blobs.npz"
+    np.savez(npz, x=np.concatenate([ds.x_train, ds.x_val]),
+             y=np.concatenate([ds.y_train, ds.y_val]))
+    argv = ["--hidden", "128,64", "--batch-size", "32", "--quiet"]
+    with _tiny_disk(tmp_path / "disk", "200k") as mounted:
+        run = tmp_path / "disk" / "run"
+        if not mounted:
+            import orbax.checkpoint as ocp
+
+            real_save = ocp.CheckpointManager.save
+
+            def full(self, step, *a, **kw):
+                if step >= 1:
+                    raise ValueError("RESOURCE_EXHAUSTED: Error writing ...: No space left on "
+                                     "device [os_error_code='28']")
+                return real_save(self, step, *a, **kw)
+
+            monkeypatch.setattr(ocp.CheckpointManager, "save", full)
+        capfd.readouterr()
+        code = main(["train", "--dataset", str(npz), *argv, "--epochs", "3", "--out", str(run)])
+        err = [s for s in capfd.readouterr().err.splitlines() if s.strip()]
+        assert code == 2
+        assert len(err) == 1 and "disk full while writing checkpoint" in err[0], err
+        assert "the run can be resumed once there is space" in err[0]
+        assert not [n for n in os.listdir(run / "checkpoints") if "tmp" in n]  # space freed
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,size=8m", str(tmp_path / "disk")],
+                           check=True)
+        else:
+            monkeypatch.undo()
+        assert main(["resume", str(run), "--quiet"]) == 0
+        assert [r["epoch"] for r in _lines(run)] == [1, 2, 3]
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+@pytest.mark.slow
+@pytest.mark.parametrize("when", [0.1, 0.6, 1.5, "epochs"])
+def test_ctrl_c_is_one_line_at_any_moment(tmp_path, make_blobs, when):
+    """SIGINT during start-up (imports, JAX's gc callbacks, which swallowed it) or during epochs
+    (orbax's worker threads): exit 130 and the one line ``jaxnn train: interrupted``."""
+    import signal
+
+    ds = make_blobs(n=150, classes=3, spread=3.0, n_train=90, n_val=30)
+    npz = tmp_path / "blobs.npz"
+    np.savez(npz, x=ds.x_train, y=ds.y_train)
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "jaxnn", "train", "--dataset", str(npz),
+                          "--hidden", "8", "--epochs", "100000", "--quiet", "--out", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        if when == "epochs":
+            t0 = time.monotonic()
+            while not (out / "metrics.jsonl").exists():
+                assert time.monotonic() - t0 < 120 and p.poll() is None
+                time.sleep(0.05)
+            time.sleep(0.5)
+        else:
+            time.sleep(when)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 130, err
+    assert [s for s in err.splitlines() if s.strip()] == ["jaxnn train: interrupted"], err

@@ -209,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     returns 2; no verb (or no experiment) prints the help on stderr and returns 2.
     """
     console = argv is None
-    prog = ["jaxnn"]  # the verb's name once known, for the "interrupted" line
+    words = sys.argv[1:] if argv is None else argv
+    # The verb's name, for the "interrupted" line (refined once the arguments are parsed).
+    prog = [f"jaxnn {words[0]}" if words and words[0] in VERBS else "jaxnn"]
     if console:
         _install_sigint(prog)
     try:
