@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from jaxnn.cli._progress import Progress, add_quiet_flag
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -22,6 +24,7 @@ def add_parser(sub) -> None:
                    help="max relative error allowed (default: the float64 default of "
                         "jaxnn.gradcheck, 1e-6)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random check points")
+    add_quiet_flag(p)
     p.set_defaults(func=run_gradcheck)
 
 
@@ -195,15 +198,21 @@ def run_gradcheck(args) -> int:
         rng = np.random.default_rng(args.seed)  # numpy: the check points, fixed by --seed
         groups = (("activation", _activation_cases(rng)), ("loss", _loss_cases(rng)),
                   ("model", _model_cases(rng)))
-        for kind, cases in groups:
-            for name, f, params in cases:
-                if f is None:  # a check that cannot run is a failure, not a pass
-                    failed += 1
-                    rows.append([kind, name, "", "", "FAIL (rejects its declared targets)"])
-                    continue
-                rep = gradcheck.check_grads(f, params, tol=args.tol)
-                failed += not rep.passed
-                rows.append([kind, name, rep.max_error, rep.tol, "ok" if rep.passed else "FAIL"])
+        total = sum(len(cases) for _, cases in groups)
+        with Progress(total=total, desc="gradcheck", unit="check", quiet=args.quiet) as progress:
+            for kind, cases in groups:
+                for name, f, params in cases:
+                    if f is None:  # a check that cannot run is a failure, not a pass
+                        failed += 1
+                        rows.append([kind, name, "", "", "FAIL (rejects its declared targets)"])
+                    else:
+                        rep = gradcheck.check_grads(f, params, tol=args.tol)
+                        failed += not rep.passed
+                        rows.append([kind, name, rep.max_error, rep.tol,
+                                     "ok" if rep.passed else "FAIL"])
+                    result = rows[-1][-1]
+                    progress.step(f"{progress.count()} {kind} {name} {result}",
+                                  postfix=f"{kind} {name}")
     print(table(rows, ["kind", "name", "max rel error", "tol", "result"]))
     if failed:
         sys.stderr.write(f"jaxnn gradcheck: {failed} of {len(rows)} gradient checks failed\n")
