@@ -422,6 +422,7 @@ def loss_comparison(
     probe_examples: int = 512,
     other_scores: Sequence[float] = (1.0, -1.0),
     model: Any = None,
+    on_epoch: Callable[[str, int, dict], None] | None = None,
 ) -> LossComparison:
     """Hinge loss against cross-entropy, on the same scores and in training.
 
@@ -430,7 +431,9 @@ def loss_comparison(
     population over ``seeds`` (:func:`jaxnn.population.train_population`), and tracks on the
     first ``probe_examples`` training examples the mean margin, the fraction of examples whose
     hinge loss is 0, and both losses. ``model`` (any :class:`jaxnn.models.Model` for the data)
-    replaces the MLP of ``hidden``, ``activation`` and ``init``.
+    replaces the MLP of ``hidden``, ``activation`` and ``init``. ``on_epoch(loss, epoch, metrics)``
+    is called after every epoch of each loss's population (progress reporting; ``metrics`` as in
+    :func:`jaxnn.population.train_population`'s ``on_epoch``).
     """
     for name in losses:
         _losses.get(name)
@@ -447,6 +450,8 @@ def loss_comparison(
             optimizer=optimizer, probe=probe,
             hparams={"learning_rate": np.full(seed_ids.size, learning_rate),
                      "l2": np.full(seed_ids.size, l2), "seed": seed_ids},
+            on_epoch=None if on_epoch is None else (
+                lambda epoch, metrics, trained, name=name: on_epoch(name, epoch, metrics)),
         )
         acc_mean, acc_std = _mean_std(res.final["val_acc"])
         margin = _curve(res.history, "margin")
