@@ -44,6 +44,7 @@ SUBMODULES = (
     "ensemble",
     "experiments",
     "inference",
+    "report",
     "cli",
 )
 

@@ -24,6 +24,7 @@ VERBS = {
     "evaluate": "jaxnn.cli._use",
     "predict": "jaxnn.cli._use",
     "export": "jaxnn.cli._use",
+    "report": "jaxnn.cli._report",
     "diagnose": "jaxnn.cli._diagnose",
     "gradcheck": "jaxnn.cli._gradcheck",
     "experiment": "jaxnn.cli._experiment",
