@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 
 from jaxnn.cli import CLIError
 from jaxnn.cli._common import (
@@ -22,6 +21,7 @@ from jaxnn.cli._common import (
     table,
     write_json,
 )
+from jaxnn.cli._progress import Progress, add_quiet_flag
 
 
 def add_parser(sub) -> None:
@@ -46,6 +46,7 @@ def add_parser(sub) -> None:
     d.add_argument("--seed", type=int, default=0, help="seeds the inputs and the weights")
     d.add_argument("--out", default=None,
                    help="output directory (default: runs/init-depth-<date>-<time>)")
+    add_quiet_flag(d)
     d.set_defaults(func=run_init_depth)
 
     for parent, name in ((ex, "activations"), (sub, "compare")):
@@ -71,6 +72,7 @@ def add_parser(sub) -> None:
                       help="compare this one activation (the same as --activations NAME)")
         _replace_flag(c, "init", default=None,
                       help="compare with this one initializer (the same as --inits NAME)")
+        add_quiet_flag(c)
         c.set_defaults(func=run_compare, verb_name=name)
 
     lo = ex.add_parser(
@@ -89,6 +91,7 @@ def add_parser(sub) -> None:
     # cross-entropy model's keep growing.
     add_train_flags(lo, epochs=8, lr=0.01)
     _replace_flag(lo, "loss", default=None, help=argparse.SUPPRESS)  # given: refused
+    add_quiet_flag(lo)
     lo.set_defaults(func=run_losses, l2=0.0)
 
 
@@ -167,11 +170,6 @@ def _check_positive(**flags) -> None:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
 
 
-def _progress(msg: str) -> None:
-    sys.stderr.write(msg + "\n")
-    sys.stderr.flush()
-
-
 # --------------------------------------------------------------------------- init-depth
 def run_init_depth(args) -> int:
     import jax
@@ -182,16 +180,21 @@ def run_init_depth(args) -> int:
     out = new_run_dir(args.out, "init-depth")
     key = jax.random.key(args.seed)
     configs, hists = [], {}
-    for cfg in experiments.INIT_DEPTH_CONFIGS:
-        stats = experiments.init_depth(cfg.activation, cfg.init, key=key, depth=args.depth,
-                                       width=args.width, num_examples=args.examples)
-        configs.append({
-            "label": cfg.label, "activation": cfg.activation, "init": cfg.init_name,
-            "layers": [{"layer": i + 1, "pre_mean": s.pre_mean, "pre_std": s.pre_std,
-                        "mean": s.mean, "std": s.std, "saturated": s.saturated, "dead": s.dead}
-                       for i, s in enumerate(stats)],
-        })
-        hists[cfg.label] = [s.activations for s in stats]
+    with Progress(total=len(experiments.INIT_DEPTH_CONFIGS), desc="init-depth", unit="config",
+                  quiet=args.quiet) as progress:
+        for cfg in experiments.INIT_DEPTH_CONFIGS:
+            stats = experiments.init_depth(cfg.activation, cfg.init, key=key, depth=args.depth,
+                                           width=args.width, num_examples=args.examples)
+            configs.append({
+                "label": cfg.label, "activation": cfg.activation, "init": cfg.init_name,
+                "layers": [{"layer": i + 1, "pre_mean": s.pre_mean, "pre_std": s.pre_std,
+                            "mean": s.mean, "std": s.std, "saturated": s.saturated,
+                            "dead": s.dead} for i, s in enumerate(stats)],
+            })
+            hists[cfg.label] = [s.activations for s in stats]
+            progress.step(f"{progress.count()} {cfg.label} done ({progress.elapsed():.1f} s)",
+                          postfix=cfg.label)
+            progress.restart_clock()
     os.makedirs(out, exist_ok=True)
     plots.histogram_grid(hists, os.path.join(out, "histograms.png"), bins=args.bins,
                          title=f"activations per layer ({args.width} units, "
@@ -240,18 +243,21 @@ def run_compare(args) -> int:
         return build_model(replace_config(cfg, activation=activation, init=init),
                            exp.data.x_train.shape[1:], exp.data.num_classes)
 
-    done = []
+    progress = Progress(total=len(activations) * len(inits), desc=args.verb_name, unit="group",
+                        quiet=args.quiet)
 
-    def report(row):  # one line on stderr per finished group
-        done.append(row)
-        _progress(f"[{len(done)}/{len(activations) * len(inits)}] {row.activation} + "
-                  f"{row.init}: val_acc {row.val_acc_mean:.4f} +- {row.val_acc_std:.4f}, "
-                  f"dead {row.dead_fraction:.3f}")
+    def report(row):  # one unit of work per finished group
+        group = f"{row.activation} + {row.init}"
+        progress.step(f"{progress.count()} {group} done: val_acc {row.val_acc_mean:.4f} +- "
+                      f"{row.val_acc_std:.4f}, dead {row.dead_fraction:.3f} "
+                      f"({progress.elapsed():.1f} s)", postfix=group)
+        progress.restart_clock()
 
-    rows = experiments.activation_comparison(
-        exp.data, key=jax.random.key(c.seed), activations=activations, inits=inits,
-        epochs=c.epochs, seeds=args.seeds, learning_rate=c.lr, optimizer=exp.optimizer,
-        batch_size=c.batch_size, loss=exp.loss, l2=c.l2, model=model, on_group=report)
+    with progress:
+        rows = experiments.activation_comparison(
+            exp.data, key=jax.random.key(c.seed), activations=activations, inits=inits,
+            epochs=c.epochs, seeds=args.seeds, learning_rate=c.lr, optimizer=exp.optimizer,
+            batch_size=c.batch_size, loss=exp.loss, l2=c.l2, model=model, on_group=report)
 
     os.makedirs(out, exist_ok=True)
     label = lambda r: r.activation if len(inits) == 1 else f"{r.activation} + {r.init}"
@@ -313,10 +319,21 @@ def run_losses(args) -> int:
     out = new_run_dir(args.out, "losses")  # created, locked and writable before any data
     exp = build(config_from_args(args, loss="softmax_cross_entropy"))
     c = exp.config
-    res = experiments.loss_comparison(
-        exp.data, key=jax.random.key(c.seed), epochs=c.epochs, seeds=args.seeds,
-        model=exp.model, learning_rate=c.lr, optimizer=exp.optimizer, batch_size=c.batch_size,
-        l2=c.l2)
+    trained = ("multiclass_hinge_loss", "softmax_cross_entropy")  # loss_comparison's default
+    progress = Progress(total=len(trained) * c.epochs, desc="losses", unit="epoch",
+                        quiet=args.quiet)
+
+    def on_epoch(loss, epoch, metrics):  # one unit of work per epoch of each loss
+        progress.step(f"training with {loss}, epoch {epoch}/{c.epochs}: val_acc "
+                      f"{float(np.nanmean(metrics['val_acc'])):.4f} "
+                      f"({progress.elapsed():.1f} s)", postfix=f"{loss}, epoch {epoch}")
+        progress.restart_clock()
+
+    with progress:
+        res = experiments.loss_comparison(
+            exp.data, key=jax.random.key(c.seed), losses=trained, epochs=c.epochs,
+            seeds=args.seeds, model=exp.model, learning_rate=c.lr, optimizer=exp.optimizer,
+            batch_size=c.batch_size, l2=c.l2, on_epoch=on_epoch)
     sw = res.sweep
 
     os.makedirs(out, exist_ok=True)
