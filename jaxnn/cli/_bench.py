@@ -9,6 +9,7 @@ like any user would. So one piece of code makes both ``python benchmarks/activat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 from jaxnn.cli import CLIError
+from jaxnn.cli._progress import Progress, add_quiet_flag
 
 
 def add_parser(sub) -> None:
@@ -36,6 +38,7 @@ def add_parser(sub) -> None:
     p.add_argument("--activations", default=None,
                    help="comma-separated subset, e.g. relu,tanh (default: all)")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+    add_quiet_flag(p)
     p.set_defaults(func=run)
 
 
@@ -78,12 +81,70 @@ def run(args) -> int:
         if unknown:
             raise CLIError(f"--activations: unknown {', '.join(unknown)}; valid: "
                            f"{', '.join([*activations.names(), 'gelu_tanh'])}")
+    progress = Progress(total=None, desc="bench", unit="measurement", quiet=args.quiet)
     try:
-        result = bench.run(quick=args.quick, tiny=args.tiny, json_path=json_path,
-                           activations=names)
+        with progress, _progress_of(bench, progress):
+            result = bench.run(quick=args.quick, tiny=args.tiny, json_path=json_path,
+                               activations=names)
     except RuntimeError as e:
         raise CLIError(f"the benchmark failed: {e}") from None
     print(result["markdown"])
     paths = result["paths"]
     print(f"\nwrote {paths['json']}, {paths['markdown']} and {paths['png']}")
     return 0
+
+
+@contextlib.contextmanager
+def _progress_of(bench, progress: Progress):
+    """Route the benchmark's progress lines (``benchmarks._common.log``, one per measurement)
+    through ``progress`` while it runs. The malloc re-runs are subprocesses writing to the
+    inherited stderr: when stderr carries lines that is kept (their lines arrive as they are
+    measured); under a bar or ``--quiet`` their stderr goes to a temporary file instead, whose
+    last line a failure names."""
+    common = getattr(bench, "C", None)
+    real_log = getattr(common, "log", None)
+    real_child = getattr(bench, "run_child", None)
+
+    def log(message: str) -> None:
+        text = " ".join(str(message).split())
+        progress.step(text, postfix=text[:60])
+
+    def run_child(mode, argv):
+        if progress.lines:
+            return real_child(mode, argv)
+        with _stderr_to_temp_file() as tmp:
+            try:
+                return real_child(mode, argv)
+            except RuntimeError as e:
+                tmp.seek(0)
+                last = [ln for ln in tmp.read().decode(errors="replace").splitlines() if ln.strip()]
+                raise RuntimeError(f"{e}: {last[-1].strip()}" if last else str(e)) from None
+
+    if real_log is not None:
+        common.log = log
+    if real_child is not None:
+        bench.run_child = run_child
+    try:
+        yield
+    finally:
+        if real_log is not None:
+            common.log = real_log
+        if real_child is not None:
+            bench.run_child = real_child
+
+
+@contextlib.contextmanager
+def _stderr_to_temp_file():
+    """File descriptor 2 (what subprocesses inherit) into a temporary file, then back."""
+    import tempfile
+
+    with tempfile.TemporaryFile() as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(tmp.fileno(), 2)
+            yield tmp
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
