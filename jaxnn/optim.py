@@ -37,7 +37,9 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxnn import registry as _registry
@@ -71,17 +73,83 @@ LearningRate = float | Callable[[Any], Any]
 Schedule = Callable[[Any], Any]
 
 
-def _check_lr(learning_rate) -> None:
-    if not callable(learning_rate) and not hasattr(learning_rate, "shape"):
-        lr = float(learning_rate)
-        if not lr > 0 or lr != lr:
-            raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
+# --------------------------------------------------------------------------- checks
+# Every hyperparameter is checked where its value is known: a Python or numpy number, or a
+# concrete array (each element; a population may give one value per member). A traced value
+# (inside jit/vmap, e.g. jaxnn.population injecting per-member values) is not known at trace time
+# and passes; jaxnn.population checks its per-member values before tracing.
+_UNIT = (lambda v: (v >= 0) & (v < 1), "a number in [0, 1)")
+_NON_NEGATIVE = (lambda v: v >= 0, "a finite number >= 0")
+_POSITIVE = (lambda v: v > 0, "a finite number > 0")
+
+#: The rule of each injectable hyperparameter: ``(ok(values), what is expected)``.
+_RULES: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
+    "learning_rate": _NON_NEGATIVE,
+    "momentum": _UNIT,
+    "b1": _UNIT,
+    "b2": _UNIT,
+    "decay": _UNIT,
+    "eps": _POSITIVE,
+    "weight_decay": _NON_NEGATIVE,
+    "initial_accumulator_value": _NON_NEGATIVE,
+}
 
 
-def _check_schedule(learning_rate, schedule):
+def _host_values(value) -> np.ndarray | None:
+    """The values of a concrete hyperparameter as numpy, or None when traced."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+        return None
+    return np.asarray(value)
+
+
+def _check_value(fn: str, arg: str, value, ok, expected: str):
+    """``value`` unchanged if every concrete element is a finite real number for which ``ok``
+    holds; else ``ValueError`` naming ``fn``'s ``arg`` and what it expects. Traced values pass."""
+    values = _host_values(value)
+    if values is None:
+        return value
+    numeric = values.dtype != np.bool_ and (np.issubdtype(values.dtype, np.integer)
+                                            or np.issubdtype(values.dtype, np.floating))
+    if not numeric or isinstance(value, bool):
+        raise ValueError(f"{fn}: {arg} must be {expected}, got {value!r}")
+    v = values.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        good = np.isfinite(v) & ok(v)
+    if not np.all(good):
+        bad = v[~good].flat[0] if v.ndim else v
+        raise ValueError(f"{fn}: {arg} must be {expected}, got {_fmt(value, bad)}")
+    return value
+
+
+def _fmt(value, bad) -> str:
+    return repr(value) if np.ndim(value) == 0 else f"{float(bad)!r} (in {np.shape(value)} values)"
+
+
+def _check_hyper(fn: str, name: str, value):
+    ok, expected = _RULES[name]
+    return _check_value(fn, name, value, ok, expected)
+
+
+def _check_steps(fn: str, arg: str, value, minimum: int = 1) -> int:
+    """A whole number of steps ``>= minimum`` (Python or numpy int, not bool or float)."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer) or (
+            value < minimum):
+        raise ValueError(f"{fn}: {arg} must be a whole number of steps >= {minimum}, got "
+                         f"{value!r}")
+    return int(value)
+
+
+def _check_lr(learning_rate, fn: str = "optimizer") -> None:
+    if not callable(learning_rate):
+        _check_hyper(fn, "learning_rate", learning_rate)
+
+
+def _check_schedule(learning_rate, schedule, fn: str = "optimizer"):
     """``(learning_rate, schedule)`` with a schedule given as the learning rate moved to
     ``schedule`` (the rate 1.0 times it)."""
-    _check_lr(learning_rate)
+    _check_lr(learning_rate, fn)
     if callable(learning_rate):
         if schedule is not None:
             raise ValueError("give learning_rate as a number when schedule= is given")
@@ -107,14 +175,17 @@ def _with_schedule(factory):
     return make
 
 
-def _check_momentum(momentum: float) -> float:
-    if not 0.0 <= float(momentum) < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-    return momentum
-
-
-def _injected(factory, learning_rate, schedule=None, *, static_args=(), **hyper):
-    learning_rate, schedule = _check_schedule(learning_rate, schedule)
+def _injected(fn: str, factory, learning_rate, schedule=None, *, static_args=(), **hyper):
+    """``factory`` under :func:`optax.inject_hyperparams`, every hyperparameter checked first
+    (``fn`` names the rule in the messages)."""
+    learning_rate, schedule = _check_schedule(learning_rate, schedule, fn)
+    for name, value in hyper.items():
+        if name in _RULES:
+            _check_hyper(fn, name, value)
+    # optax injects Python numbers and arrays; a numpy scalar (np.float32(0.1)) would be kept
+    # static, so a population could not set it per member.
+    scalar = lambda v: float(v) if isinstance(v, np.floating | np.integer) else v  # noqa: E731
+    learning_rate, hyper = scalar(learning_rate), {k: scalar(v) for k, v in hyper.items()}
     if schedule is None:
         return optax.inject_hyperparams(factory, static_args=static_args)(
             learning_rate=learning_rate, **hyper)
@@ -132,7 +203,7 @@ def sgd(learning_rate: LearningRate, *, schedule: Schedule | None = None
     ``schedule`` (every rule here takes one) multiplies the learning rate step by step: see the
     module docstring.
     """
-    return _injected(optax.sgd, learning_rate, schedule)
+    return _injected("sgd", optax.sgd, learning_rate, schedule)
 
 
 def momentum(learning_rate: LearningRate, *, momentum: float = 0.9,
@@ -141,7 +212,7 @@ def momentum(learning_rate: LearningRate, *, momentum: float = 0.9,
 
     .. math:: v \leftarrow \mu v + \nabla_w L, \qquad w \leftarrow w - \eta v
     """
-    return _injected(optax.sgd, learning_rate, schedule, momentum=_check_momentum(momentum))
+    return _injected("momentum", optax.sgd, learning_rate, schedule, momentum=momentum)
 
 
 def nesterov(learning_rate: LearningRate, *, momentum: float = 0.9,
@@ -150,8 +221,8 @@ def nesterov(learning_rate: LearningRate, *, momentum: float = 0.9,
 
     .. math:: v \leftarrow \mu v + g, \qquad w \leftarrow w - \eta (g + \mu v)
     """
-    return _injected(optax.sgd, learning_rate, schedule, static_args=("nesterov",),
-                     momentum=_check_momentum(momentum), nesterov=True)
+    return _injected("nesterov", optax.sgd, learning_rate, schedule, static_args=("nesterov",),
+                     momentum=momentum, nesterov=True)
 
 
 def adagrad(
@@ -162,7 +233,7 @@ def adagrad(
 
     .. math:: c \leftarrow c + g^2, \qquad w \leftarrow w - \eta \, g / (\sqrt{c} + \epsilon)
     """
-    return _injected(optax.adagrad, learning_rate, schedule,
+    return _injected("adagrad", optax.adagrad, learning_rate, schedule,
                      initial_accumulator_value=initial_accumulator_value, eps=eps)
 
 
@@ -174,7 +245,7 @@ def rmsprop(
 
     .. math:: c \leftarrow \rho c + (1-\rho) g^2, \qquad w \leftarrow w - \eta \, g / \sqrt{c + \epsilon}
     """
-    return _injected(optax.rmsprop, learning_rate, schedule, decay=decay, eps=eps)
+    return _injected("rmsprop", optax.rmsprop, learning_rate, schedule, decay=decay, eps=eps)
 
 
 def adam(
@@ -187,7 +258,7 @@ def adam(
         m \leftarrow \beta_1 m + (1-\beta_1) g, \quad v \leftarrow \beta_2 v + (1-\beta_2) g^2, \quad
         w \leftarrow w - \eta \, \hat m / (\sqrt{\hat v} + \epsilon)
     """
-    return _injected(optax.adam, learning_rate, schedule, b1=b1, b2=b2, eps=eps)
+    return _injected("adam", optax.adam, learning_rate, schedule, b1=b1, b2=b2, eps=eps)
 
 
 def adamw(
@@ -203,10 +274,8 @@ def adamw(
 
     .. math:: w \leftarrow w - \eta \, (\hat m / (\sqrt{\hat v} + \epsilon) + \lambda w)
     """
-    if float(weight_decay) < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-    return _injected(optax.adamw, learning_rate, schedule, weight_decay=weight_decay, b1=b1,
-                     b2=b2, eps=eps)
+    return _injected("adamw", optax.adamw, learning_rate, schedule, weight_decay=weight_decay,
+                     b1=b1, b2=b2, eps=eps)
 
 
 #: The update rules by name (:class:`jaxnn.registry.Registry` of factories
@@ -240,8 +309,18 @@ def get(name: str, *, learning_rate: LearningRate, **kwargs) -> optax.GradientTr
 
 
 # --------------------------------------------------------------------------- schedules
+def _check_value_arg(fn: str, value):
+    """A schedule's ``value`` (a learning rate or a multiplier of one): finite, >= 0."""
+    return _check_value(fn, "value", value, *_NON_NEGATIVE)
+
+
+_DECAY_RATE = (lambda v: (v > 0) & (v <= 1), "a number in (0, 1] (the factor per period)")
+_FRACTION = (lambda v: (v >= 0) & (v <= 1), "a number in [0, 1]")
+
+
 def constant(value: float) -> optax.Schedule:
     r"""A constant learning rate: :math:`\eta_t = \eta_0`."""
+    _check_value_arg("constant", value)
     return optax.constant_schedule(value)
 
 
@@ -249,9 +328,13 @@ def step_decay(value: float, *, step_size: int, decay_rate: float = 0.5) -> opta
     r"""Step decay: multiply by ``decay_rate`` every ``step_size`` steps.
 
     .. math:: \eta_t = \eta_0 \cdot r^{\lfloor t / s \rfloor}
+
+    ``decay_rate`` is in ``(0, 1]`` (a negative rate would flip the sign of every other period's
+    rate, one above 1 grow it without bound); ``step_size`` is a whole number ``>= 1``.
     """
-    if step_size < 1:
-        raise ValueError(f"step_size must be >= 1, got {step_size}")
+    _check_value_arg("step_decay", value)
+    step_size = _check_steps("step_decay", "step_size", step_size)
+    _check_value("step_decay", "decay_rate", decay_rate, *_DECAY_RATE)
     return optax.exponential_decay(value, step_size, decay_rate, staircase=True)
 
 
@@ -259,19 +342,23 @@ def exponential_decay(value: float, *, decay_steps: int, decay_rate: float = 0.1
     r"""Smooth exponential decay.
 
     .. math:: \eta_t = \eta_0 \cdot r^{t / T}
+
+    ``decay_rate`` is in ``(0, 1]``; ``decay_steps`` is a whole number ``>= 1``.
     """
-    if decay_steps < 1:
-        raise ValueError(f"decay_steps must be >= 1, got {decay_steps}")
+    _check_value_arg("exponential_decay", value)
+    decay_steps = _check_steps("exponential_decay", "decay_steps", decay_steps)
+    _check_value("exponential_decay", "decay_rate", decay_rate, *_DECAY_RATE)
     return optax.exponential_decay(value, decay_steps, decay_rate)
 
 
 def cosine(value: float, *, decay_steps: int, alpha: float = 0.0) -> optax.Schedule:
-    r"""Cosine decay to ``alpha * value`` over ``decay_steps``.
+    r"""Cosine decay to ``alpha * value`` over ``decay_steps`` (``alpha`` in ``[0, 1]``).
 
     .. math:: \eta_t = \eta_0 \left(\alpha + (1-\alpha)\tfrac12 (1 + \cos(\pi \min(t,T)/T))\right)
     """
-    if decay_steps < 1:
-        raise ValueError(f"decay_steps must be >= 1, got {decay_steps}")
+    _check_value_arg("cosine", value)
+    decay_steps = _check_steps("cosine", "decay_steps", decay_steps)
+    _check_value("cosine", "alpha", alpha, *_FRACTION)
     return optax.cosine_decay_schedule(value, decay_steps, alpha)
 
 
@@ -279,11 +366,19 @@ def warmup_cosine(
     value: float, *, decay_steps: int, warmup_steps: int | None = None, end_value: float = 0.0
 ) -> optax.Schedule:
     r"""Linear warm-up from 0 to ``value`` over ``warmup_steps`` (default 5% of the run), then
-    cosine decay to ``end_value`` at ``decay_steps`` (the total number of steps)."""
-    if decay_steps < 2:
-        raise ValueError(f"decay_steps must be >= 2, got {decay_steps}")
+    cosine decay to ``end_value`` at ``decay_steps`` (the total number of steps).
+
+    ``decay_steps >= 2`` and ``0 <= warmup_steps < decay_steps`` are whole numbers; ``end_value``
+    is a finite number ``>= 0``."""
+    _check_value_arg("warmup_cosine", value)
+    decay_steps = _check_steps("warmup_cosine", "decay_steps", decay_steps, 2)
     if warmup_steps is None:
         warmup_steps = max(1, decay_steps // 20)
+    warmup_steps = _check_steps("warmup_cosine", "warmup_steps", warmup_steps, 0)
+    if warmup_steps >= decay_steps:
+        raise ValueError(f"warmup_cosine: warmup_steps must be below decay_steps "
+                         f"({decay_steps}), got {warmup_steps}")
+    _check_value("warmup_cosine", "end_value", end_value, *_NON_NEGATIVE)
     return optax.warmup_cosine_decay_schedule(0.0, value, warmup_steps, decay_steps, end_value)
 
 
@@ -315,6 +410,7 @@ def get_schedule(name: str, value: float, *, total_steps: int) -> optax.Schedule
     Raises:
       ValueError: an unknown name (the message lists :func:`schedule_names`).
     """
+    total_steps = _check_steps("get_schedule", "total_steps", total_steps)
     return SCHEDULES.get(name, value, total_steps=total_steps)
 
 
@@ -351,6 +447,8 @@ def set_hyperparam(opt_state, name: str, value):
     if name not in hp or name == "schedule":
         raise ValueError(f"opt_state has no injected hyperparameter {name!r}; it has "
                          f"{sorted(k for k in hp if k != 'schedule')}")
+    if name in _RULES:  # checked where concrete; a traced (per-member) value passes
+        _check_hyper("set_hyperparam", name, value)
     new = {**hp, name: jnp.asarray(value, hp[name].dtype)}
     return optax.tree_utils.tree_set(opt_state, hyperparams=new)
 

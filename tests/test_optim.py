@@ -107,3 +107,73 @@ def test_schedule_drives_the_injected_learning_rate():
         seen.append(float(optim.learning_rate(state)))
     np.testing.assert_allclose(seen, [0.5 * (1 + math.cos(math.pi * t / 10)) for t in range(3)],
                                rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- trust, round two
+# Cause: only the learning rate's sign, momentum and adamw's weight_decay sign were checked, so
+# adam(eps=-1) stepped uphill near zero gradients, step_decay(decay_rate=-1) flipped the sign of
+# the rate, sgd(inf) and adamw(weight_decay=nan) gave NaN parameters a step later. Every
+# hyperparameter is now checked where its value is known (numbers and concrete arrays).
+NAN, INF = float("nan"), float("inf")
+BAD = [
+    (lambda: optim.sgd(INF), "sgd: learning_rate"),
+    (lambda: optim.sgd(NAN), "sgd: learning_rate"),
+    (lambda: optim.sgd(-0.1), "sgd: learning_rate"),
+    (lambda: optim.sgd(True), "sgd: learning_rate"),
+    (lambda: optim.sgd("0.1"), "sgd: learning_rate"),
+    (lambda: optim.sgd(np.array([0.1, -0.2], np.float32)), "sgd: learning_rate"),
+    (lambda: optim.sgd(jnp.array([0.1, NAN])), "sgd: learning_rate"),
+    (lambda: optim.momentum(0.1, momentum=1.0), "momentum: momentum"),
+    (lambda: optim.nesterov(0.1, momentum=-0.5), "nesterov: momentum"),
+    (lambda: optim.adagrad(0.1, eps=0.0), "adagrad: eps"),
+    (lambda: optim.adagrad(0.1, initial_accumulator_value=-1.0), "adagrad: initial_accumul"),
+    (lambda: optim.rmsprop(0.1, decay=2.0), "rmsprop: decay"),
+    (lambda: optim.rmsprop(0.1, eps=INF), "rmsprop: eps"),
+    (lambda: optim.adam(0.1, eps=-1.0), "adam: eps"),
+    (lambda: optim.adam(0.1, b1=NAN), "adam: b1"),
+    (lambda: optim.adam(0.1, b2=1.0), "adam: b2"),
+    (lambda: optim.adamw(0.1, weight_decay=NAN), "adamw: weight_decay"),
+    (lambda: optim.adamw(0.1, weight_decay=INF), "adamw: weight_decay"),
+    (lambda: optim.get("adam", learning_rate=0.1, eps=-1.0), "adam: eps"),
+    (lambda: optim.constant(INF), "constant: value"),
+    (lambda: optim.step_decay(1.0, step_size=3, decay_rate=-1.0), "step_decay: decay_rate"),
+    (lambda: optim.step_decay(1.0, step_size=3, decay_rate=0.0), "step_decay: decay_rate"),
+    (lambda: optim.step_decay(1.0, step_size=3, decay_rate=2.0), "step_decay: decay_rate"),
+    (lambda: optim.step_decay(1.0, step_size=2.5), "step_decay: step_size"),
+    (lambda: optim.step_decay(-1.0, step_size=3), "step_decay: value"),
+    (lambda: optim.exponential_decay(1.0, decay_steps=10, decay_rate=NAN), "exponential_decay"),
+    (lambda: optim.exponential_decay(1.0, decay_steps=True), "exponential_decay: decay_steps"),
+    (lambda: optim.cosine(1.0, decay_steps=10, alpha=1.5), "cosine: alpha"),
+    (lambda: optim.cosine(NAN, decay_steps=10), "cosine: value"),
+    (lambda: optim.warmup_cosine(1.0, decay_steps=10, warmup_steps=10), "warmup_steps"),
+    (lambda: optim.warmup_cosine(1.0, decay_steps=10, warmup_steps=-1), "warmup_steps"),
+    (lambda: optim.warmup_cosine(1.0, decay_steps=10, end_value=-1.0), "end_value"),
+    (lambda: optim.get_schedule("cosine", 1.0, total_steps=0), "total_steps"),
+    (lambda: optim.set_hyperparam(optim.adam(0.1).init({"w": jnp.ones(2)}), "eps", -1.0),
+     "set_hyperparam: eps"),
+]
+
+
+@pytest.mark.parametrize("make, match", BAD, ids=[m for _, m in BAD])
+def test_every_hyperparameter_is_checked_eagerly(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_hyperparameters_stay_injectable_as_arrays():
+    # Concrete per-member arrays are checked element by element and accepted when valid; traced
+    # values (a vmapped population) are not known at trace time and pass through.
+    params = {"w": jnp.ones(2)}
+    lrs = jnp.array([0.0, 0.1, 0.2])
+    opt = optim.adamw(lrs[1], weight_decay=np.float32(1e-3), eps=jnp.array(1e-8))
+    assert float(optim.learning_rate(opt.init(params))) == pytest.approx(0.1)
+
+    def member(lr, wd):
+        state = optim.set_hyperparam(opt.init(params), "learning_rate", lr)
+        state = optim.set_hyperparam(state, "weight_decay", wd)
+        updates, _ = opt.update({"w": jnp.zeros(2)}, state, params)
+        return updates["w"]
+
+    out = jax.vmap(member)(lrs, jnp.full(3, 0.5))
+    np.testing.assert_allclose(out, -(lrs * 0.5)[:, None] * np.ones((3, 2)), rtol=1e-6)
+    assert optim.step_decay(1.0, step_size=np.int64(3))(3) == pytest.approx(0.5)
