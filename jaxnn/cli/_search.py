@@ -47,7 +47,7 @@ _CATEGORICAL = ("activation", "optimizer", "hidden", "arch", "init", "bias_init"
 #: Search flags saved in ``results.json`` next to the training flags.
 _SEARCH_FLAGS = ("method", "trials", "population", "pruner", "space", "lr_range", "l2_range",
                  "init_scale_range", "momentum_range", "weight_decay_range", "stages",
-                 "coarse_epochs", "top_k", "study_name")
+                 "coarse_epochs", "top_k", "study_name", "grace_period")
 #: Keys of the search's own settings that must match to continue a study (the rest are the
 #: training flags). Not among them: --trials (a rerun may raise it), --population, --storage.
 _STUDY_KEYS = ("pruner", "space", "lr_range", "l2_range", "init_scale_range", "momentum_range",
@@ -109,9 +109,14 @@ def add_parser(sub) -> None:
                    help="coarse-to-fine: narrow each range around this many best trials "
                         "(default a quarter of --trials, at least 2)")
     g.add_argument("--storage", default=None, metavar="URL",
-                   help="Optuna storage: sqlite:///path.db, postgresql://..., mysql://... "
-                        "(default sqlite:///OUT/study.db)")
+                   help="Optuna storage: sqlite:///path.db, postgresql://USER:PASSWORD@HOST/DB "
+                        "(needs jaxnn[postgres]), mysql://... (default sqlite:///OUT/study.db); "
+                        "workers on several machines share a study through a database server")
     g.add_argument("--study-name", default="jaxnn-search", help="the study in --storage")
+    g.add_argument("--grace-period", type=float, default=60.0, metavar="SECONDS",
+                   help="a trial running in another process whose heartbeat is this old counts "
+                        "as lost (its process was killed or cut off) and another trial takes its "
+                        "place; until then this process waits for it")
     g.add_argument("--out", default=None,
                    help="output directory (default runs/search-<time>); the same --out "
                         "continues its search")
@@ -210,14 +215,16 @@ def _typed(name: str, text: str, types: dict):
     return text
 
 
-def _space(args) -> tuple[dict, list[str], dict[str, list]]:
-    """The search space from the flags, the numeric names it varies, and the categorical
-    choices."""
+def _space(args) -> tuple[dict, list[str], dict[str, list], dict[str, str]]:
+    """The search space from the flags, the numeric names it varies, the categorical choices,
+    and the flag each name came from."""
     from jaxnn import search
 
     types = {"batch_norm": bool, "bias_init": float, "dropout": float}
-    choices = {k: [_typed(k, v, types) for v in vs]
-               for k, vs in _space_items(args.space).items()}
+    items = _space_items(args.space)
+    choices = {k: [_typed(k, v, types) for v in vs] for k, vs in items.items()}
+    flags = {k: f"--space {k if k != 'learning_rate' else 'lr'}={'|'.join(vs)}"
+             for k, vs in items.items()}
     space, varied = {}, []
     for dest, name, fixed in _RANGES:
         log = name in search.LOG_SCALE
@@ -226,6 +233,7 @@ def _space(args) -> tuple[dict, list[str], dict[str, list]]:
             if name in choices:
                 raise CLIError(f"--{dest.replace('_', '-')} and --space {name}: give one")
             space[name] = search.loguniform(*rng) if log else search.uniform(*rng)
+            flags[name] = f"--{dest.replace('_', '-')} {getattr(args, dest)}"
             varied.append(name)
         elif name in ("learning_rate", "l2"):
             space[name] = float(getattr(args, fixed))
@@ -235,7 +243,7 @@ def _space(args) -> tuple[dict, list[str], dict[str, list]]:
         space[name] = search.choice(vals)
     if not varied and not any(len(v) > 1 for v in choices.values()):
         raise CLIError("nothing to search: every --*-range is none and --space lists no choice")
-    return space, varied, choices
+    return space, varied, choices, flags
 
 
 def _check_search_flags(args) -> None:
@@ -251,6 +259,9 @@ def _check_search_flags(args) -> None:
         raise CLIError(f"--top-k must be in [1, --trials={args.trials}], got {args.top_k}")
     if getattr(args, "augment", None):
         raise CLIError("--augment: search trains populations, which do not augment yet")
+    if not (args.grace_period > 0 and math.isfinite(args.grace_period)):
+        raise CLIError(f"--grace-period must be a positive number of seconds, got "
+                       f"{args.grace_period}")
 
 
 def _grid_points(trials: int, ranges: int, combinations: int) -> int | None:
@@ -267,36 +278,105 @@ def _grid_points(trials: int, ranges: int, combinations: int) -> int | None:
 
 
 # --------------------------------------------------------------------------- the output directory
-def _search_dir(out: str | None) -> tuple[str, bool]:
-    """The output directory and whether it continues a search. A directory holding another
-    kind of run is refused; one holding a search is continued (several processes may share
-    it: no lock)."""
+#: What a search writes in its directory (the rest of a marked directory is jaxnn's bookkeeping).
+_SEARCH_FILES = ("results.json", "search.png", _STUDY_FILE, f"{_STUDY_FILE}-wal",
+                 f"{_STUDY_FILE}-shm", f"{_STUDY_FILE}-journal", "tensorboard")
+
+
+def _out_state(out: str | None) -> str:
+    """What ``--out`` is, checked before anything is created: ``"new"`` (missing or empty, or
+    ``None``: a fresh ``runs/search-<time>``), ``"search"`` (a jaxnn search directory, marked
+    ``.jaxnn-run``: the search continues there), ``"legacy"`` (a search written before
+    markers: ``results.json`` of a search, nothing but a search's files). Anything else is
+    refused (:mod:`jaxnn.rundir`'s rules: a directory of another verb, a directory inside
+    another run, one holding files jaxnn did not write, or a symbolic link)."""
+    from jaxnn import rundir
+
     if out is None:
-        run = new_run_dir(None, "search")  # a fresh name, created atomically, probed writable
-        run.close()
-        return run.path, False
-    if os.path.exists(out) and not os.path.isdir(out):
+        return "new"
+    if os.path.lexists(out) and not os.path.isdir(out):
         raise CLIError(f"--out {out!r} exists and is not a directory")
-    continuing = os.path.isfile(os.path.join(out, _STUDY_FILE)) or os.path.isfile(
-        os.path.join(out, "results.json"))
-    if not continuing and os.path.isdir(out) and any(
-            os.path.exists(os.path.join(out, f)) for f in ("config.json", "checkpoints",
-                                                           "summary.json", "diagnosis.json")):
+    inside = rundir.enclosing_run(out)
+    if inside is not None:
+        raise CLIError(f"--out: {out} is inside the run directory {inside}; choose a directory "
+                       "outside it (jaxnn manages what is in there)")
+    if not os.path.isdir(out):
+        return "new"
+    try:
+        entries = os.listdir(out)
+        marker = rundir.read_marker(out)
+    except OSError as e:
+        raise CLIError(f"--out {out!r}: cannot read it ({e.strerror or e})") from None
+    except rundir.RunDirError as e:
+        raise CLIError(f"--out: {e}") from None
+    if not entries:
+        return "new"
+    links = [e for e in entries if os.path.islink(os.path.join(out, e))]
+    if links:  # rundir refuses these too (its helper is private): never follow one
+        raise CLIError(f"--out: {os.path.join(out, links[0])} is a symbolic link; jaxnn does "
+                       "not follow symbolic links in a run directory (remove it)")
+    if marker is not None:
+        if marker["verb"] != "search":
+            raise CLIError(f"--out {out!r} holds a jaxnn {marker['verb']} run, not a search; "
+                           "choose another directory")
+        return "search"
+    if _legacy_search(out, entries):
+        return "legacy"
+    if any(os.path.lexists(os.path.join(out, f)) for f in rundir.RUN_FILES):
         raise CLIError(f"--out {out!r} already holds a run that is not a search; choose another "
                        "directory")
+    raise CLIError(f"--out {out!r} exists, is not empty and is not a jaxnn search directory; "
+                   "choose a new or empty directory (jaxnn does not write over files it did not "
+                   "write)")
+
+
+def _legacy_search(out: str, entries: list[str]) -> bool:
+    """A search directory from before run-directory markers: its ``results.json`` is a
+    search's, and it holds nothing but a search's files."""
+    from jaxnn import rundir
+
+    if "results.json" not in entries:
+        return False
+    ours = set(_SEARCH_FILES) | {".lock"}
+    if any(e not in ours and not e.startswith(".probe-") for e in entries):
+        return False
     try:
-        os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, f".probe-{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise CLIError(f"--out {out!r}: cannot write there ({e.strerror or e})") from None
-    return out, continuing
+        res = rundir.read_json(os.path.join(out, "results.json"))
+    except rundir.RunDirError:
+        return False
+    return {"method", "study", "trials"} <= set(res) and isinstance(res["trials"], list)
 
 
-def _open_storage(url: str):
-    """The Optuna storage at ``url``, or a :class:`CLIError` naming it."""
+def _make_search_dir(out: str | None, state: str) -> str:
+    """Create (``"new"``) or mark (``"legacy"``) the search directory; a ``"search"`` one is
+    used as it is. Several processes started at once with the same new ``--out`` share it:
+    one creates and marks it, the others find it marked."""
+    from jaxnn import __version__, rundir
+
+    if state == "search":
+        return out
+    if state == "legacy":
+        rundir.write_json_atomic(os.path.join(out, rundir.MARKER),
+                                 {"verb": "search", "version": __version__})
+        return out
+    for attempt in range(50):
+        try:
+            run = rundir.RunDir.create(out, prefix="search", verb="search")
+        except rundir.RunDirError as e:  # another worker is creating it this very moment?
+            if out is not None and attempt < 49:
+                time.sleep(0.1)
+                if _out_state(out) == "search":
+                    return out
+                continue
+            raise CLIError(f"--out: {e}" if out is not None else str(e)) from None
+        run.close()  # no lock held while searching: several processes may share the directory
+        return run.path
+    raise AssertionError("unreachable")
+
+
+def _open_storage(url: str, *, flag: str = "--storage"):
+    """The Optuna storage at ``url``, or a :class:`CLIError` naming it (its password
+    masked)."""
     import optuna
 
     from jaxnn import search
@@ -304,9 +384,8 @@ def _open_storage(url: str):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         return search.open_storage(url)
-    except Exception as e:  # a bad URL, a missing database driver, an unreachable server
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CLIError(f"--storage {url}: {msg}") from None
+    except search.StorageError as e:
+        raise CLIError(f"{flag} {e}") from None
 
 
 # --------------------------------------------------------------------------- retraining
@@ -327,6 +406,7 @@ def train_command(config, *, epochs: int) -> str:
 # --------------------------------------------------------------------------- search
 def run_search(args) -> int:
     import optuna
+    import sqlalchemy
 
     from jaxnn import plots, search
     from jaxnn.config import ConfigError
@@ -336,14 +416,15 @@ def run_search(args) -> int:
         from jaxnn.cli._diagnose import require_tensorboard
 
         require_tensorboard()
-    space, varied, choices = _space(args)
+    space, varied, choices, flags = _space(args)
     combos = math.prod(len(v) for v in choices.values()) if choices else 1
     config = config_from_args(args)
     settings = search.SearchSettings(
         method=args.method, trials=args.trials, population=args.population, pruner=args.pruner,
         grid_points=(_grid_points(args.trials, len(varied), combos) if args.method == "grid"
                      else None),
-        stages=args.stages, coarse_epochs=args.coarse_epochs, top_k=args.top_k)
+        stages=args.stages, coarse_epochs=args.coarse_epochs, top_k=args.top_k,
+        grace_period=args.grace_period)
     search_config = {**{k: getattr(config, k) for k in TRAIN_FLAGS},
                      **{k: getattr(args, k) for k in _SEARCH_FLAGS}}
     try:
@@ -363,12 +444,30 @@ def run_search(args) -> int:
             task.group({})
     except ConfigError as e:
         raise config_error(e) from None
+    except ValueError as e:  # a range the optimizer refuses: name the flag that gave it
+        msg = str(e)
+        for name, flag in flags.items():
+            if msg.startswith(f"space[{name!r}]: "):
+                raise CLIError(f"{flag}: {msg[len(f'space[{name!r}]: '):]}") from None
+        raise
     spec = task.space
-    study_storage = _open_storage(args.storage) if args.storage else None  # before writing
-    out, _ = _search_dir(args.out)
-    storage = args.storage or f"sqlite:///{os.path.abspath(os.path.join(out, _STUDY_FILE))}"
-    if study_storage is None:
+    # Nothing is created before every check passed: the flags, the output directory, the
+    # storage (it opens; the study there, if any, is this search) — then the directory.
+    state = _out_state(args.out)
+    storage, shown_storage, study_storage = args.storage, None, None
+    if storage:
+        shown_storage = search.mask_url(storage)
         study_storage = _open_storage(storage)
+        _check_study(task, settings, study_storage, args.study_name, f"--storage {shown_storage}")
+    elif state != "new" and os.path.isfile(os.path.join(args.out, _STUDY_FILE)):
+        url = f"sqlite:///{os.path.abspath(os.path.join(args.out, _STUDY_FILE))}"
+        study_storage = _open_storage(url, flag="--out")
+        _check_study(task, settings, study_storage, args.study_name, f"--out {args.out}")
+    out = _make_search_dir(args.out, state)
+    if not storage:
+        storage = shown_storage = f"sqlite:///{os.path.abspath(os.path.join(out, _STUDY_FILE))}"
+    if study_storage is None:
+        study_storage = _open_storage(storage, flag="--out")
     stage_epochs = settings.stage_epochs(task.epochs)
 
     def command(trial) -> str:
@@ -385,12 +484,22 @@ def run_search(args) -> int:
               f"{r.alive}/{r.members}  ({r.groups} population{'s' if r.groups != 1 else ''}, "
               f"{r.seconds:.1f}s)", flush=True)
 
+    def waiting(n) -> None:
+        if not args.quiet:
+            print(f"waiting for {n} trial{'s' if n != 1 else ''} running in other processes "
+                  f"(one whose process stopped is replaced after --grace-period "
+                  f"{args.grace_period:g}s)", flush=True)
+
     start = time.perf_counter()
     try:
         res = search.optimize(task, settings, storage=study_storage, study_name=args.study_name,
-                              trial_attrs=lambda t: {"command": command(t)}, on_round=progress)
-    except optuna.exceptions.StorageInternalError as e:
-        raise CLIError(f"--storage {storage}: {e}") from None
+                              trial_attrs=lambda t: {"command": command(t)}, on_round=progress,
+                              on_wait=waiting)
+    except search.StorageError as e:
+        raise CLIError(f"--storage {e}") from None
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as e:
+        raise CLIError(f"--storage {shown_storage}: "
+                       f"{search.StorageError.describe(e, storage)}") from None
     seconds = time.perf_counter() - start
 
     trials = [{**search.to_json(t), "stage": None if t.stage is None else t.stage + 1,
@@ -405,7 +514,7 @@ def run_search(args) -> int:
         "method": args.method,
         "config": search_config,
         "space": search.to_json(spec),
-        "study": {"storage": storage, "name": args.study_name},
+        "study": {"storage": shown_storage, "name": args.study_name},
         "seconds": seconds,
         "trained_now": res.trained,
         "trials": trials,
@@ -432,7 +541,8 @@ def run_search(args) -> int:
     n_pruned = sum(t["status"] == "pruned" for t in trials)
     summary = (f"{len(trials)} trials ({n_div} diverged, {n_pruned} pruned; {res.trained} "
                f"trained now), {seconds:.1f}s")
-    print(f"results: {os.path.join(out, 'results.json')}  study: {args.study_name} in {storage}")
+    print(f"results: {os.path.join(out, 'results.json')}  study: {args.study_name} in "
+          f"{shown_storage}")
     if best is None:
         sys.stderr.write(f"jaxnn search: no usable trial: {summary}; every trial diverged (try "
                          "a lower --lr-range)\n")
@@ -441,6 +551,18 @@ def run_search(args) -> int:
           + f"  val_loss {best['val_loss']:.4f}  val_acc {_acc(best['val_acc'])}  ({summary})")
     print(f"retrain it: {best['command']}")
     return 0
+
+
+def _check_study(task, settings, storage, study_name: str, where: str) -> None:
+    """Refuse, before anything is written, a study in ``storage`` holding another search."""
+    from jaxnn import search
+
+    try:
+        search.check_study(task, settings, storage=storage, study_name=study_name)
+    except search.StorageError as e:
+        raise CLIError(f"{where}: {str(e).partition(': ')[2] or e}") from None
+    except ValueError as e:
+        raise CLIError(f"{where}: {e}") from None
 
 
 def _devices(args, size: int) -> int | None:

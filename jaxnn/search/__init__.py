@@ -52,6 +52,7 @@ numbers) unless the space varies it, so their differences come from the hyperpar
 """
 
 from jaxnn.search._space import (
+    DOMAINS,
     LOG_SCALE,
     Choice,
     LogUniform,
@@ -64,12 +65,14 @@ from jaxnn.search._space import (
     random,
     uniform,
 )
-from jaxnn.search._study import FINISHED, coarse_to_fine, open_storage, optimize, study_trials
+from jaxnn.search._storage import StorageError, mask_url, open_storage
+from jaxnn.search._study import FINISHED, check_study, coarse_to_fine, optimize, study_trials
 from jaxnn.search._task import METHODS, Group, SearchSettings, SearchTask, coarse_epochs
 from jaxnn.search._trials import Round, Stage, StudyResult, Trial, sort_trials, to_json, usable
 
 __all__ = [
     "LOG_SCALE",
+    "DOMAINS",
     "LogUniform",
     "Uniform",
     "Choice",
@@ -94,6 +97,9 @@ __all__ = [
     "Group",
     "coarse_epochs",
     "open_storage",
+    "mask_url",
+    "StorageError",
+    "check_study",
     "study_trials",
     "optimize",
     "coarse_to_fine",

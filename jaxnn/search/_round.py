@@ -22,18 +22,28 @@ from jaxnn.train import Status
 
 def run_round(study, task: SearchTask, dists: Mapping[str, Any], ask: int, *, epochs: int,
               stage: int | None,
-              trial_attrs: Callable[[Trial], Mapping[str, Any]] | None) -> tuple[int, int, int]:
+              trial_attrs: Callable[[Trial], Mapping[str, Any]] | None,
+              heartbeat=None,
+              admit: Callable[[list], list] | None = None) -> tuple[int, int, int]:
     """Ask ``ask`` trials, train them (one population per categorical combination) for
     ``epochs``, tell the study. Returns (members alive at the end, members trained,
-    populations). A round that fails tells its untold trials ``FAIL`` (never left ``RUNNING``)."""
+    populations).
+
+    Each asked trial's heartbeat is recorded at once and kept up while the round runs
+    (``heartbeat``, :class:`jaxnn.search._storage.Heartbeat`). Once all are asked, ``admit``
+    returns those that fit in the study; the others are told ``FAIL`` untrained (user attribute
+    ``jaxnn_surplus``). A round that fails tells its untold trials ``FAIL`` (never left
+    ``RUNNING``)."""
     asked, told = [], set()
     try:
-        by_group: dict[int, tuple[Group, list]] = {}
+        rows = []
         categorical = {k: d for k, d in dists.items() if k in task.categorical}
         fixed = task.fixed
         for _ in range(ask):
             trial = study.ask(categorical)
             asked.append(trial)
+            if heartbeat is not None:
+                heartbeat.add(trial._trial_id)
             if stage is not None:
                 trial.set_user_attr("stage", stage)
             values = {**fixed, **trial.params}
@@ -41,12 +51,21 @@ def run_round(study, task: SearchTask, dists: Mapping[str, Any], ask: int, *, ep
             for name in task.trial_names(group):  # asked only where the optimizer takes it
                 if name in dists:
                     values[name] = _suggest(trial, name, dists[name])
-            by_group.setdefault(id(group), (group, []))[1].append((trial, values))
+            rows.append((trial, group, values))
+        kept = {t.number for t in (asked if admit is None else admit(asked))}
+        by_group: dict[int, tuple[Group, list]] = {}
+        for trial, group, values in rows:
+            if trial.number in kept:
+                by_group.setdefault(id(group), (group, []))[1].append((trial, values))
+            else:  # other processes filled the study meanwhile: not trained, not counted
+                trial.set_user_attr("jaxnn_surplus", True)
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                told.add(trial.number)
         alive = 0
         for group, members in by_group.values():
             alive += _train_group(study, task, group, members, epochs=epochs, stage=stage,
                                   told=told, trial_attrs=trial_attrs)
-        return alive, len(asked), len(by_group)
+        return alive, len(kept), len(by_group)
     except BaseException:
         for trial in asked:  # never leave a trial of ours RUNNING when we can say it failed
             if trial.number not in told:
@@ -56,6 +75,10 @@ def run_round(study, task: SearchTask, dists: Mapping[str, Any], ask: int, *, ep
                 except Exception:  # the storage itself failed: the trial stays RUNNING
                     pass
         raise
+    finally:
+        if heartbeat is not None:
+            for trial in asked:
+                heartbeat.discard(trial._trial_id)
 
 
 def _suggest(trial, name: str, dist):

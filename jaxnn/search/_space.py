@@ -97,6 +97,46 @@ def _spec(name: str, entry) -> Spec:
                      f"uniform/choice, got {entry!r}")
 
 
+#: What each per-member hyperparameter accepts (the values
+#: :func:`jaxnn.population.train_population` and the optimizers take): ``(low, high, low
+#: included, high included)`` and the interval as written in messages.
+DOMAINS = {
+    "learning_rate": ((0.0, math.inf, False, False), "> 0"),
+    "init_scale": ((0.0, math.inf, False, False), "> 0"),
+    "l2": ((0.0, math.inf, True, False), ">= 0"),
+    "weight_decay": ((0.0, math.inf, True, False), ">= 0"),
+    "momentum": ((0.0, 1.0, True, False), "in [0, 1)"),
+    "dropout": ((0.0, 1.0, True, False), "in [0, 1)"),
+}
+
+
+def check_domain(name: str, spec: Spec) -> None:
+    """Refuse a space entry whose values the optimizer or the population would refuse (checked
+    at a range's bounds and at every listed value): e.g. ``momentum`` outside ``[0, 1)``, a
+    negative ``l2``, a ``seed`` that is not an integer."""
+    values = (spec.values if isinstance(spec, Choice) else (spec.low, spec.high))
+    if name == "seed":
+        bad = [v for v in values if not (is_number(v) and float(v).is_integer())]
+        if isinstance(spec, LogUniform | Uniform) or bad:
+            raise ValueError(f"space['seed']: seeds are integers, given as a list, got "
+                             f"{_describe(spec)}")
+        return
+    if name not in DOMAINS:
+        return
+    (lo, hi, lo_in, hi_in), text = DOMAINS[name]
+    for v in values:
+        v = float(v)
+        inside = ((v > lo or (lo_in and v == lo)) and (v < hi or (hi_in and v == hi)))
+        if not inside:
+            raise ValueError(f"space[{name!r}]: {name} must be {text}, got {_describe(spec)}")
+
+
+def _describe(spec: Spec) -> str:
+    if isinstance(spec, LogUniform | Uniform):
+        return f"{type(spec).__name__.lower()}({spec.low:g}, {spec.high:g})"
+    return ", ".join(f"{v:g}" if is_number(v) else repr(v) for v in spec.values)
+
+
 def normalize(space: Mapping[str, Any]) -> dict[str, Spec]:
     """The space with every entry as a :class:`LogUniform`, :class:`Uniform` or
     :class:`Choice` (see :mod:`jaxnn.search` for the accepted forms)."""

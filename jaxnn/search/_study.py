@@ -3,18 +3,20 @@ rounds (:func:`optimize`, every method), coarse-to-fine stages, and reading tria
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import time
 import warnings
 import zlib
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import optuna
 
 from jaxnn.search._round import run_round
 from jaxnn.search._space import LogUniform, Spec, Uniform, grid_values, narrow, spec_from_json
+from jaxnn.search._storage import Heartbeat, Liveness, open_storage
 from jaxnn.search._task import SearchSettings, SearchTask
 from jaxnn.search._trials import Round, Stage, StudyResult, Trial, num, sort_trials, to_json
 from jaxnn.search._trials import usable as _usable
@@ -22,6 +24,7 @@ from jaxnn.train import Status
 
 #: Trial states that count as done: told with a value, or frozen early (pruned or diverged).
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+_RUNNING = (optuna.trial.TrialState.RUNNING,)
 _STAGE_ATTR = "jaxnn_stage_{}"
 
 
@@ -33,6 +36,7 @@ def optimize(
     study_name: str = "jaxnn-search",
     trial_attrs: Callable[[Trial], Mapping[str, Any]] | None = None,
     on_round: Callable[[Round], None] | None = None,
+    on_wait: Callable[[int], None] | None = None,
 ) -> StudyResult:
     """Search ``task``'s space with an Optuna study, training each round of trials as
     populations.
@@ -42,13 +46,22 @@ def optimize(
     (:func:`jaxnn.population.train_population` on the task's :class:`Group` of those values),
     reports every epoch's validation loss to each trial (so the pruner can freeze members,
     status ``"pruned"``) and tells the study each trial's final validation loss, the objective
-    (minimized). Rounds repeat until the study holds ``settings.trials`` finished trials
+    (minimized). Rounds repeat until the study holds exactly ``settings.trials`` finished trials
     (complete or pruned; per stage for coarse-to-fine) — counting those of earlier calls and of
     other processes: calling again with the same ``storage`` and ``study_name`` continues the
-    study, and several processes can share one study (each asks its own trials; Optuna numbers
-    them uniquely). A killed process loses at most its round in flight: its trials stay
-    ``RUNNING`` in the study and are neither counted nor waited for. Diverged trials are told as
-    pruned (status ``"diverged"``), so samplers learn to avoid them and they are never the best.
+    study, and several processes (on several hosts, with a database server) can share it.
+
+    Processes sharing a study never train a trial twice nor overshoot ``settings.trials``: each
+    keeps its running trials alive with heartbeats (with a database storage), asks only for
+    the trials that neither finished nor run live elsewhere, and after asking keeps a trial only
+    if fewer than ``settings.trials`` finished-or-live trials have lower numbers (Optuna numbers
+    trials in the order they were created, so when processes ask at the same moment the lower
+    numbers win; a trial that loses is told ``FAIL`` at once, untrained, with the user attribute
+    ``jaxnn_surplus``). When the missing trials all run in other processes, it waits for them.
+    A killed process loses at most its round in flight: its trials stay ``RUNNING``, are never
+    counted as finished, and once their heartbeats are ``settings.grace_period`` seconds old,
+    other trials take their place. Diverged trials are told as pruned (status ``"diverged"``),
+    so samplers learn to avoid them and they are never the best.
 
     Args:
       task: what to train (:class:`SearchTask`).
@@ -56,58 +69,79 @@ def optimize(
       storage, study_name: the study (:func:`open_storage`; ``None``: in memory).
       trial_attrs: extra user attributes of each trial (e.g. the command that retrains it).
       on_round: called after every round with a :class:`Round`.
+      on_wait: called with the number of trials running in other processes when this one
+        starts waiting for them.
     """
     settings = SearchSettings() if settings is None else settings
-    if settings.method == "cmaes":
-        try:
-            import cmaes  # noqa: F401  (Optuna's CMA-ES sampler runs on it)
-        except ImportError:
-            raise ValueError("method 'cmaes' needs the cmaes package: pip install cmaes (or "
-                             "jaxnn[cmaes])") from None
-    pruner = _pruner(settings.pruner)
-    free = task.free
-    dists = {k: _distribution(s) for k, s in free.items()}
-    stage_epochs = settings.stage_epochs(task.epochs)
-    c2f = settings.method == "coarse-to-fine"
-    total = settings.trials * len(stage_epochs)
-    grid = None
-    if settings.method == "grid":
-        grid = grid_values(free, settings.grid_points) if free else {}
-        total = min(settings.trials, math.prod(len(v) for v in grid.values()))
-    narrowed: dict = {}
-    study = _study(task, settings, storage, study_name, pruner, grid, narrowed)
-    _check_metadata(study, {**dict(task.metadata or {}), "method": settings.method,
-                            "space": {k: to_json(s) for k, s in task.space.items()},
-                            "epochs": stage_epochs})
-    trained, number = 0, 0
-    while True:
-        done = study.get_trials(deepcopy=False, states=FINISHED)
-        stage, ask = 0, min(settings.population, total - len(done))
-        if c2f:
-            stage, missing, space_now = _stage(study, task, settings, done)
-            ask = min(settings.population, missing)
-            narrowed.clear()
-            narrowed.update({k: _distribution(v) for k, v in space_now.items()})
-        if ask <= 0:
-            break
-        number += 1
-        t0 = time.perf_counter()
-        alive, members, n_groups = run_round(study, task, dists, ask,
-                                             epochs=stage_epochs[stage],
-                                             stage=stage if c2f else None,
-                                             trial_attrs=trial_attrs)
-        trained += members
-        if on_round is not None:
-            ranked = study_trials(study, fixed=task.fixed)
-            best = next((t for t in ranked if _usable(t)), None)
-            on_round(Round(number, len(ranked), total, best, alive, members, n_groups,
-                           time.perf_counter() - t0))
+    plan = _plan(task, settings)
+    storage = open_storage(storage)
+    study = _study(task, settings, storage, study_name, plan)
+    _check_metadata(study, plan.metadata)
+    stage_epochs, c2f, total = plan.stage_epochs, plan.c2f, plan.total
+    liveness = Liveness(storage, settings.grace_period)
+    trained, number, waiting = 0, 0, False
+    with Heartbeat(storage, settings.heartbeat_interval) as beat:
+        while True:
+            done = study.get_trials(deepcopy=False, states=FINISHED)
+            running = liveness.live(study.get_trials(deepcopy=False, states=_RUNNING))
+            stage, missing, cap = 0, total - len(done), total
+            if c2f:
+                stage, missing, space_now = _stage(study, task, settings, done)
+                cap = settings.trials
+                running = [t for t in running if t.user_attrs.get("stage", stage) == stage]
+                plan.narrowed.clear()
+                plan.narrowed.update({k: _distribution(v) for k, v in space_now.items()})
+            if missing <= 0:
+                break
+            ask = min(settings.population, missing - len(running))
+            if ask <= 0:  # the missing trials run in other processes: wait for them
+                if not waiting and on_wait is not None:
+                    on_wait(len(running))
+                waiting = True
+                time.sleep(settings.heartbeat_interval)
+                continue
+            waiting = False
+            number += 1
+            t0 = time.perf_counter()
+            alive, members, n_groups = run_round(
+                study, task, plan.dists, ask, epochs=stage_epochs[stage],
+                stage=stage if c2f else None, trial_attrs=trial_attrs, heartbeat=beat,
+                admit=lambda asked, s=stage, c=cap: _admit(study, liveness, asked, s, c, c2f))
+            trained += members
+            if on_round is not None and members:
+                ranked = study_trials(study, fixed=task.fixed)
+                best = next((t for t in ranked if _usable(t)), None)
+                on_round(Round(number, len(ranked), total, best, alive, members, n_groups,
+                               time.perf_counter() - t0))
+            elif not members:
+                number -= 1  # every trial asked went to other processes: no round
     ranked = study_trials(study, fixed=task.fixed)
     stages = ([Stage(_stage_space(study, task, s), e, [t for t in ranked if t.stage == s])
                for s, e in enumerate(stage_epochs)] if c2f else
               [Stage(dict(task.space), stage_epochs[0], ranked)])
     return StudyResult(ranked, next((t for t in ranked if _usable(t)), None), study, trained,
                        stages)
+
+
+def check_study(task: SearchTask, settings: SearchSettings | None = None, *,
+                storage: str | optuna.storages.BaseStorage | None = None,
+                study_name: str = "jaxnn-search") -> bool:
+    """Refuse, before anything is written, what :func:`optimize` would refuse: settings it cannot
+    run (``cmaes`` without its package, an unknown pruner), a storage it cannot open
+    (:class:`StorageError`), and a study of that name holding a different search
+    (``ValueError``). Creates no study (opening an empty database creates Optuna's tables).
+    Returns whether the study exists."""
+    settings = SearchSettings() if settings is None else settings
+    plan = _plan(task, settings)
+    storage = open_storage(storage)
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return False
+    old = storage.get_study_user_attrs(study_id).get("jaxnn_search")
+    if old is not None:
+        _compare(study_name, old, _jsonable(plan.metadata))
+    return True
 
 
 def coarse_to_fine(task: SearchTask, *, stages: int = 2, trials: int = 16,
@@ -125,23 +159,78 @@ def coarse_to_fine(task: SearchTask, *, stages: int = 2, trials: int = 16,
     return optimize(task, settings)
 
 
-def _study(task, settings, storage, study_name, pruner, grid, narrowed):
+class _Plan(NamedTuple):
+    pruner: Any
+    dists: dict
+    stage_epochs: list[int]
+    c2f: bool
+    total: int
+    grid: dict | None
+    metadata: dict
+    narrowed: dict  # coarse-to-fine: the current stage's distributions (the sampler reads it)
+
+
+def _plan(task: SearchTask, settings: SearchSettings) -> _Plan:
+    """What a search of ``task`` with ``settings`` does, checked before anything is written."""
+    if settings.method == "cmaes":
+        try:
+            import cmaes  # noqa: F401  (Optuna's CMA-ES sampler runs on it)
+        except ImportError:
+            raise ValueError("method 'cmaes' needs the cmaes package: pip install cmaes (or "
+                             "jaxnn[cmaes])") from None
+    pruner = _pruner(settings.pruner)
+    free = task.free
+    stage_epochs = settings.stage_epochs(task.epochs)
+    total = settings.trials * len(stage_epochs)
+    grid = None
+    if settings.method == "grid":
+        grid = grid_values(free, settings.grid_points) if free else {}
+        total = min(settings.trials, math.prod(len(v) for v in grid.values()))
+    metadata = {**dict(task.metadata or {}), "method": settings.method,
+                "space": {k: to_json(s) for k, s in task.space.items()}, "epochs": stage_epochs}
+    return _Plan(pruner, {k: _distribution(s) for k, s in free.items()}, stage_epochs,
+                 settings.method == "coarse-to-fine", total, grid, metadata, {})
+
+
+def _admit(study, liveness: Liveness, asked: list, stage: int, cap: int, c2f: bool) -> list:
+    """The trials among ``asked`` (this process's, just asked) that fit: fewer than ``cap``
+    finished or live trials (of ``stage``, for coarse-to-fine) have lower numbers. Trials are
+    numbered in the order they were created (Optuna locks the study to number one), so of
+    processes asking at the same moment the lower numbers win and no more than ``cap`` trials
+    are ever kept."""
+    mine = {t.number for t in asked}
+    finished = study.get_trials(deepcopy=False, states=FINISHED)
+    others = [t for t in study.get_trials(deepcopy=False, states=_RUNNING)
+              if t.number not in mine]
+    counted = [t for t in finished if not c2f or t.user_attrs.get("stage") == stage]
+    counted += [t for t in liveness.live(others)
+                if not c2f or t.user_attrs.get("stage", stage) == stage]
+    numbers = sorted({t.number for t in counted} | mine)
+    return [t for t in asked if bisect.bisect_left(numbers, t.number) < cap]
+
+
+def _study(task, settings, storage, study_name, plan: _Plan):
+    population = settings.population
     makers = {
-        "tpe": lambda s: optuna.samplers.TPESampler(seed=s),
+        # TPE models the finished trials once a round of them is in: its first
+        # min(10, population) trials are random (Optuna's default is 10, which with rounds of
+        # fewer than 10 would leave whole rounds random).
+        "tpe": lambda s: optuna.samplers.TPESampler(seed=s,
+                                                    n_startup_trials=min(10, population)),
         "cmaes": lambda s: optuna.samplers.CmaEsSampler(
-            seed=s, popsize=max(2, settings.population), warn_independent_sampling=False),
+            seed=s, popsize=max(2, population), warn_independent_sampling=False),
         "random": lambda s: optuna.samplers.RandomSampler(seed=s),
-        "coarse-to-fine": lambda s: _Within(narrowed, s),
+        "coarse-to-fine": lambda s: _Within(plan.narrowed, s),
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # One grid sampler: its shuffled grid order must be the same for every trial (its
         # first trials take grid point number = trial number, unique across processes).
-        sampler = (_Grid(grid, seed=task.key_seed) if grid is not None else
+        sampler = (_Grid(plan.grid, seed=task.key_seed) if plan.grid is not None else
                    _SeedPerTrial(makers[settings.method], task.key_seed))
-        return optuna.create_study(storage=open_storage(storage), study_name=study_name,
-                                   direction="minimize", load_if_exists=True, pruner=pruner,
-                                   sampler=sampler)
+        return optuna.create_study(storage=storage, study_name=study_name,
+                                   direction="minimize", load_if_exists=True,
+                                   pruner=plan.pruner, sampler=sampler)
 
 
 # --------------------------------------------------------------------------- coarse to fine
@@ -171,51 +260,7 @@ def _stage_space(study, task: SearchTask, stage: int, *, free_only: bool = False
     return free if free_only else {**task.space, **free}
 
 
-# --------------------------------------------------------------------------- storage, samplers
-def open_storage(storage: str | optuna.storages.BaseStorage | None):
-    """An Optuna storage from a URL (``sqlite:///path.db``, ``postgresql://...``,
-    ``mysql://...``), a storage object (returned as is) or ``None`` (in memory).
-
-    SQLite files are opened in write-ahead-log mode (``journal_mode=WAL``, ``synchronous=NORMAL``:
-    a committed trial survives a killed process; writes cost a few milliseconds instead of a
-    synchronous flush each) with a 60 s lock timeout, so several processes on one machine can
-    share the file."""
-    if storage is None:
-        return optuna.storages.InMemoryStorage()
-    if not isinstance(storage, str):
-        return storage
-    if not storage.startswith("sqlite"):
-        return _rdb(storage, {})
-    import sqlalchemy
-
-    rdb = _rdb(storage, {"connect_args": {"timeout": 60}})
-
-    def _pragmas(dbapi_connection, _record):
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    sqlalchemy.event.listen(rdb.engine, "connect", _pragmas)
-    rdb.engine.dispose()  # connections opened from now on get the pragmas
-    return rdb
-
-
-def _rdb(url: str, engine_kwargs: dict, attempts: int = 5):
-    """``RDBStorage(url)``. Processes that open a new database at the same moment race to create
-    its tables (one of them fails on the schema-version row); the loser opens it again once the
-    tables exist."""
-    import sqlalchemy
-
-    for attempt in range(attempts):
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-
-
+# --------------------------------------------------------------------------- samplers
 class _SeedPerTrial(optuna.samplers.BaseSampler):
     """A sampler re-created for every trial with the seed ``hash(seed, trial number)``.
 
@@ -312,17 +357,25 @@ def study_trials(study, *, fixed: Mapping[str, Any] | None = None) -> list[Trial
     return sort_trials([t for t in out if t is not None])
 
 
+def _jsonable(metadata: dict) -> dict:
+    return json.loads(json.dumps(to_json(metadata)))
+
+
 def _check_metadata(study, metadata: dict) -> None:
     """Record what the search is (model, data, epochs, space) in a new study; refuse to continue
     a study that another search made."""
-    metadata = json.loads(json.dumps(to_json(metadata)))
+    metadata = _jsonable(metadata)
     old = study.user_attrs.get("jaxnn_search")
     if old is None:
         study.set_user_attr("jaxnn_search", metadata)
         return
+    _compare(study.study_name, old, metadata)
+
+
+def _compare(study_name: str, old: dict, metadata: dict) -> None:
     diff = sorted(k for k in set(old) | set(metadata) if old.get(k) != metadata.get(k))
     if diff:
         k = diff[0]
-        raise ValueError(f"study {study.study_name!r} holds a different search: {k} is "
+        raise ValueError(f"study {study_name!r} holds a different search: {k} is "
                          f"{old.get(k)!r} there and {metadata.get(k)!r} here; choose another "
                          "study name (or storage) or the same settings")

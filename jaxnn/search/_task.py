@@ -12,12 +12,13 @@ gets image data, an MLP group flat data); a task made from data and a model uses
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from jaxnn import optim as _optim
 from jaxnn import population as _population
-from jaxnn.search._space import Choice, Spec, is_number, normalize
+from jaxnn.search._space import Choice, Spec, check_domain, is_number, normalize
 from jaxnn.train import DIVERGENCE_FACTOR
 
 #: The methods of :func:`jaxnn.search.optimize`.
@@ -51,6 +52,13 @@ class SearchSettings:
         ``coarse-to-fine``: per stage).
       population: trials asked (and trained) per round.
       pruner: ``"median"`` (:class:`optuna.pruners.MedianPruner`), ``"none"`` or a pruner.
+      grace_period: seconds after which a ``RUNNING`` trial whose process stopped recording
+        its heartbeat (killed, or cut off from the database) counts as lost, and another trial
+        takes its place (:func:`jaxnn.search.optimize`). Heartbeats are recorded every
+        :attr:`heartbeat_interval` seconds.
+
+    ``tpe`` samples its first ``min(10, population)`` trials at random (Optuna's default is 10
+    whatever the batch), so from the second round on TPE models the finished trials.
     """
 
     method: str = "tpe"
@@ -61,6 +69,7 @@ class SearchSettings:
     stages: int = 2
     coarse_epochs: int | None = None
     top_k: int | None = None
+    grace_period: float = 60.0
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -71,6 +80,16 @@ class SearchSettings:
         for name in ("grid_points", "coarse_epochs", "top_k"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (isinstance(self.grace_period, int | float) and self.grace_period > 0
+                and math.isfinite(self.grace_period)):
+            raise ValueError(f"grace_period must be a positive number of seconds, got "
+                             f"{self.grace_period!r}")
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between a running trial's heartbeats: a sixth of :attr:`grace_period`, at
+        most 10 s (at least 0.5 s)."""
+        return max(0.5, min(10.0, float(self.grace_period) / 6))
 
     def stage_epochs(self, epochs: int) -> list[int]:
         """The epochs each stage trains: ``[epochs]``, or for coarse-to-fine the coarse epochs
@@ -144,6 +163,8 @@ class SearchTask:
         for name in self.member_names:
             if name in spec and not all(is_number(v) for v in getattr(spec[name], "values", ())):
                 raise ValueError(f"space[{name!r}]: a per-member hyperparameter takes numbers")
+            if name in spec:
+                check_domain(name, spec[name])
 
     # ------------------------------------------------------------------ the space's parts
     @property
