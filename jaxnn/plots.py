@@ -23,6 +23,15 @@ def _pyplot():
     return plt
 
 
+def _integer_ticks(axis) -> None:
+    """Ticks only at whole numbers (epochs): no 0.5 epoch on a short run's x-axis, and a single
+    epoch still gets its one tick (``min_n_ticks=1``: matplotlib's default of 2 falls back to
+    fractional ticks when the view holds one whole number)."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
 def _save(fig, path) -> str:
     path = os.fspath(path)
     tmp = f"{path}.tmp.png"
@@ -57,6 +66,7 @@ def learning_curves(records: Sequence[Mapping], path, *, title: str = "", note: 
     for ax in (ax_l, ax_a):
         ax.grid(alpha=0.3)
         if records:
+            _integer_ticks(ax.xaxis)
             ax.legend()
     if title:
         fig.suptitle(title)
@@ -71,6 +81,7 @@ def curves_by_name(curves: Mapping[str, Sequence[float]], path, *, ylabel: str,
     for name, ys in curves.items():
         ax.plot(np.arange(1, len(ys) + 1), ys, marker=".", label=name)
     ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    _integer_ticks(ax.xaxis)
     if logy:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)

@@ -100,3 +100,45 @@ def test_learning_curves_plot_the_records(tmp_path, figures):
     lines = {ln.get_label(): ln.get_ydata() for ln in loss_ax.get_lines()}
     np.testing.assert_allclose(lines["train"], [1, 1 / 2, 1 / 3])
     np.testing.assert_allclose(lines["val"], [1.2, 0.6, 0.4])
+
+
+def _visible_xticks(ax):
+    lo, hi = ax.get_xlim()
+    return [float(t) for t in ax.get_xticks() if lo <= t <= hi]
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 3, 5, 40])
+def test_epoch_axes_have_integer_ticks(tmp_path, figures, epochs):
+    """A short run (diagnose's 2 or 5 epochs) gets ticks at whole epochs only, never 1.5."""
+    records = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "train_acc": 1 - 0.1 / e,
+                "val_acc": 0.9 - 0.1 / e} for e in range(1, epochs + 1)]
+    plots.learning_curves(records, tmp_path / "c.png")
+    plots.curves_by_name({"relu": [0.5 + 0.01 * e for e in range(epochs)]}, tmp_path / "n.png",
+                         ylabel="val_acc")
+    axes = [*figures[0].axes, *figures[1].axes]
+    assert [ax.get_xlabel() for ax in axes] == ["epoch"] * 3
+    for ax in axes:
+        ticks = _visible_xticks(ax)
+        assert ticks and all(t == int(t) for t in ticks), ticks
+        assert any(1 <= t <= epochs for t in ticks), ticks  # the epochs themselves are marked
+
+
+def test_experiment_panels_have_integer_epoch_ticks(tmp_path, figures):
+    """The experiments' line panels (compare, losses): whole epochs on an epoch axis, however
+    few; other x-axes (scores) keep matplotlib's ticks."""
+    from jaxnn.cli._experiment import line_panels
+
+    line_panels([
+        {"title": "val", "xlabel": "epoch", "ylabel": "val_acc",
+         "lines": {"relu": ([1], [0.5]), "tanh": ([1], [0.6])}},
+        {"title": "val", "xlabel": "epoch", "ylabel": "val_acc",
+         "lines": {"relu": ([1, 2], [0.5, 0.7])}},
+        {"title": "loss", "xlabel": "correct-class score s_y", "ylabel": "loss",
+         "lines": {"hinge": ([0.0, 0.25, 0.5], [1.0, 0.75, 0.5])}},
+    ], tmp_path / "p.png")
+    assert open(tmp_path / "p.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    one, two, scores = figures[0].axes
+    for ax in (one, two):
+        ticks = _visible_xticks(ax)
+        assert ticks and all(t == int(t) for t in ticks), ticks
+    assert any(t != int(t) for t in _visible_xticks(scores))

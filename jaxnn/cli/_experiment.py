@@ -106,12 +106,9 @@ def _replace_flag(parser, dest: str, *, default, help: str) -> None:
 def line_panels(panels: list[dict], path: str, *, title: str = "", ncols: int | None = None) -> str:
     """Line-plot panels (``ncols`` per row, default all in one row), each ``{"title", "xlabel", "ylabel", "lines": {label: (x, y)},
     "logy": bool, "hline": y or None}``, saved as one PNG."""
-    import matplotlib
+    from jaxnn import plots
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
+    plt = plots._pyplot()
     ncols = ncols or len(panels)
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
@@ -124,7 +121,7 @@ def line_panels(panels: list[dict], path: str, *, title: str = "", ncols: int | 
         if p.get("logy"):
             ax.set_yscale("log")
         if p.get("xlabel") == "epoch":
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            plots._integer_ticks(ax.xaxis)
         ax.set(title=p.get("title", ""), xlabel=p.get("xlabel", ""), ylabel=p.get("ylabel", ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -133,11 +130,7 @@ def line_panels(panels: list[dict], path: str, *, title: str = "", ncols: int | 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return plots._save(fig, path)
 
 
 def _names(text: str, flag: str) -> list[str]:
