@@ -169,8 +169,11 @@ def test_check_grads_passes_correct_gradients(dtype, tol):
         "max_error",
         "tol",
         "passed",
+        "verdict",
+        "resolution",
     )
-    assert report.tol == tol and report.passed
+    assert report.tol == tol and report.passed and report.verdict == "passed"
+    assert report.resolution <= G.RESOLUTION
     assert set(report.errors) == {"['extra'][0]", "['layer']['b']", "['layer']['w']"}
     assert report.max_error == max(report.errors.values()) < tol
     if dtype == jnp.float64:
@@ -185,7 +188,7 @@ def test_check_grads_catches_a_wrong_gradient_and_names_the_leaf(dtype):
     with jax.enable_x64(True):
         params = make_params(dtype)
         report = G.check_grads(lambda p: model_loss(p, sin_wrong), params)
-    assert not report.passed
+    assert not report.passed and report.verdict == "failed"
     # The error is attributed to the leaves the wrong derivative touches, not to "extra". A
     # derivative 5% too large is off by 0.05 / 1.05 relative (4.8%) wherever |g| exceeds the
     # floor: far above tol (1e-2 in float32, round-off ~2e-4) -- deterministic arithmetic, not
@@ -210,12 +213,76 @@ def test_check_grads_tolerance_override_and_kinks():
     # relu at a kink: jax says 0, centered differences say 0.5 -- reported, not hidden.
     report = G.check_grads(lambda v: jnp.sum(jax.nn.relu(v)), jnp.array([0.0, 1.0]))
     assert not report.passed and report.errors[""] == pytest.approx(1.0)
+    assert report.verdict == "failed"  # both steps see the kink: no noise can explain it
     loose = G.check_grads(lambda v: jnp.sum(jax.nn.relu(v)), jnp.array([0.0, 1.0]), tol=2.0)
     assert loose.passed and loose.tol == 2.0
+
+
+@jax.custom_jvp
+def square_10pct_wrong(x):
+    """x**2 with a derivative 10% too large."""
+    return x**2
+
+
+square_10pct_wrong.defjvps(lambda g, ans, x: 1.1 * 2 * x * g)
+
+
+@jax.custom_jvp
+def sin_10pct_wrong(x):
+    return jnp.sin(x)
+
+
+sin_10pct_wrong.defjvps(lambda g, ans, x: 1.1 * jnp.cos(x) * g)
+
+# 200 entries with sum(x**2) ~ 296: the issue's reproduction.
+X200 = np.random.default_rng(3).standard_normal(200) * 1.2
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["float32", "float64"])
+def test_a_10_percent_wrong_gradient_fails_when_f_is_large(dtype):
+    """f = sum(x**2) over 200 entries, |f| ~ 300: the old floor (30 eps32 |f| / h ~ 1.06 of
+    absolute error) let a 10%-wrong gradient pass in float32 with max_error 3.9e-3. Measured
+    noise is u32 |f| / h ~ 0.018 per entry, while the gradient is off by 0.2 |x| (up to ~0.7):
+    the error is the full 0.1 / 1.1 where the noise is small. The correct one passes."""
+    with jax.enable_x64(True):
+        x = jnp.asarray(X200, dtype)
+        assert 250 < float(jnp.sum(x**2)) < 350
+        wrong = G.check_grads(lambda v: jnp.sum(square_10pct_wrong(v)), x)
+        right = G.check_grads(lambda v: jnp.sum(v**2), x)
+    assert wrong.verdict == "failed" and not wrong.passed, wrong
+    assert wrong.max_error == pytest.approx(0.1 / 1.1, rel=0.05)
+    assert right.verdict == "passed" and right.passed, right
+    assert right.max_error < right.tol / 2
+
+
+def test_float32_cannot_resolve_a_large_constant_inconclusive_not_passed():
+    """f = 1e6 + sum(sin x) in float32: ulp(1e6) = 0.0625, so every centered difference is a
+    multiple of 0.0625 / 2h = 31.25 -- mostly exactly 0 -- against derivatives |cos x| <= 1. No
+    error can be seen (a 10%-wrong gradient looks the same): "inconclusive", never "passed". In
+    float64 the same check resolves both: the right gradient passes, the wrong one fails."""
+    f = lambda v: 1e6 + jnp.sum(jnp.sin(v))
+    f_wrong = lambda v: 1e6 + jnp.sum(sin_10pct_wrong(v))
+    x32 = jnp.asarray(X200, jnp.float32)
+    for fn in (f, f_wrong):
+        report = G.check_grads(fn, x32)
+        assert report.verdict == "inconclusive" and not report.passed, report
+        assert report.resolution > 10 * G.RESOLUTION  # u32 1e6 / h ~ 60 against |cos x| <= 1
+    with jax.enable_x64(True):
+        x64 = jnp.asarray(X200, jnp.float64)
+        assert G.check_grads(f, x64).verdict == "passed"
+        assert G.check_grads(f_wrong, x64).verdict == "failed"
+
+
+def test_zero_gradients_everywhere_pass():
+    """A step function: both gradients exactly 0 away from the jump -- exact agreement."""
+    x = jnp.array([-1.5, -0.5, 0.5, 2.0])
+    report = G.check_grads(lambda v: jnp.sum(jnp.where(v >= 0, 1.0, 0.0) * v.size), x)
+    assert report.verdict == "passed" and report.resolution == 0.0 and report.max_error == 0.0
 
 
 def test_public_names_resolve():
     assert G.__all__ and len(set(G.__all__)) == len(G.__all__)
     for name in G.__all__:
         assert getattr(G, name) is not None
+    assert G.NOISE_MARGIN > 1 and 0 < G.RESOLUTION < 1
     assert set(G.DEFAULT_TOL) == set(G.DEFAULT_EPS) == {"float64", "float32", "float16", "bfloat16"}

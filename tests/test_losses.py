@@ -260,8 +260,9 @@ def test_gradients_float64():
     the hinge and l1 points are away from their kinks with probability 1.
 
     Expected error: centered differences with h = 1e-5 have truncation h^2 |f'''| / 6 < 1e-10
-    and round-off ~2 eps64 |f| / (2h) ~ 2e-9 for |f| ~ 200, against the report's floor of
-    30 eps64 |f| / (h tol) ~ 0.13: max relative error ~2e-8, below the curriculum's 1e-7."""
+    and round-off ~ u64 |f| / h ~ 2e-9 for |f| ~ 200; the report floors each denominator at
+    4x the measured noise / tol (~9e-3), so an error within the noise counts at most tol / 4,
+    and the check resolves far finer than the 10% it requires."""
     with jax.enable_x64(True):
         firsts = {name: jnp.asarray(args[0], jnp.float64) for name, _, args, _ in CASES}
         rests = {name: _cast(args[1:], jnp.float64) for name, _, args, _ in CASES}
@@ -272,8 +273,8 @@ def test_gradients_float64():
 
         report = gradcheck.check_grads(total, firsts)
     assert set(report.errors) == {f"['{name}']" for name in IDS}
-    assert report.passed, report
-    assert report.max_error < 1e-7
+    assert report.passed and report.verdict == "passed", report
+    assert report.max_error < report.tol / 2 and report.resolution < 1e-6
 
 
 def test_cross_entropy_jax_test_util_check_grads():
