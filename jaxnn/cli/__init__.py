@@ -165,6 +165,10 @@ def _close_runs() -> None:
 #: Functions in which a raised KeyboardInterrupt would be swallowed ("Exception ignored in ...")
 #: instead of stopping the program: a SIGINT arriving there is delivered again a moment later.
 _SWALLOWING = frozenset({"_xla_gc_callback", "__del__"})
+#: Seconds after a Ctrl-C within which the KeyboardInterrupt must reach :func:`main`; if some
+#: library swallowed it, the process ends then ("interrupted", exit 130).
+_INTERRUPT_GRACE = 10.0
+_SIGINT = {"raised": False, "handled": False}
 
 
 def _install_sigint(prog: list[str]) -> None:
@@ -172,13 +176,18 @@ def _install_sigint(prog: list[str]) -> None:
     usual, except where it would be lost or break an import half-way (a gc callback such as
     JAX's, a ``__del__``, an import): there the signal is sent again 50 ms later. A second
     Ctrl-C while the first one is being handled ends the process at once (``prog``:
-    "interrupted", exit 130)."""
+    "interrupted", exit 130), and so does a first one whose KeyboardInterrupt has not reached
+    :func:`main` within :data:`_INTERRUPT_GRACE` seconds (a library swallowed it)."""
     import signal
     import threading
 
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         return  # ignored (a background job) or handled by someone else: leave it
-    state = {"raised": False}
+    state = _SIGINT
+
+    def watchdog():
+        if not state["handled"]:
+            os.kill(os.getpid(), signal.SIGINT)
 
     def handler(signum, frame):
         f = frame
@@ -195,6 +204,9 @@ def _install_sigint(prog: list[str]) -> None:
             sys.stderr.flush()
             os._exit(130)
         state["raised"] = True
+        timer = threading.Timer(_INTERRUPT_GRACE, watchdog)
+        timer.daemon = True
+        timer.start()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, handler)
@@ -218,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv, console, prog)
     except KeyboardInterrupt:  # during start-up, before the verb runs
+        _SIGINT["handled"] = True
         sys.stderr.write(f"{prog[0]}: interrupted\n")
         return 130
 
@@ -251,6 +264,7 @@ def _main(argv, console: bool, prog: list[str]) -> int:
         finally:
             _close_runs()
     except KeyboardInterrupt:
+        _SIGINT["handled"] = True
         sys.stderr.write(f"{verb_parser.prog}: interrupted\n")
         return 130
     except (CLIError, ValueError) as e:
