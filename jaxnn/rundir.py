@@ -299,6 +299,27 @@ def _os_reason(e: OSError) -> str:
     return e.strerror or type(e).__name__
 
 
+def _refuse_if_in_use(path: str) -> None:
+    """:class:`RunInUseError` when a live process holds ``path``'s lock (tried with a shared
+    flock on the existing lock file, never created, followed or changed)."""
+    lock_path = os.path.join(path, _LOCK)
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            pid = _read_pid(lock_path)
+            who = f"process {pid}" if pid else "another process"
+            raise RunInUseError(f"{path} is in use by {who}") from None
+    finally:
+        os.close(fd)  # also releases the shared lock
+
+
 def _check_reusable(path: str, verb: str, *, locked: bool = False) -> None:
     """Refuse an existing ``path`` as a new ``verb`` run's directory unless it is empty or holds
     nothing but jaxnn's bookkeeping of a ``verb`` run that wrote nothing (``locked``: this
@@ -309,6 +330,8 @@ def _check_reusable(path: str, verb: str, *, locked: bool = False) -> None:
         raise RunDirError(f"cannot read the directory {path}: {_os_reason(e)}") from None
     if not entries:
         return
+    if not locked:
+        _refuse_if_in_use(path)
     marker = read_marker(path)
     if marker is None:
         if _holds_run(path):

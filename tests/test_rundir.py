@@ -61,6 +61,8 @@ def test_a_second_holder_is_refused_with_the_pid(tmp_path):
         (path / "config.json").write_text("{}")
         with pytest.raises(rundir.RunInUseError):
             rundir.RunDir.open(path)
+        with pytest.raises(rundir.RunInUseError, match="in use"):  # not "holds a run"
+            rundir.RunDir.create(path)
     with rundir.RunDir.open(path):  # released on close
         pass
 
