@@ -298,17 +298,26 @@ def _checked(spec: Augment) -> Augment:
 def check_augment(spec: Augment | None, x_shape: tuple[int, ...]) -> None:
     """Raise ``ValueError`` unless ``spec`` can augment data of shape ``x_shape``.
 
-    Crop and flip act on images: ``x_shape`` must be ``[n, height, width, channels]`` (rank 4).
-    Call it before training starts; :func:`augment` checks the same when traced.
+    Crop and flip act on images: ``x_shape`` must be ``[n, height, width, channels]`` (rank 4),
+    and a crop pads by fewer pixels than the image's smaller side (``P < min(H, W)``, so every
+    crop keeps part of the image; a huge ``P`` would also ask for a padded batch beyond any
+    memory). Call it before training starts; :func:`augment` checks the same when traced.
     """
     if spec is None:
         return
-    _checked(spec)
+    spec = _checked(spec)
     if len(x_shape) != 4:
         raise ValueError(
             f"augment (--augment): crop and flip need images [n, height, width, channels], got x "
             f"of shape {tuple(x_shape)}; keep the image shape (load(..., flatten=False), a conv "
             "architecture) or drop the augmentation."
+        )
+    h, w = int(x_shape[1]), int(x_shape[2])
+    if spec.crop >= min(h, w):
+        raise ValueError(
+            f"augment (--augment): crop:{spec.crop} pads by more than the {h}x{w} images allow; "
+            f"crop:P needs P < {min(h, w)} (the smaller image side) so every crop keeps part of "
+            "the image."
         )
 
 

@@ -29,6 +29,7 @@ import math
 import os
 import pickle
 import tarfile
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -493,6 +494,36 @@ def _class_ids(y: np.ndarray, what: str, num_classes: int | None = None) -> np.n
     return y.astype(np.int64)
 
 
+def _ids(classes: np.ndarray, limit: int = 10) -> str:
+    """Class ids for a message: ``0, 3, 7`` (the first ``limit``, then ``...``)."""
+    shown = ", ".join(str(int(c)) for c in classes[:limit])
+    return shown + (f", ... ({len(classes)} in all)" if len(classes) > limit else "")
+
+
+def _check_classes(origin: str, y_train, *, stacklevel: int = 2, **evaluation) -> None:
+    """Refuse training labels with fewer than 2 classes; warn about evaluation classes that
+    training never shows.
+
+    With one class a model learns a constant and reports a perfect accuracy and a zero loss on
+    test data of that class: a ``ValueError`` naming ``origin`` (a file, a dataset or a split)
+    and the classes found. Labels of a class the training split lacks in an ``evaluation`` split
+    (``validation=y_val, test=y_test``) can never be predicted right: one :class:`UserWarning`
+    line per split naming those classes (``stacklevel`` as for :func:`warnings.warn`, counted
+    from the caller of this function).
+    """
+    train = np.unique(np.asarray(y_train))
+    if train.size < 2:
+        found = f"only class {_ids(train)}" if train.size else "no labels"
+        raise ValueError(f"{origin}: the training labels hold {found}; a classifier needs at "
+                         "least 2 classes to learn from.")
+    for what, labels in evaluation.items():
+        unseen = np.setdiff1d(np.unique(np.asarray(labels)), train)
+        if unseen.size:
+            warnings.warn(f"{origin}: the {what} labels hold class{'es' if unseen.size > 1 else ''}"
+                          f" {_ids(unseen)} that the training labels lack; the model cannot "
+                          "learn them.", UserWarning, stacklevel=stacklevel + 1)
+
+
 def _num(v: Any) -> int | float:
     """A numpy scalar as a Python number for messages (ints stay exact)."""
     return int(v) if np.issubdtype(np.asarray(v).dtype, np.integer) else float(v)
@@ -871,14 +902,26 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         if "pickle" in str(e):
             raise ValueError(f"{path}: holds Python objects (pickled arrays), which are not "
                              f"loaded; expected {_NPZ_FORMAT}.") from None
-        raise ValueError(f"{path}: not a valid .npz file ({e}); expected {_NPZ_FORMAT}.") from None
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
-        raise ValueError(f"{path}: not a valid .npz file ({e}); expected {_NPZ_FORMAT}.") from None
+        raise ValueError(f"{path}: not a valid .npz file ({_one_line(e)}); expected "
+                         f"{_NPZ_FORMAT}.") from None
+    except Exception as e:  # noqa: BLE001 -- numpy's readers raise whatever the bytes provoke
+        # A corrupt member can fail anywhere in numpy's parsing: OSError, EOFError, BadZipFile,
+        # zlib.error, KeyError, but also tokenize.TokenError or SyntaxError from a damaged .npy
+        # header, MemoryError from a header claiming a huge shape. All mean the same: this file.
+        raise ValueError(f"{path}: not a valid .npz file ({_one_line(e)}); expected "
+                         f"{_NPZ_FORMAT}.") from None
     raw = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]
     if raw:  # numpy hands back the bytes of a member that is not a .npy array
         raise ValueError(f"{path}: not a valid .npz file ({raw[0]} is not a .npy array); "
                          f"expected {_NPZ_FORMAT}.")
     return arrays
+
+
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    """An exception as one short line: its type and its message's whitespace collapsed."""
+    text = " ".join(str(e).split()) or "no detail"
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(e).__name__}: {text}"
 
 
 def _npz_pair(path: Path, arrays: dict, xk: str, yk: str, *, flatten: bool):
@@ -922,7 +965,7 @@ def _load_npz(path: Path, *, seed, val_fraction, test_fraction, flatten) -> Data
                 f"{path}: x has features of shape {x.shape[1:]} but x_test {x_test.shape[1:]}."
             )
     num_classes = _num_classes(str(path), y, *(() if y_test is None else (y_test,)))
-    return _make_dataset(
+    ds = _make_dataset(
         x,
         y,
         x_test=x_test,
@@ -934,6 +977,9 @@ def _load_npz(path: Path, *, seed, val_fraction, test_fraction, flatten) -> Data
         name=path.stem,
         origin=str(path),
     )
+    # stacklevel 3: the warning points at the caller of load().
+    _check_classes(str(path), ds.y_train, validation=ds.y_val, test=ds.y_test, stacklevel=3)
+    return ds
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ import numpy as np
 import optax
 
 from jaxnn import data as _data
+from jaxnn import datasets as _datasets
 from jaxnn import distributed as _dist
 from jaxnn import losses as _losses
 from jaxnn import optim as _optim
@@ -480,6 +481,16 @@ def _check_data(x, y, name):
         raise ValueError(f"{name}: x has {x.shape[0]} examples but y has {y.shape[0]}")
 
 
+def _check_classes(y_train, y_val) -> None:
+    """Class-id labels (integer ``[n]``): at least 2 classes to train on (a one-class model
+    reports accuracy 1 and loss 0 on data of that class), and a one-line warning for validation
+    classes the training split lacks. Other targets (one-hot, regression) are not class ids."""
+    if y_train.ndim != 1 or not jnp.issubdtype(y_train.dtype, jnp.integer):
+        return
+    _datasets._check_classes("train.fit", np.asarray(y_train), stacklevel=3,
+                             validation=np.asarray(y_val))
+
+
 _all_finite = jax.jit(tree_all_finite)
 
 
@@ -549,6 +560,10 @@ def fit(
     x_val, y_val = jnp.asarray(data.x_val), jnp.asarray(data.y_val)
     _check_data(x_train, y_train, "training split")
     _check_data(x_val, y_val, "validation split")
+    _check_classes(y_train, y_val)
+    augment = _data.parse_augment(augment)
+    if augment is not None:  # before anything runs (a traced check would come after on_start)
+        _data.check_augment(augment, x_train.shape)
     batch_size = min(batch_size, x_train.shape[0])
     if mesh is not None:
         _dist.check_batch_size(batch_size, mesh)

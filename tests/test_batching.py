@@ -269,3 +269,23 @@ def test_epoch_augmentation_refuses_flat_data(linear_epoch):
     e = linear_epoch
     with pytest.raises(ValueError, match="--augment"):
         e["augmented"](e["state"], e["x"].reshape(20, 16), e["y"], jnp.int32(0))
+
+
+# --------------------------------------------------------------------------------------------
+# trust, round two
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("crop, shape", [(100_000_000, (64, 8, 8, 1)), (8, (64, 8, 8, 1)),
+                                         (5, (2, 5, 30, 3))])
+def test_crop_must_pad_by_less_than_the_smaller_image_side(key, crop, shape):
+    # Cause: the pad was never compared with the image, so crop:100000000 asked XLA for a
+    # [64, 2e8, 2e8, 1] padded batch and the process aborted in C++. P < min(H, W): every crop
+    # keeps part of the image.
+    with pytest.raises(ValueError, match=rf"augment \(--augment\): crop:{crop} .*"
+                                         rf"P < {min(shape[1:3])}"):
+        batching.check_augment(batching.parse_augment(f"crop:{crop}"), shape)
+    with pytest.raises(ValueError, match=f"crop:{crop}"):
+        jax.eval_shape(lambda x: batching.augment(x, key=key, crop=crop),
+                       jax.ShapeDtypeStruct(shape, jnp.float32))
+    batching.check_augment(batching.Augment(min(shape[1:3]) - 1), shape)  # the largest allowed

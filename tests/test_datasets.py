@@ -366,7 +366,9 @@ def test_npz_with_test_split(tmp_path):
         x_test=rng.normal(size=(5, 3)),
         y_test=np.array([0, 1, 2, 0, 1]),
     )
-    ds = datasets.load(tmp_path / "d.npz", val_fraction=0.25)
+    with pytest.warns(UserWarning, match="test labels hold class 2 that the training labels "
+                                         "lack"):
+        ds = datasets.load(tmp_path / "d.npz", val_fraction=0.25)
     assert ds.x_train.shape == (15, 3) and ds.x_val.shape == (5, 3) and ds.x_test.shape == (5, 3)
     assert ds.num_classes == 3
     np.testing.assert_array_equal(ds.y_test, [0, 1, 2, 0, 1])
@@ -737,3 +739,52 @@ def test_digits_read_without_importing_sklearn_equal_sklearns():
     ref = load_digits()
     np.testing.assert_array_equal(images, ref.images)
     np.testing.assert_array_equal(target, ref.target)
+
+
+# --------------------------------------------------------------------------------------------
+# trust, round two: degenerate labels, any corruption of a .npy inside the .npz
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("y, found", [(np.zeros(40, int), "only class 0"),
+                                      (np.ones(40, int), "only class 1"),
+                                      (np.full(40, 1.0), "only class 1")])
+def test_npz_with_one_training_class_is_refused(tmp_path, y, found):
+    # Cause: nothing asked for two classes; y all zeros trained a one-class model that reported
+    # "test accuracy 1.0000, test loss 0.0000".
+    np.savez(tmp_path / "one.npz", x=np.random.default_rng(0).normal(size=(40, 3)), y=y)
+    with pytest.raises(ValueError, match=rf"one.npz: the training labels hold {found}; .*at "
+                                         r"least 2 classes") as e:
+        datasets.load(tmp_path / "one.npz")
+    assert "\n" not in str(e.value)
+
+
+def test_npz_test_classes_the_training_split_lacks_are_a_warning(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "unseen.npz", x=rng.normal(size=(40, 3)), y=np.arange(40) % 2,
+             x_test=rng.normal(size=(6, 3)), y_test=np.array([0, 1, 2, 3, 3, 0]))
+    with pytest.warns(UserWarning, match=r"unseen.npz: the test labels hold classes 2, 3 that "
+                                         "the training labels lack") as record:
+        ds = datasets.load(tmp_path / "unseen.npz")
+    assert ds.num_classes == 4 and len(record) == 1
+    assert "\n" not in str(record[0].message)
+    assert record[0].filename == __file__  # points at the caller of load()
+
+
+def test_npz_any_failure_inside_numpy_is_one_line_naming_the_file(tmp_path):
+    # Cause: only some exception types were caught; a damaged .npy header made numpy's header
+    # parser raise tokenize.TokenError, which came out as a traceback.
+    np.savez(tmp_path / "good.npz", x=np.ones((10, 3), np.float32), y=np.arange(10) % 2)
+    with zipfile.ZipFile(tmp_path / "good.npz") as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    header = bytearray(members["x.npy"])
+    start = header.index(b"{")
+    header[start:start + 20] = b"{'descr': '<f4', ((("  # an unclosed bracket in the header
+    for name, x_bytes in [("tokens", bytes(header)),
+                          ("shape", bytes(members["x.npy"]).replace(b"(10, 3)", b"(1e9, 3)"))]:
+        with zipfile.ZipFile(tmp_path / f"{name}.npz", "w") as z:
+            z.writestr("x.npy", x_bytes)
+            z.writestr("y.npy", members["y.npy"])
+        with pytest.raises(ValueError, match=rf"{name}.npz: not a valid .npz file") as e:
+            datasets.load(tmp_path / f"{name}.npz")
+        assert "\n" not in str(e.value)

@@ -251,3 +251,36 @@ def test_convnet_epoch_in_scan_equals_the_jitted_steps():
                         jax.tree.leaves(s0.params), strict=True):
         moved = float(np.abs(np.asarray(b) - np.asarray(p0)).max())
         np.testing.assert_allclose(a, b, rtol=2 * eps, atol=2 * n * eps * moved)
+
+
+# --------------------------------------------------------------------------- trust, round two
+def test_fit_refuses_one_training_class_and_warns_about_unseen_validation_classes(model,
+                                                                                 dataset):
+    # Cause: fit trained whatever labels it got; with one class the loss goes to 0 and the
+    # accuracy to 1 on data of that class, which looks like success.
+    fit = lambda ds: train.fit(model, ds, optimizer=optim.sgd(0.1), epochs=1,  # noqa: E731
+                               key=jax.random.key(0))
+    for c in (0, 2):
+        one = dataset._replace(y_train=np.full_like(dataset.y_train, c))
+        with pytest.raises(ValueError, match=rf"train.fit: the training labels hold only class "
+                                             rf"{c}; a classifier needs at least 2 classes"):
+            fit(one)
+    no_two = dataset._replace(x_train=dataset.x_train[dataset.y_train != 2],
+                              y_train=dataset.y_train[dataset.y_train != 2])
+    with pytest.warns(UserWarning, match="train.fit: the validation labels hold class 2 that "
+                                         "the training labels lack") as record:
+        fit(no_two)
+    assert [r.filename for r in record] == [__file__]  # one line, at the caller of fit
+
+
+def test_fit_checks_the_augmentation_against_the_images_before_anything_runs():
+    # The crop check runs with fit's data checks: nothing is traced, no hook is called.
+    x = np.random.default_rng(0).normal(size=(12, 4, 4, 1)).astype(np.float32)
+    y = (np.arange(12) % 2).astype(np.int32)
+    ds = data.Dataset(x[:8], y[:8], x[8:], y[8:], x[8:], y[8:], 2, "tiny")
+    model = layers.serial(layers.Flatten(), layers.Dense(2), input_shape=(4, 4, 1))
+    started = []
+    with pytest.raises(ValueError, match=r"crop:4 pads by more than the 4x4 images"):
+        train.fit(model, ds, optimizer=optim.sgd(0.1), epochs=1, key=jax.random.key(0),
+                  augment="crop:4", on_start=lambda *a: started.append(a))
+    assert not started
