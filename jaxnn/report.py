@@ -38,6 +38,7 @@ import io
 import math
 import os
 import shlex
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -586,8 +587,13 @@ def _layers_of_run(path: str, probe_examples: int, notes: list[str]) -> _Layers 
     from jaxnn import config as _config
     from jaxnn import inference
 
+    if not os.path.isdir(os.path.join(path, "checkpoints")):
+        notes.append("no per-layer statistics: the run has no checkpoint")
+        return None
     try:
-        tm = inference.load_run(path)
+        with warnings.catch_warnings():  # what loading had to do is noted below
+            warnings.simplefilter("ignore", UserWarning)
+            tm = inference.load_run(path)
     except (ValueError, OSError) as e:
         notes.append(f"no per-layer statistics: the trained model does not load ({e})")
         return None
@@ -824,8 +830,6 @@ def _importances(path: str, results: Mapping) -> tuple[dict[str, float] | None, 
         where = (results.get("study") or {}).get("storage")
         return None, (f"the study is not in a local study.db ({where}): importance not "
                       "computed" if where else "no study.db: importance not computed")
-    import warnings
-
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

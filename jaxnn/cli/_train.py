@@ -62,6 +62,8 @@ def _add_output_flags(g) -> None:
     g.add_argument("--quiet", action="store_true",
                    help="no progress (the final table and errors are still printed)")
     g.add_argument("--no-progress", action="store_true", help="same as --quiet")
+    g.add_argument("--no-report", action="store_true",
+                   help="do not write RUN/report.html, the babysitting page (`jaxnn report`)")
 
 
 def run_train(args) -> int:
@@ -235,6 +237,7 @@ def _fit_and_report(exp, run, *, resume: bool, args, dev) -> int:
         plots.learning_curves(records, run.file("curves.png"),
                               title=f"{c.dataset}: {c.arch or c.hidden} {c.activation}")
     run.write_json("summary.json", summary)
+    report = None if getattr(args, "no_report", False) else _write_report(run, exp, state)
 
     if records:
         rows = [[r["epoch"], r["train_loss"], r["train_acc"], r["val_loss"], r["val_acc"]]
@@ -250,6 +253,8 @@ def _fit_and_report(exp, run, *, resume: bool, args, dev) -> int:
         print(f"test accuracy {summary['test_acc']:.4f}  test loss {summary['test_loss']:.4f}  "
               f"(of the last good state: {state_name})")
         print(f"run directory: {run.path}")
+        if report:
+            print(f"report: {report}")
         sys.stderr.write(f"jaxnn {'resume' if resume else 'train'}: {history.stopped_reason}; "
                          f"the last good state (epoch {good}) is kept in "
                          f"{run.file('checkpoints')}\n")
@@ -257,4 +262,19 @@ def _fit_and_report(exp, run, *, resume: bool, args, dev) -> int:
     print(f"test accuracy {summary['test_acc']:.4f}  test loss {summary['test_loss']:.4f}  "
           f"({_plural(history.epochs_done, 'epoch')}, {history.stopped_reason})")
     print(f"run directory: {run.path}")
+    if report:
+        print(f"report: {report}")
     return 0
+
+
+def _write_report(run, exp, state) -> str | None:
+    """RUN/report.html (:mod:`jaxnn.report`, from the model and data in memory); the run is
+    complete by then, so a failure is one line on stderr, never the run's failure."""
+    from jaxnn import report
+
+    try:
+        return report.write_report(run.path, experiment=exp, state=state)
+    except Exception as e:  # noqa: BLE001 -- the run's own files are all written
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        _say(f"could not write the report: {msg}")
+        return None
