@@ -91,3 +91,44 @@ def test_bench_verb_bad_flag(flag, capsys):
 
     assert cli.main(["bench", flag]) == 2
     assert "unknown nope" in capsys.readouterr().err
+
+
+def test_bench_verb_reports_progress_unless_quiet(tmp_path, monkeypatch, capfd):
+    """The benchmark's own progress lines (benchmarks._common.log, one per measurement) become
+    the verb's: "bench: ..." lines on stderr when it is not a terminal, none with --quiet (nor
+    from the malloc re-run's subprocess); the table on stdout is the same either way."""
+    import types
+
+    from jaxnn import cli
+    from jaxnn.cli import _bench
+
+    common = types.SimpleNamespace(log=lambda msg: sys.stderr.write(f"raw {msg}\n"))
+    real_log = common.log
+
+    def run_child(mode, argv):  # as benchmarks/activations.py: a subprocess on inherited stderr
+        fake.C.log(f"malloc {mode}: re-run")
+        subprocess.run([sys.executable, "-c", "import sys; sys.stderr.write('child says\\n')"],
+                       check=True)
+        return []
+
+    def run(*, quick, tiny, json_path, activations):
+        fake.C.log("activations: 65,536 elements")
+        fake.C.log("  float32 fresh fwd     relu       jaxnn 1.00 G elem/s")
+        fake.run_child("env", [])
+        return {"markdown": "| activation | pass |", "paths": {"json": "a.json",
+                                                              "markdown": "a.md", "png": "a.png"}}
+
+    fake = types.SimpleNamespace(C=common, run=run, run_child=run_child)
+    monkeypatch.setattr(_bench, "load_benchmark", lambda name: fake)
+    assert cli.main(["bench", "--tiny", "--out", str(tmp_path / "b")]) == 0
+    out = capfd.readouterr()
+    assert out.err.splitlines() == ["bench: activations: 65,536 elements",
+                                    "bench: float32 fresh fwd relu jaxnn 1.00 G elem/s",
+                                    "bench: malloc env: re-run",
+                                    "child says"]  # the subprocess's lines as they come
+    assert out.out.startswith("| activation | pass |") and "bench:" not in out.out
+    assert common.log is real_log and fake.run_child is run_child  # given back afterwards
+
+    assert cli.main(["bench", "--tiny", "--quiet", "--out", str(tmp_path / "q")]) == 0
+    quiet = capfd.readouterr()
+    assert quiet.err == "" and quiet.out == out.out

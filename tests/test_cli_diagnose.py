@@ -33,22 +33,25 @@ def _png(path) -> bool:
 # --------------------------------------------------------------------------- diagnose
 @pytest.fixture(scope="module")
 def diagnoses(tmp_path_factory):
-    """Three diagnoses of the digits MLP: default, far too high and far too low learning rate."""
+    """Three diagnoses of the digits MLP: default, far too high and far too low learning rate
+    (that one with --quiet); stderr is not a terminal."""
     base = tmp_path_factory.mktemp("diagnose")
     runs = {}
     tb = ["--tensorboard"] if HAS_TBX else []
     for name, extra in (("default", []), ("high", ["--lr", "1000", *tb]),
-                        ("low", ["--lr", "1e-6"])):
+                        ("low", ["--lr", "1e-6", "--quiet"])):
         out = base / name
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
+        printed, progress = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(progress):
             rc = main(["diagnose", *SHORT, *extra, "--out", str(out)])
         runs[name] = (rc, out, json.loads((out / "diagnosis.json").read_text()))
         REPORTS[name] = printed.getvalue()
+        PROGRESS[name] = progress.getvalue()
     return runs
 
 
 REPORTS: dict[str, str] = {}  # what each diagnosis of the fixture printed
+PROGRESS: dict[str, str] = {}  # and what it wrote on stderr
 
 
 def test_diagnose_writes_the_diagnosis(diagnoses):
@@ -125,6 +128,25 @@ def test_diagnose_prints_a_report(diagnoses, capsys):
     assert rc == 2 and "already holds a run" in err and err.count("\n") == 1
 
 
+def test_diagnose_reports_progress_on_stderr_unless_quiet(diagnoses):
+    """Piped: one flushed line per stage (five) and per training epoch, on stderr only."""
+    lines = PROGRESS["default"].splitlines()
+    assert all(line.startswith("diagnose: ") for line in lines), lines
+    stages = [line for line in lines if " done" in line or " written" in line]
+    assert [line.split()[1] for line in stages] == ["1/5", "2/5", "3/5", "4/5", "5/5"]
+    assert "overfit check done (" in stages[1] and stages[1].endswith(" s)")
+    assert "training done: completed" in stages[2]
+    epochs = [line for line in lines if "training, epoch" in line]
+    assert [line.split("epoch ")[1].split(":")[0] for line in epochs] == ["1/3", "2/3", "3/3"]
+    assert len(lines) == 5 + 3
+    # lr 1000 diverges in epoch 1: the five stages, no epoch line.
+    high = PROGRESS["high"].splitlines()
+    assert len(high) == 5 and "training done: diverged" in high[2]
+    assert PROGRESS["low"] == ""  # --quiet
+    for report in REPORTS.values():  # the report on stdout is unchanged: no progress in it
+        assert "diagnose: " not in report and report.startswith("diagnosing: ")
+
+
 # --------------------------------------------------------------------------- gradcheck
 @pytest.mark.slow  # several compiles: in the slow suite
 def test_gradcheck_passes_and_lists_everything(capsys):
@@ -197,12 +219,36 @@ def test_gradcheck_fails_on_a_wrong_gradient(capsys, monkeypatch):
     assert "failed" in err
 
 
+def test_gradcheck_reports_each_check_on_stderr_unless_quiet(capsys, monkeypatch):
+    real = _gradcheck._activation_cases
+    monkeypatch.setattr(_gradcheck, "_activation_cases",
+                        lambda rng: [c for c in real(rng) if c[0] in ("relu", "tanh")])
+    monkeypatch.setattr(_gradcheck, "_loss_cases", lambda rng: [("picky [class ids]", None, {})])
+    monkeypatch.setattr(_gradcheck, "_model_cases", lambda rng: [])
+    rc, stdout, err = _run(["gradcheck"], capsys)
+    assert rc == 1
+    assert err.splitlines() == [
+        "gradcheck: 1/3 activation tanh ok", "gradcheck: 2/3 activation relu ok",
+        "gradcheck: 3/3 loss picky [class ids] FAIL (rejects its declared targets)",
+        "jaxnn gradcheck: 1 of 3 gradient checks failed"]
+    assert "gradcheck: " not in stdout
+    rc, quiet_stdout, err = _run(["gradcheck", "--quiet"], capsys)
+    assert rc == 1 and err == "jaxnn gradcheck: 1 of 3 gradient checks failed\n"
+    assert quiet_stdout == stdout
+
+
 # --------------------------------------------------------------------------- experiments
 def test_experiment_init_depth(tmp_path, capsys):
     out = tmp_path / "id"
-    rc, stdout, _ = _run(["experiment", "init-depth", "--depth", "4", "--width", "32",
-                          "--examples", "64", "--out", str(out)], capsys)
+    rc, stdout, err = _run(["experiment", "init-depth", "--depth", "4", "--width", "32",
+                            "--examples", "64", "--out", str(out)], capsys)
     assert rc == 0
+    # One progress line per configuration on stderr (not a terminal), none on stdout.
+    assert [re.sub(r" \([0-9.]+ s\)$", "", line) for line in err.splitlines()] == [
+        "init-depth: 1/5 tanh + N(0, 0.01) done", "init-depth: 2/5 tanh + N(0, 1) done",
+        "init-depth: 3/5 tanh + Xavier 1/n done", "init-depth: 4/5 relu + Xavier 1/n done",
+        "init-depth: 5/5 relu + He 2/n done"]
+    assert "init-depth:" not in stdout
     res = json.loads((out / "results.json").read_text())
     assert [c["label"] for c in res["configs"]] == [
         "tanh + N(0, 0.01)", "tanh + N(0, 1)", "tanh + Xavier 1/n", "relu + Xavier 1/n",
@@ -216,12 +262,85 @@ def test_experiment_init_depth(tmp_path, capsys):
     assert "std of the activations per layer" in stdout and "relu + He 2/n" in stdout
 
 
+def test_experiment_init_depth_quiet(tmp_path, capsys, monkeypatch):
+    from jaxnn import experiments
+
+    monkeypatch.setattr(experiments, "INIT_DEPTH_CONFIGS", experiments.INIT_DEPTH_CONFIGS[:1])
+    rc, stdout, err = _run(["experiment", "init-depth", "--depth", "3", "--width", "16",
+                            "--examples", "32", "--quiet", "--out", str(tmp_path / "q")], capsys)
+    assert rc == 0 and err == "" and "tanh + N(0, 0.01)" in stdout
+
+
+def test_experiment_losses_and_compare_report_progress_unless_quiet(tmp_path, capsys,
+                                                                    monkeypatch):
+    """The verbs' progress lines come from the library's callbacks (on_epoch, on_group): one
+    per epoch of each loss, one per group; --quiet none. The training itself is stood in for
+    here (the slow tests below train for real)."""
+    import numpy as np
+
+    from jaxnn import experiments
+
+    calls = []
+
+    def loss_comparison(data, *, key, losses, epochs, seeds, on_epoch=None, **kw):
+        calls.append("losses")
+        for name in losses:
+            for epoch in range(1, epochs + 1):
+                if on_epoch is not None:
+                    on_epoch(name, epoch, {k: np.full(seeds, 0.5) for k in (
+                        "train_loss", "train_acc", "val_loss", "val_acc")})
+        curve = [0.5] * epochs
+        rows = [experiments.LossRow(name, 0.5, 0.0, 1.0, curve, curve, curve, curve, curve, curve)
+                for name in losses]
+        return experiments.LossComparison(experiments.score_sweep(), rows)
+
+    def activation_comparison(data, *, key, activations, inits, epochs, seeds, on_group=None,
+                              **kw):
+        calls.append("compare")
+        rows = []
+        for a in activations:
+            for i in inits:
+                curve = [0.5] * epochs
+                rows.append(experiments.ComparisonRow(a, i, 0.5, 0.0, 0.0, curve, curve, curve,
+                                                      [0.5] * seeds, ["ok"] * seeds))
+                if on_group is not None:
+                    on_group(rows[-1])
+        return rows
+
+    monkeypatch.setattr(experiments, "loss_comparison", loss_comparison)
+    monkeypatch.setattr(experiments, "activation_comparison", activation_comparison)
+    losses = ["experiment", "losses", "--hidden", "8", "--epochs", "2", "--seeds", "1"]
+    rc, stdout, err = _run([*losses, "--out", str(tmp_path / "l")], capsys)
+    assert rc == 0 and "margin met" in stdout and "losses:" not in stdout
+    assert [re.sub(r": val_acc .*", "", line) for line in err.splitlines()] == [
+        f"losses: training with {loss}, epoch {e}/2"
+        for loss in ("multiclass_hinge_loss", "softmax_cross_entropy") for e in (1, 2)]
+    rc, quiet_stdout, err = _run([*losses, "--quiet", "--out", str(tmp_path / "lq")], capsys)
+    assert rc == 0 and err == ""
+    assert quiet_stdout.replace("lq", "l") == stdout
+
+    for verb in (["compare"], ["experiment", "activations"]):
+        cmp = [*verb, "--activations", "relu,tanh", "--inits", "he_normal,lecun_normal",
+               "--hidden", "8", "--epochs", "1", "--seeds", "1"]
+        rc, stdout, err = _run([*cmp, "--out", str(tmp_path / verb[-1])], capsys)
+        assert rc == 0 and "val_acc_mean" in stdout
+        name = verb[-1]
+        assert [re.sub(r" done: .*", "", line) for line in err.splitlines()] == [
+            f"{name}: 1/4 relu + he_normal", f"{name}: 2/4 relu + lecun_normal",
+            f"{name}: 3/4 tanh + he_normal", f"{name}: 4/4 tanh + lecun_normal"]
+        rc, _, err = _run([*cmp, "--quiet", "--out", str(tmp_path / f"{name}-q")], capsys)
+        assert rc == 0 and err == ""
+    assert calls == ["losses", "losses", "compare", "compare", "compare", "compare"]
+
+
 @pytest.mark.slow
 def test_compare_writes_rows_curves_and_table(tmp_path, capsys):
     out = tmp_path / "cmp"
-    rc, stdout, _ = _run(["compare", "--activations", "relu,maxout", "--seeds", "2",
-                          "--epochs", "2", "--hidden", "16", "--out", str(out)], capsys)
+    rc, stdout, err = _run(["compare", "--activations", "relu,maxout", "--seeds", "2",
+                            "--epochs", "2", "--hidden", "16", "--out", str(out)], capsys)
     assert rc == 0
+    assert [line.split(" done:")[0] for line in err.splitlines()] == [
+        "compare: 1/2 relu + he_normal", "compare: 2/2 maxout + he_normal"]
     res = json.loads((out / "results.json").read_text())
     assert [(r["activation"], r["init"]) for r in res["rows"]] == [("relu", "he_normal"),
                                                                    ("maxout", "he_normal")]
@@ -236,9 +355,13 @@ def test_compare_writes_rows_curves_and_table(tmp_path, capsys):
 @pytest.mark.slow
 def test_experiment_losses(tmp_path, capsys):
     out = tmp_path / "losses"
-    rc, stdout, _ = _run(["experiment", "losses", "--epochs", "2", "--seeds", "1",
-                          "--hidden", "16", "--out", str(out)], capsys)
+    rc, stdout, err = _run(["experiment", "losses", "--epochs", "2", "--seeds", "1",
+                            "--hidden", "16", "--out", str(out)], capsys)
     assert rc == 0
+    # One progress line per epoch of each loss, as the library's on_epoch reports it.
+    assert [line.split(":")[0] + ":" + line.split(":")[1] for line in err.splitlines()] == [
+        f"losses: training with {loss}, epoch {e}/2"
+        for loss in ("multiclass_hinge_loss", "softmax_cross_entropy") for e in (1, 2)]
     res = json.loads((out / "results.json").read_text())
     assert [r["loss"] for r in res["rows"]] == ["multiclass_hinge_loss", "softmax_cross_entropy"]
     assert res["config"]["l2"] == 0.0

@@ -212,10 +212,14 @@ def test_score_sweep_against_numpy():
 def test_loss_comparison_hinge_stops_cross_entropy_keeps_pushing(blobs):
     # Plain SGD, no regularization, the probe is the whole training set: once every margin is
     # met the hinge gradient is exactly 0 and the weights stop moving; cross-entropy never stops.
+    seen = []  # on_epoch: after every epoch of each loss (the CLI's progress lines)
     res = experiments.loss_comparison(
         blobs, key=jax.random.key(0), epochs=15, seeds=1, hidden=(16,), learning_rate=0.1,
-        optimizer=optim.sgd(0.1), batch_size=32, probe_examples=1000)
+        optimizer=optim.sgd(0.1), batch_size=32, probe_examples=1000,
+        on_epoch=lambda loss, epoch, m: seen.append((loss, epoch, float(m["val_acc"][0]))))
     assert [r.loss for r in res.rows] == ["multiclass_hinge_loss", "softmax_cross_entropy"]
+    assert [s[:2] for s in seen] == [(r.loss, e) for r in res.rows for e in range(1, 16)]
+    assert [s[2] for s in seen] == pytest.approx([a for r in res.rows for a in r.val_acc])
     hinge, ce = res.rows
     met = hinge.satisfied_curve.index(1.0)  # the epoch every training example's margins are met
     assert met < 12
