@@ -347,6 +347,34 @@ def _legacy_search(out: str, entries: list[str]) -> bool:
     return {"method", "study", "trials"} <= set(res) and isinstance(res["trials"], list)
 
 
+def _check_results(out: str, storage: str | None, study_name: str) -> None:
+    """Refuse to continue in ``out`` a search whose ``results.json`` came from another study
+    (another ``--storage`` or ``--study-name``): its results would be replaced by another
+    search's. ``storage`` is the masked ``--storage`` (``None``: the study in ``out``)."""
+    from jaxnn import rundir
+
+    path = os.path.join(out, "results.json")
+    if not os.path.isfile(path):
+        return
+    try:
+        study = rundir.read_json(path).get("study") or {}
+    except rundir.RunDirError:
+        return
+    old_storage, old_name = study.get("storage"), study.get("name")
+    if not isinstance(old_storage, str):
+        return
+    # The study in --out: recorded as such, or (written before that was recorded) a study.db
+    # URL, wherever the directory was then.
+    old_own = study.get("in_out", old_storage.startswith("sqlite:")
+                        and old_storage.endswith("/" + _STUDY_FILE))
+    same = (old_own and storage is None) or (not old_own and old_storage == storage)
+    if not same or old_name != study_name:
+        where = ("--storage " + old_storage) if not old_own else "its own study.db"
+        raise CLIError(f"--out {out!r} holds the results of study {old_name!r} in {where}; "
+                       f"continue it with the same --storage and --study-name, or choose "
+                       "another --out")
+
+
 def _make_search_dir(out: str | None, state: str) -> str:
     """Create (``"new"``) or mark (``"legacy"``) the search directory; a ``"search"`` one is
     used as it is. Several processes started at once with the same new ``--out`` share it:
@@ -455,6 +483,8 @@ def run_search(args) -> int:
     # storage (it opens; the study there, if any, is this search) — then the directory.
     state = _out_state(args.out)
     storage, shown_storage, study_storage = args.storage, None, None
+    if state != "new":
+        _check_results(args.out, storage and search.mask_url(storage), args.study_name)
     if storage:
         shown_storage = search.mask_url(storage)
         study_storage = _open_storage(storage)
@@ -514,7 +544,8 @@ def run_search(args) -> int:
         "method": args.method,
         "config": search_config,
         "space": search.to_json(spec),
-        "study": {"storage": shown_storage, "name": args.study_name},
+        "study": {"storage": shown_storage, "name": args.study_name,
+                  "in_out": not args.storage},
         "seconds": seconds,
         "trained_now": res.trained,
         "trials": trials,
