@@ -9,7 +9,11 @@ Conventions
 -----------
 * **Kinks.** Where a function is not differentiable, the gradient is the *left* derivative at the
   kink: ``relu'(0) = 0``, ``leaky_relu'(0) = prelu'(0) = negative slope`` (as in PyTorch), so that
-  ``leaky_relu(x, 0.0)`` is ``relu`` including its gradient. ``step`` has gradient 0 everywhere.
+  ``leaky_relu(x, negative_slope=0.0)`` is ``relu`` including its gradient. ``step`` has gradient
+  0 everywhere.
+* **Options are keyword-only** (``leaky_relu(x, negative_slope=0.1)``, ``gelu(x,
+  approximate=True)``, ``maxout(z, 2, axis=1)``); only a required argument is positional:
+  prelu's learned ``alpha`` and maxout's ``num_pieces``.
 * **Range.** Values and gradients are finite for ``|x|`` up to ``1e4`` in every float dtype
   (sigmoid/softplus/elu use overflow-free forms; the tanh form of GELU is evaluated in float32 for
   16-bit inputs so ``x**3`` cannot overflow).
@@ -181,20 +185,21 @@ def hard_tanh(x: ArrayLike) -> Array:
 
 
 @jax.jit
-def leaky_relu(x: ArrayLike, negative_slope: ArrayLike = 0.01) -> Array:
+def leaky_relu(x: ArrayLike, *, negative_slope: ArrayLike = 0.01) -> Array:
     r"""Leaky ReLU: a small slope ``a`` instead of 0 for negative inputs.
 
     .. math:: f(x) = \begin{cases} x & x > 0 \\ a x & x \le 0 \end{cases}
         \;=\; \max(a x, x) \text{ for } 0 \le a \le 1
 
-    **Kink:** ``f'(0) = a`` (the left derivative, as in PyTorch), so ``leaky_relu(x, 0.0)``
-    equals :func:`relu` including the gradient at 0. (:func:`jax.nn.leaky_relu` takes 1 there.)
+    **Kink:** ``f'(0) = a`` (the left derivative, as in PyTorch), so
+    ``leaky_relu(x, negative_slope=0.0)`` equals :func:`relu` including the gradient at 0.
+    (:func:`jax.nn.leaky_relu` takes 1 there.) ``negative_slope`` is keyword-only.
 
     Args:
       x: input array.
       negative_slope: the slope ``a`` for ``x <= 0``; a scalar or an array broadcastable to ``x``.
 
-    >>> leaky_relu(jnp.array([-2.0, 3.0]), 0.1)
+    >>> leaky_relu(jnp.array([-2.0, 3.0]), negative_slope=0.1)
     Array([-0.2,  3. ], dtype=float32)
     """
     x = jnp.asarray(x)
@@ -220,7 +225,7 @@ def prelu(x: ArrayLike, alpha: ArrayLike) -> Array:
 
 
 @_via_float32
-def elu(x: ArrayLike, alpha: ArrayLike = 1.0) -> Array:
+def elu(x: ArrayLike, *, alpha: ArrayLike = 1.0) -> Array:
     r"""Exponential linear unit (:func:`jax.nn.elu`).
 
     .. math:: f(x) = \begin{cases} x & x > 0 \\ \alpha (e^x - 1) & x \le 0 \end{cases}
@@ -248,7 +253,7 @@ def selu(x: ArrayLike) -> Array:
 
 
 @_via_float32
-def swish(x: ArrayLike, beta: ArrayLike = 1.0) -> Array:
+def swish(x: ArrayLike, *, beta: ArrayLike = 1.0) -> Array:
     r"""Swish: :math:`f(x) = x \, \sigma(\beta x)`; with ``beta = 1`` this is SiLU.
 
     .. math:: f'(x) = \sigma(\beta x) + \beta x\,\sigma(\beta x)(1 - \sigma(\beta x))
@@ -278,7 +283,7 @@ def silu(x: ArrayLike) -> Array:
 
 
 @_via_float32
-def gelu(x: ArrayLike, approximate: bool = False) -> Array:
+def gelu(x: ArrayLike, *, approximate: bool = False) -> Array:
     r"""Gaussian error linear unit (Hendrycks & Gimpel 2016), :func:`jax.nn.gelu`.
 
     .. math::
@@ -316,7 +321,7 @@ def softplus(x: ArrayLike) -> Array:
 
 
 @partial(jax.jit, static_argnames=("num_pieces", "axis"))
-def maxout(z: ArrayLike, num_pieces: int, axis: int = -1) -> Array:
+def maxout(z: ArrayLike, num_pieces: int, *, axis: int = -1) -> Array:
     r"""Maxout (Goodfellow et al. 2013): the max over groups of ``k`` consecutive pieces.
 
     .. math:: f(z)_j = \max_{0 \le i < k} z_{jk + i}, \qquad j = 0, \dots, n/k - 1

@@ -378,12 +378,12 @@ def _model(layer: Layer, forward: Callable, in_shape: tuple[int, ...]) -> Model:
 # --------------------------------------------------------------------------- builders
 def mlp(
     sizes: Sequence[int],
+    *,
     activation: str = "relu",
     init: Any = "he_normal",
     bias_init: Any = 0.0,
     batch_norm: bool = False,
     dropout: float = 0.0,
-    *,
     num_pieces: int = 2,
     bn_momentum: float = 0.9,
     prelu_init: float = 0.25,
@@ -396,7 +396,8 @@ def mlp(
     layer ``num_pieces`` affine pieces per unit (:func:`jaxnn.activations.maxout` over
     consecutive columns, as :func:`~jaxnn.layers.Maxout`); ``"prelu"`` gives each a learnable
     per-unit slope ``alpha`` (initially ``prelu_init``). ``init`` / ``bias_init`` are the
-    weight and bias initializers (``bias_init=0.01``: the "slightly positive ReLU bias").
+    weight and bias initializers (``bias_init=0.01``: the "slightly positive ReLU bias"). Every
+    option is keyword-only: ``mlp([64, 128, 10], activation="tanh")``.
 
     Params are ``{"layer_0": {"w", "b" | "bn", ["alpha"]}, ...}`` (see :mod:`jaxnn.models`).
 

@@ -99,7 +99,7 @@ CASES = [
     ),
     (
         "leaky_relu_0.2",
-        lambda x: A.leaky_relu(x, 0.2),
+        lambda x: A.leaky_relu(x, negative_slope=0.2),
         lambda x: np.where(x > 0, x, 0.2 * x),
         lambda x: np.where(x > 0, 1.0, 0.2),
     ),
@@ -117,7 +117,7 @@ CASES = [
     ),
     (
         "elu_0.5",
-        lambda x: A.elu(x, 0.5),
+        lambda x: A.elu(x, alpha=0.5),
         lambda x: np.where(x > 0, x, 0.5 * np.expm1(np.minimum(x, 0))),
         lambda x: np.where(x > 0, 1.0, 0.5 * np.exp(np.minimum(x, 0))),
     ),
@@ -128,7 +128,7 @@ CASES = [
         lambda x: SELU_SCALE * np.where(x > 0, 1.0, SELU_ALPHA * np.exp(np.minimum(x, 0))),
     ),
     ("swish", A.swish, np_swish(1.0), np_swish_grad(1.0)),
-    ("swish_1.7", lambda x: A.swish(x, 1.7), np_swish(1.7), np_swish_grad(1.7)),
+    ("swish_1.7", lambda x: A.swish(x, beta=1.7), np_swish(1.7), np_swish_grad(1.7)),
     ("silu", A.silu, np_swish(1.0), np_swish_grad(1.0)),
     ("gelu", A.gelu, lambda x: x * np_phi(x), lambda x: np_phi(x) + x * np_pdf(x)),
     ("gelu_approximate", lambda x: A.gelu(x, approximate=True), np_gelu_tanh, np_gelu_tanh_grad),
@@ -279,11 +279,11 @@ def test_relu_gradient_at_zero_is_zero():
 def test_leaky_and_prelu_kinks_take_the_left_slope():
     # the gradient is the slope itself, as float32
     assert float(jgrad(A.leaky_relu)(0.0)) == float(np.float32(0.01))
-    assert float(jgrad(lambda x: A.leaky_relu(x, 0.3))(0.0)) == float(np.float32(0.3))
+    assert float(jgrad(lambda x: A.leaky_relu(x, negative_slope=0.3))(0.0)) == float(np.float32(0.3))
     assert float(jgrad(lambda x: A.prelu(x, 0.3))(0.0)) == float(np.float32(0.3))
     # leaky_relu with slope 0 is relu, gradient at the kink included.
     x = jnp.array([-1.0, 0.0, 2.0])
-    np.testing.assert_array_equal(jvgrad(lambda v: A.leaky_relu(v, 0.0))(x), jvgrad(A.relu)(x))
+    np.testing.assert_array_equal(jvgrad(lambda v: A.leaky_relu(v, negative_slope=0.0))(x), jvgrad(A.relu)(x))
 
 
 def test_step_gradient_is_zero_everywhere():
@@ -295,7 +295,7 @@ def test_step_gradient_is_zero_everywhere():
 def test_elu_kink_and_large_positive_gradient():
     # alpha * (expm1(0) + 1): exact
     assert float(jgrad(A.elu)(0.0)) == 1.0
-    assert float(jgrad(lambda x: A.elu(x, 0.5))(0.0)) == 0.5
+    assert float(jgrad(lambda x: A.elu(x, alpha=0.5))(0.0)) == 0.5
     assert float(jgrad(A.elu)(1e4)) == 1.0
 
 
@@ -347,12 +347,12 @@ def test_prelu_gradient_flows_to_per_channel_alpha():
 def test_prelu_keeps_low_precision_dtype_with_float32_alpha():
     x = jnp.array([-1.0, 2.0], jnp.bfloat16)
     assert A.prelu(x, jnp.array([0.1, 0.2], jnp.float32)).dtype == jnp.bfloat16
-    assert A.leaky_relu(x, jnp.float32(0.1)).dtype == jnp.bfloat16
+    assert A.leaky_relu(x, negative_slope=jnp.float32(0.1)).dtype == jnp.bfloat16
 
 
 def test_swish_with_traced_beta_is_differentiable():
     x = jnp.array([-1.0, 0.5, 2.0])
-    g = jgrad(lambda b: jnp.sum(A.swish(x, b)))(1.0)
+    g = jgrad(lambda b: jnp.sum(A.swish(x, beta=b)))(1.0)
     xn = np.asarray(x, np.float64)
     s = np_sigmoid(xn)
     # d/dbeta = x^2 s (1 - s): 3 terms, each a sigmoid (and 1 - s, which cancels to terms ~x^2 s)
