@@ -279,7 +279,7 @@ def _curves_figure(records: Sequence[Mapping], *, initial_loss: float | None,
         xs = ep
         if key == "train_loss" and initial_loss is not None and np.isfinite(initial_loss):
             xs, ys = [0, *ep], [initial_loss, *ys]  # epoch 0: the loss at initialization
-        if records:
+        if xs:
             ax_l.plot(xs, ys, marker=".", label=label, color=c)
     if expected is not None and np.isfinite(expected):
         ax_l.axhline(expected, color="0.5", ls=":", lw=1,
@@ -452,7 +452,7 @@ def _config_section(verb: str, config: Mapping[str, Any], path: str, *, note: st
     body = (_p("The command that makes this run again (flags that differ from the defaults):")
             + _pre(_command(verb, config, path, extra=extra))
             + (_p(note, "note") if note else "")
-            + "<details open><summary>every setting</summary>" + _kv_table(config)
+            + "<details><summary>every setting</summary>" + _kv_table(config)
             + "</details>")
     return ("command", "Command and config", body)
 
@@ -470,8 +470,10 @@ def _initial_loss_sentence(expected: float | None, measured: float | None, *,
                            num_classes: int | None, what: str) -> str:
     if expected is None or measured is None or not np.isfinite(measured):
         return _p("The initial loss was not recorded (the run has not finished).", "note")
+    if not num_classes and 0 < expected < 20:  # softmax's log C says its C
+        num_classes = round(math.exp(expected))
     log_c = (f" = log({num_classes})" if num_classes and
-             abs(expected - math.log(num_classes)) < 1e-6 else "")
+             abs(expected - math.log(num_classes)) < 1e-5 else "")
     rel = (measured - expected) / abs(expected) if expected else math.nan
     if abs(rel) <= 0.05:
         cls, verdict = "good", "within 5%: the scores start near zero, as they should"
@@ -879,7 +881,7 @@ def _search_page(path: str) -> str:
     search_flags = []
     for k in search_keys:
         v = config[k]
-        if v is None or v is False or k == "method":
+        if v is None or v is False or k == "method" or v == "none":
             continue
         search_flags += ["--" + k.replace("_", "-")] + ([] if v is True else [str(v)])
     if config:
@@ -966,8 +968,8 @@ def _ensemble_page(path: str) -> str:
         sections.append(_config_section("ensemble", cfg, path,
                                         extra=["--members", str(s.get("members", n))]))
     sections.append(("notes", "Notes", _p(
-        "An ensemble directory keeps no learning curves or models; train one member with "
-        "<code>jaxnn train</code> (the same flags, its --seed) for its curves and layers.",
+        "An ensemble directory keeps no learning curves or models: a <code>jaxnn train</code> "
+        "run with the same flags has them, in its own report.",
         "note")))
     return _page(f"jaxnn report: {os.path.basename(os.path.abspath(path))}",
                  _subtitle("ensemble", path, f"{n} members"), sections)

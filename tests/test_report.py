@@ -311,7 +311,7 @@ def test_initial_loss_check_is_log_c_against_the_measured_loss(pages, trained):
     text = _Page(pages["train"]).all_text()
     assert f"Expected {math.log(3):.4g} = log(3); measured {summary['initial_loss']:.4g}" in text
     d = _Page(pages["diagnose"]).all_text()
-    assert "Expected 2.303; measured 2.303: within 5%" in d
+    assert "Expected 2.303 = log(10); measured 2.303: within 5%" in d
     assert "With L2 1: 2.31 (raised, as it must)" in d
 
 
