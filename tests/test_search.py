@@ -4,6 +4,7 @@
 import itertools
 import json
 import math
+import time
 
 import jax
 import numpy as np
@@ -497,3 +498,172 @@ def test_cmaes_study_samples_inside_the_space(dataset, tiny, sgd_opt):
         assert 1e-2 <= t.params["learning_rate"] <= 1.0 and 1e-6 <= t.params["l2"] <= 1e-2
     gens = {res.study.trials[t.number].system_attrs.get("cma:generation") for t in res.trials}
     assert len(gens - {None}) >= 1  # the second round was sampled by CMA-ES itself
+
+
+# --------------------------------------------------------------------------- TPE after a round
+def test_tpe_models_the_first_round_from_the_second_on(dataset, tiny, sgd_opt):
+    """TPE's first min(10, population) trials are random, so with rounds of 4 the second round
+    is TPE's own (Optuna's default of 10 random trials would make --trials 8 a random search)."""
+    by_method = {}
+    for method in ("tpe", "random"):
+        res = _optimize(dataset, tiny, sgd_opt, trials=8, population=4, epochs=1, method=method)
+        by_method[method] = {t.number: t.params for t in res.trials}
+    tpe, rnd = by_method["tpe"], by_method["random"]
+    assert sorted(tpe) == sorted(rnd) == list(range(8))
+    # Round 1: TPE's start-up trials are its random sampler's, with the same per-trial seeds.
+    assert all(tpe[n] == rnd[n] for n in range(4))
+    # Round 2: modelled on round 1, not the random sampler's draws.
+    assert all(tpe[n] != rnd[n] for n in range(4, 8))
+
+
+# --------------------------------------------------------------------------- ranges
+@pytest.mark.parametrize("name", sorted(search.DOMAINS))
+def test_ranges_are_checked_against_what_the_population_takes(name):
+    """check_domain refuses exactly the values train_population refuses (its own checks are the
+    reference), at a range's bounds and at every listed value."""
+    from jaxnn.search._space import check_domain
+
+    for v in (-1.0, -1e-9, 0.0, 1e-9, 0.5, 1.0 - 1e-9, 1.0, 2.0):
+        hp = {"learning_rate": [v] if name == "learning_rate" else [0.1]}
+        hp[name] = [v]
+        try:
+            population._check_hparams(hp)
+            ok = True
+        except ValueError:
+            ok = False
+        refused = []
+        for spec in (search.choice([v]), search.uniform(min(v, 0.5), max(v, 0.5))):
+            try:
+                check_domain(name, spec)
+            except ValueError as e:
+                refused.append(str(e))
+        assert len(refused) == (0 if ok else 2), (name, v)  # as a value and as a bound
+        assert all(r.startswith(f"space[{name!r}]: {name} must be ") for r in refused)
+
+
+def test_a_task_refuses_a_range_the_optimizer_refuses(dataset, tiny, sgd_opt):
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\), got uniform\(1.5, 2.5"):
+        search.SearchTask.from_data(dataset, {"learning_rate": 0.1, "momentum": (1.5, 2.5)},
+                                    epochs=1, model=tiny, optimizer=sgd_opt)
+    with pytest.raises(ValueError, match="seeds are integers"):
+        search.SearchTask.from_data(dataset, {"learning_rate": 0.1, "seed": [1, 2.5]},
+                                    epochs=1, model=tiny, optimizer=sgd_opt)
+    with pytest.raises(ValueError, match="l2 must be >= 0"):
+        search.SearchTask.from_data(dataset, {"learning_rate": 0.1, "l2": [0.0, -1.0]},
+                                    epochs=1, model=tiny, optimizer=sgd_opt)
+
+
+# --------------------------------------------------------------------------- storages
+@pytest.mark.parametrize("url, masked", [
+    ("postgresql://u:secret@db.example:5432/s", "postgresql://u:***@db.example:5432/s"),
+    ("postgresql+psycopg://u:p%40ss%2Fw@h/s", "postgresql+psycopg://u:***@h/s"),
+    ("postgresql://u:p@ss@h/s", "postgresql://u:***@h/s"),  # an unescaped @ in the password
+    ("postgresql://h/s?sslmode=require&password=pw", "postgresql://h/s?sslmode=require&password=***"),
+    ("postgresql://u@h/s", "postgresql://u@h/s"),
+    ("sqlite:////tmp/study.db", "sqlite:////tmp/study.db"),
+    ("not a url", "not a url"),
+])
+def test_mask_url(url, masked):
+    from jaxnn.search._storage import scrub
+
+    assert search.mask_url(url) == masked
+    said = scrub(f"cannot open {url}: password 'secret' / p@ss/w / pw refused", url)
+    for pw in ("secret", "p@ss/w", "p%40ss%2Fw"):
+        if pw in url:
+            assert pw not in said
+    assert masked in said
+
+
+def test_a_postgresql_url_gets_an_installed_driver_or_names_the_extra(monkeypatch):
+    import importlib.util
+
+    from jaxnn.search import _storage
+
+    installed = set()
+    monkeypatch.setattr(_storage.importlib.util, "find_spec",
+                        lambda name: object() if name in installed else None)
+    url = "postgresql://u:secret@h/db"
+    with pytest.raises(search.StorageError) as e:
+        search.open_storage(url)
+    assert str(e.value) == ("postgresql://u:***@h/db: a PostgreSQL storage needs the psycopg "
+                            "driver: pip install 'jaxnn[postgres]'")
+    with pytest.raises(search.StorageError, match=r"jaxnn\[postgres\]"):
+        search.open_storage("postgresql+psycopg2://u:secret@h/db")
+    installed.add("psycopg2")
+    assert _storage.storage_url(url) == "postgresql+psycopg2://u:secret@h/db"
+    installed.add("psycopg")
+    assert _storage.storage_url(url) == "postgresql+psycopg://u:secret@h/db"
+    assert _storage.storage_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert _storage.storage_url("sqlite:///x.db") == "sqlite:///x.db"
+    assert importlib.util.find_spec is _storage.importlib.util.find_spec
+
+
+def _heartbeat_at(storage, trial_id: int, when: str) -> None:
+    import sqlalchemy as sa
+
+    storage.record_heartbeat(trial_id)
+    with storage.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE trial_heartbeats SET heartbeat = :t WHERE trial_id = :i"),
+                     {"t": when, "i": trial_id})
+
+
+def test_live_running_trials_are_waited_for_and_stale_ones_replaced(tmp_path, dataset, tiny,
+                                                                   sgd_opt):
+    """Trials RUNNING in other processes: one whose heartbeat is older than the grace period
+    (its process was killed) is replaced at once; a live one is waited for — and replaced once
+    its heartbeat, no longer recorded, goes stale. Neither is ever counted as finished."""
+    storage = search.open_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    study = optuna.create_study(storage=storage, study_name="h")
+    from jaxnn.search._storage import Heartbeat
+
+    dead, alive = study.ask(), study.ask()
+    _heartbeat_at(storage, dead._trial_id, "2000-01-01 00:00:00")
+    other = Heartbeat(storage, interval=0.2)  # the live process, until this one waits for it
+    other.__enter__()
+    other.add(alive._trial_id)
+    waits, waited = [], []
+
+    def on_wait(n):
+        waits.append(n)
+        other.__exit__()  # now it dies
+        waited.append(time.monotonic())
+
+    task = search.SearchTask.from_data(dataset, SPACE, epochs=1, batch_size=32, model=tiny,
+                                       optimizer=sgd_opt)
+    settings = search.SearchSettings(trials=3, population=4, pruner="none", grace_period=2)
+    try:
+        res = search.optimize(task, settings, storage=storage, study_name="h", on_wait=on_wait)
+    finally:
+        other.__exit__()
+    states = {t.number: t.state for t in study.trials}
+    R = optuna.trial.TrialState.RUNNING
+    assert states[dead.number] == states[alive.number] == R  # stay RUNNING, never counted
+    assert len(res.trials) == 3 and dead.number not in {t.number for t in res.trials}
+    # First round: 3 missing, 1 live elsewhere -> 2 asked; then it waits for the live one until
+    # its heartbeat is 2 s old, and asks the last trial.
+    assert res.trained == 3 and waits == [1] and time.monotonic() - waited[0] >= 1.0
+    assert [s for s in states.values() if s != R] == [optuna.trial.TrialState.COMPLETE] * 3
+
+
+def test_of_processes_asking_at_once_the_lower_trial_numbers_win(tmp_path):
+    """The admission rule (a trial is kept if fewer than `trials` finished-or-live trials have
+    lower numbers) never keeps more than `trials`, whoever asks first."""
+    from jaxnn.search._storage import Liveness
+    from jaxnn.search._study import _admit
+
+    storage = search.open_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    study = optuna.create_study(storage=storage, study_name="a")
+    for _ in range(2):
+        study.tell(study.ask(), 1.0)
+    other = study.ask()  # trial 2: another process's, live
+    storage.record_heartbeat(other._trial_id)
+    mine = [study.ask(), study.ask()]  # trials 3, 4
+    for t in mine:
+        storage.record_heartbeat(t._trial_id)
+    live = Liveness(storage, grace=60)
+    assert [t.number for t in _admit(study, live, mine, 0, 4, False)] == [3]
+    assert [t.number for t in _admit(study, live, mine, 0, 3, False)] == []
+    assert [t.number for t in _admit(study, live, mine, 0, 5, False)] == [3, 4]
+    _heartbeat_at(storage, other._trial_id, "2000-01-01 00:00:00")  # its process died
+    assert [t.number for t in _admit(study, live, mine, 0, 3, False)] == [3]
+    assert [t.number for t in _admit(study, live, mine, 0, 4, False)] == [3, 4]
