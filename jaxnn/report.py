@@ -294,6 +294,10 @@ def _curves_figure(records: Sequence[Mapping], *, initial_loss: float | None,
         ax_l.annotate(f"val loss rises from epoch {onset}", xy=(onset, 0.97),
                       xycoords=("data", "axes fraction"), xytext=(4, 0),
                       textcoords="offset points", va="top", fontsize=8, color="C3")
+    losses = [v for r in records for k in ("train_loss", "val_loss")
+              if isinstance(v := r.get(k), int | float) and np.isfinite(v) and v > 0]
+    if losses and max(losses) > 20 * min(losses):  # small and large losses both readable
+        ax_l.set_yscale("log")
     ax_l.set(xlabel="epoch (0: at initialization)", ylabel="loss", title="loss")
     ax_a.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax_l, ax_a):
