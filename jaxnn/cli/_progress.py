@@ -14,8 +14,8 @@ from collections.abc import Mapping
 
 
 def add_quiet_flag(parser) -> None:
-    """``--quiet`` (alias ``--no-progress``), as ``jaxnn train`` has."""
-    parser.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
+    """``--quiet``, as ``jaxnn train`` has."""
+    parser.add_argument("--quiet", action="store_true",
                         help="no progress on stderr (the final report and errors are still "
                              "printed)")
 
