@@ -344,7 +344,7 @@ def Conv2D(
         return out, params, {}
 
     def apply(params, state, x, *, train=False, key=None, mask=None):
-        x = jnp.asarray(x)
+        x = _float_input(jnp.asarray(x), params["w"].dtype)
         c_in = params["w"].shape[2]
         if x.ndim != 4 or x.shape[-1] != c_in:
             raise ValueError(f"Conv2D: x must have shape [batch, height, width, {c_in}] (NHWC), "

@@ -933,3 +933,13 @@ def test_batchnorm_running_averages_do_not_move_without_real_rows(key):
     _, s = bn.apply(params, state, x, train=True, mask=np.array([0, 1, 0, 0], np.float32))
     _close(s["mean"], 0.5 * np.array([1.0, 2.0, 3.0]) + 0.5 * x[1], 1)
     np.testing.assert_array_equal(s["var"], state["var"])
+
+
+def test_conv2d_on_integer_images_equals_the_float_images():
+    layer = layers.Conv2D(3)
+    _, params, state = layer.init(jax.random.key(0), (4, 4, 2))
+    x = np.random.default_rng(0).integers(0, 5, (2, 4, 4, 2))
+    got, _ = layer.apply(params, state, jnp.asarray(x, jnp.int32))
+    want, _ = layer.apply(params, state, jnp.asarray(x, jnp.float32))
+    assert got.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

@@ -11,9 +11,11 @@ its default, and choices come from the library's registries (:data:`REGISTRY_PLA
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
+import warnings
 
 __all__ = ["main", "CLIError", "VERBS"]
 
@@ -212,6 +214,24 @@ def _install_sigint(prog: list[str]) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+@contextlib.contextmanager
+def _one_line_warnings(prog: str):
+    """Library warnings (``warnings.warn``) as one line each, ``jaxnn VERB: warning: ...``, and
+    the same message once however many places say it."""
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        if text not in shown:
+            shown.add(text)
+            sys.stderr.write(f"{prog}: warning: {text}\n")
+            sys.stderr.flush()
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxnn`` console script (``argv=None``: ``sys.argv``).
 
@@ -260,7 +280,8 @@ def _main(argv, console: bool, prog: list[str]) -> int:
             split_host_devices()
     try:
         try:
-            return int(args.func(args) or 0)
+            with _one_line_warnings(verb_parser.prog):
+                return int(args.func(args) or 0)
         finally:
             _close_runs()
     except KeyboardInterrupt:
