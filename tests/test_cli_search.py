@@ -62,6 +62,7 @@ def test_search_writes_results_a_study_and_a_plot(searched):
         ft = study.trials[t["number"]]
         assert ft.params == t["params"] and ft.user_attrs["command"] == t["command"]
     assert (out / "search.png").stat().st_size > 1000
+    assert json.loads((out / ".jaxnn-run").read_text())["verb"] == "search"  # rundir's marker
 
 
 def test_best_trial_command_retrains_it(searched, tmp_path, capsys):
@@ -173,6 +174,12 @@ def test_ensemble_of_nan_models_exits_1(tmp_path, capsys):
     (["search", "--space", "arch=fc:8|conv:4,pool,pool,pool,pool"], "--arch"),  # no fit
     (["search", "--space", "l2=0|x", "--l2-range", "none"], "expected numbers"),
     (["search", "--storage", "nosuchdb://x"], "--storage"),
+    (["search", "--momentum-range", "1.5,2.5"],
+     "--momentum-range 1.5,2.5: momentum must be in [0, 1)"),
+    (["search", "--space", "momentum=2"], "--space momentum=2: momentum must be in [0, 1)"),
+    (["search", "--space", "lr=0.1|-1", "--lr-range", "none"], "--space lr=0.1|-1: learning_rate"),
+    (["search", "--weight-decay-range", "-1,1", "--optimizer", "adamw"], "--weight-decay-range"),
+    (["search", "--grace-period", "0"], "--grace-period"),
     (["search", "--hidden", "8,x"], "--hidden"),
     (["search", "--epochs", "0"], "--epochs"),
     (["ensemble", "--members", "0"], "--members"),
@@ -199,6 +206,70 @@ def test_refuses_a_directory_holding_another_run(tmp_path, capsys):
     assert sorted(os.listdir(out)) == ["config.json"]
 
 
+@pytest.mark.parametrize("files, match", [
+    ({"study.db": "my own database"}, "not a jaxnn search directory"),
+    ({"search.png": "my own picture"}, "not a jaxnn search directory"),
+    ({".jaxnn-run": '{"verb": "train", "version": "0.1.0"}'}, "holds a jaxnn train run"),
+])
+def test_never_writes_over_files_jaxnn_did_not_write(tmp_path, capsys, files, match):
+    """An existing --out must be empty or a jaxnn search directory (the run-directory rules):
+    a user's own study.db or search.png is never replaced nor given Optuna's tables."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name, text in files.items():
+        (out / name).write_text(text)
+    rc, _, err = _run(["search", "--trials", "2", *TINY, "--out", str(out)], capsys)
+    assert rc == 2 and match in err and err.count("\n") == 1
+    assert {p.name: p.read_text() for p in out.iterdir()} == files
+
+
+def test_a_study_of_another_search_is_refused_before_anything_is_written(searched, tmp_path,
+                                                                         capsys):
+    _, out, argv = searched
+    other = tmp_path / "other"
+    storage = f"sqlite:///{out / 'study.db'}"
+    before = sorted(os.listdir(out))
+    rc, _, err = _run(["search", "--trials", "4", "--population", "4", *TINY, "--storage",
+                       storage, "--out", str(other)], capsys)
+    assert rc == 2 and "holds a different search" in err and err.count("\n") == 1
+    assert not other.exists()
+    # The same directory with another study would replace its results.json: refused too.
+    rc, _, err = _run([*argv[:-2], "--study-name", "other", "--out", str(out)], capsys)
+    assert rc == 2 and "holds the results of study 'jaxnn-search'" in err
+    assert sorted(os.listdir(out)) == before
+
+
+def test_a_search_directory_from_before_markers_is_continued_and_marked(searched, tmp_path,
+                                                                        capsys):
+    _, out, argv = searched
+    old = tmp_path / "old"
+    old.mkdir()
+    import sqlite3
+
+    # As written before run-directory markers: a study.db and a search's results.json.
+    with sqlite3.connect(out / "study.db") as src, sqlite3.connect(old / "study.db") as dst:
+        src.backup(dst)  # the study as it stands, write-ahead log included
+    (old / "results.json").write_bytes((out / "results.json").read_bytes())
+    done = len(_results(old)["trials"])
+    rc, _, err = _run([*argv[:-2], "--out", str(old)], capsys)
+    assert rc == 0, err
+    assert json.loads((old / ".jaxnn-run").read_text())["verb"] == "search"
+    assert _results(old)["trained_now"] == 0 and len(_results(old)["trials"]) == done
+
+
+def test_postgresql_without_its_driver_names_the_extra(tmp_path, capsys, monkeypatch):
+    from jaxnn.search import _storage
+
+    monkeypatch.setattr(_storage.importlib.util, "find_spec", lambda name: None)
+    out = tmp_path / "pg"
+    rc, _, err = _run(["search", "--trials", "2", *TINY, "--storage",
+                       "postgresql://me:hunter22@db.example/jaxnn", "--out", str(out)], capsys)
+    assert rc == 2 and err.count("\n") == 1
+    assert err == ("jaxnn search: error: --storage postgresql://me:***@db.example/jaxnn: a "
+                   "PostgreSQL storage needs the psycopg driver: pip install 'jaxnn[postgres]'\n")
+    assert not out.exists()
+
+
 # --------------------------------------------------------------------------- processes
 def _cli(*argv):
     return [sys.executable, "-m", "jaxnn", *argv]
@@ -220,9 +291,9 @@ def test_two_processes_share_one_study_without_duplicates(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
     study = _study(out)
     done = _finished(study)
-    # Each worker asks only what is missing when it starts a round: at most one round (2
-    # trials) of the other in flight beyond the 8.
-    assert 8 <= len(done) <= 10
+    # Each worker asks only for trials neither finished nor running live in the other, and keeps
+    # an asked trial only if fewer than 8 finished-or-live trials have lower numbers: exactly 8.
+    assert len(done) == 8
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
     params = [tuple(sorted(t.params.items())) for t in done]
     assert len(set(params)) == len(params)  # per-trial-number seeds: no point drawn twice
@@ -232,7 +303,7 @@ def test_two_processes_share_one_study_without_duplicates(tmp_path):
 def test_a_killed_search_loses_at_most_its_round_in_flight(tmp_path):
     out = tmp_path / "killed"
     argv = _cli("search", "--trials", "6", "--population", "2", "--pruner", "none", *TINY,
-                "--out", str(out))
+                "--grace-period", "3", "--out", str(out))
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = p.stdout.readline()  # the first round is told
     assert line.startswith("round 1: 2/6")
