@@ -285,9 +285,15 @@ def _check_values(cfg: RunConfig) -> None:
     for key in ("momentum", "weight_decay"):  # options only some optimizers take
         takers = [n for n in optim.names() if key in optim.entry(n).options
                   and not optim.entry(n).alias_of]
-        if getattr(cfg, key) is not None and cfg.optimizer not in takers:
+        value = getattr(cfg, key)
+        if value is not None and cfg.optimizer not in takers:
             raise ConfigError(key, f"only for optimizer {' or '.join(takers)}, got "
                               f"{cfg.optimizer}")
+        if value is not None:  # the optimizer's own range (momentum in [0, 1), ...)
+            try:
+                optim.get(cfg.optimizer, learning_rate=cfg.lr, **{key: value})
+            except ValueError as e:
+                raise ConfigError(key, str(e).split(f"{key} ", 1)[-1]) from None
 
 
 def _check_initializer(name: str, initializers) -> None:

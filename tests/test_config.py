@@ -89,6 +89,8 @@ def dataclasses_frozen_error():
     (dict(arch="fc:8", hidden="16"), "arch", "both give the hidden layers"),
     (dict(momentum=0.5, optimizer="adam"), "momentum", "only for optimizer momentum"),
     (dict(weight_decay=0.1), "weight_decay", "only for optimizer adamw"),
+    (dict(momentum=1.0), "momentum", "must be a number in [0, 1), got 1.0"),
+    (dict(optimizer="adamw", weight_decay=-1.0), "weight_decay", "finite number >= 0"),
     (dict(augment="crop:2"), "augment", "need images"),
     (dict(preprocess="pca:x"), "preprocess", "pca:K"),
     (dict(init_scale=0.0), "init_scale", "positive"),
