@@ -196,7 +196,9 @@ def _summary(obj) -> str:
     if len(text) > 180:  # cut at a sentence end (outside code) before 180 characters
         ends = [m.end() for m in re.finditer(r"[.;:](?=\s)", text[:180])
                 if text[:m.start()].count("`") % 2 == 0]
-        text = text[:ends[-1]] if ends else text[:177] + "..."
+        spaces = [m.start() for m in re.finditer(r" ", text[:178])
+                  if text[:m.start()].count("`") % 2 == 0]
+        text = text[:ends[-1]] if ends else text[:spaces[-1]] + " ..."
     return text.replace("|", "\\|")
 
 
