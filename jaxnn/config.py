@@ -40,7 +40,6 @@ __all__ = [
     "build_loss",
     "hidden_items",
     "steps_per_epoch",
-    "parameter_count",
 ]
 
 
@@ -424,41 +423,15 @@ def build_model(cfg: RunConfig, input_shape, num_classes: int):
     return _scaled_init(model, cfg.init_scale)
 
 
-def parameter_count(model) -> int:
-    """The number of parameters of ``model`` (from shapes alone: nothing is allocated)."""
-    import jax
-
-    params, _ = jax.eval_shape(model.init, jax.random.key(0))
-    return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
-
-
-def _memory_bytes() -> int:
-    """The memory a training step can use: the first device's limit where JAX reports one
-    (accelerators), else the machine's physical memory."""
-    import jax
-
-    try:
-        stats = jax.devices()[0].memory_stats() or {}
-        if stats.get("bytes_limit"):
-            return int(stats["bytes_limit"])
-    except Exception:  # a backend without memory statistics
-        pass
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-#: Bytes per parameter while training: float32 weights, gradients and two optimizer moments.
-_BYTES_PER_PARAMETER = 16
-
-
 def _check_fits(model, key: str) -> None:
     """Refuse a model whose parameters, gradients and optimizer state alone exceed memory
     (before anything is allocated), naming its size."""
-    n = parameter_count(model)
-    need, have = n * _BYTES_PER_PARAMETER, _memory_bytes()
-    if need > have:
-        raise ConfigError(key, f"the model has {n:,} parameters: {need / 2**30:.1f} GiB with "
-                          f"gradients and optimizer state, more than the {have / 2**30:.1f} GiB "
-                          "of memory here")
+    from jaxnn import distributed, models
+
+    try:
+        distributed.check_fits(models.parameter_count(model))
+    except ValueError as e:
+        raise ConfigError(key, str(e)) from None
 
 
 def _scaled_init(model, scale: float):

@@ -58,6 +58,9 @@ __all__ = [
     "constrain_batch",
     "check_batch_size",
     "shard_population",
+    "memory_bytes",
+    "BYTES_PER_PARAMETER",
+    "check_fits",
 ]
 
 #: Mesh axis over which batches are split.
@@ -238,3 +241,37 @@ def shard_population(tree: Any, devices: int | str | None) -> Any:
         if n is None or n % n_dev:
             raise ValueError(f"the population size {n} must divide by devices={n_dev}")
     return jax.tree.map(lambda x: _put(x, sharding), tree)
+
+
+#: Bytes per parameter while training: float32 weights, gradients and two optimizer moments.
+BYTES_PER_PARAMETER = 16
+
+
+def memory_bytes() -> int:
+    """The memory a training step can use: the first device's limit where JAX reports one
+    (accelerators), else the machine's physical memory."""
+    import os
+
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+        if stats.get("bytes_limit"):
+            return int(stats["bytes_limit"])
+    except Exception:  # a backend without memory statistics
+        pass
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_fits(parameters: int, *, copies: int = 1, what: str = "the model") -> None:
+    """Refuse, before anything is allocated, training that cannot fit in memory:
+    :math:`\text{copies} \times \text{parameters} \times 16` bytes (weights, gradients, two
+    optimizer moments) against :func:`memory_bytes`.
+
+    Raises:
+      ValueError: naming the sizes.
+    """
+    need, have = int(copies) * int(parameters) * BYTES_PER_PARAMETER, memory_bytes()
+    if need > have:
+        many = "" if copies == 1 else f" x {int(copies):,} copies"
+        raise ValueError(f"{what} has {int(parameters):,} parameters{many}: {need / 2**30:.1f} "
+                         f"GiB with gradients and optimizer state, more than the "
+                         f"{have / 2**30:.1f} GiB of memory here")

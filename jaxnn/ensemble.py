@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from jaxnn import distributed as _distributed
 from jaxnn import models as _models
 from jaxnn import population as _population
 from jaxnn import train as _train
@@ -158,14 +159,17 @@ def ensemble(
     x, y = np.asarray(data.x_test), np.asarray(data.y_test)
     if x.shape[0] == 0:
         raise ValueError("ensemble: the test split is empty")
+    if model is None:  # the population's default, built here because its outputs are read below
+        model = _models.mlp([int(np.prod(x.shape[1:])), 64, 64, int(data.num_classes)])
+    # K members hold K copies of everything: refuse what cannot fit before allocating any.
+    _distributed.check_fits(_models.parameter_count(model), copies=members,
+                            what="the ensemble's model")
     hparams = {
         "learning_rate": np.full(members, learning_rate, np.float32),
         "l2": np.full(members, l2, np.float32),
         "init_scale": np.full(members, init_scale, np.float32),
         "seed": np.arange(members),
     }
-    if model is None:  # the population's default, built here because its outputs are read below
-        model = _models.mlp([int(np.prod(x.shape[1:])), 64, 64, int(data.num_classes)])
     out = getattr(model, "output_shape", ())
     num_classes = int(out[-1]) if out else int(data.num_classes)
     try:  # before training: a bad test label would otherwise be gathered at a clamped index

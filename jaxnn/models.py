@@ -67,6 +67,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -90,6 +91,7 @@ __all__ = [
     "Model",
     "serial",
     "param_at",
+    "parameter_count",
     "mlp",
     "convnet",
     "ArchItem",
@@ -127,6 +129,13 @@ class Model(NamedTuple):
     layer_names: tuple[str, ...] = ()
     activations: tuple[str | None, ...] = ()
     layer: Layer | None = None
+
+
+def parameter_count(model: Model) -> int:
+    """The number of parameters of ``model``, from shapes alone (nothing is allocated):
+    ``jax.eval_shape`` of its ``init``."""
+    params, _ = jax.eval_shape(model.init, jax.random.key(0))
+    return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
 
 
 def param_at(tree: Any, path: str) -> Any:

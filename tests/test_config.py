@@ -276,7 +276,7 @@ def test_every_registered_optimizer_and_schedule_gives_finite_nonzero_updates():
 # --------------------------------------------------------------------------- what cannot fit
 def test_parameter_count_is_the_sum_of_the_layers():
     """64-128-64-10: (64*128 + 128) + (128*64 + 64) + (64*10 + 10) weights and biases."""
-    from jaxnn.config import parameter_count
+    from jaxnn.models import parameter_count
 
     model = build_model(RunConfig(), (64,), 10)
     assert parameter_count(model) == 64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
@@ -285,5 +285,5 @@ def test_parameter_count_is_the_sum_of_the_layers():
 @pytest.mark.parametrize("cfg", [RunConfig(hidden="1000000000"),
                                  RunConfig(arch="conv:100000,conv:100000")])
 def test_a_model_that_cannot_fit_in_memory_is_refused_before_allocating(cfg):
-    with pytest.raises(ConfigError, match="parameters: .* GiB .* more than the"):
+    with pytest.raises(ConfigError, match="the model has .* parameters: .* GiB .* more than the"):
         build_model(cfg, (8, 8, 1) if cfg.arch else (64,), 10)

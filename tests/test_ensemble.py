@@ -168,3 +168,14 @@ def test_ensemble_refuses_test_labels_beyond_the_models_classes(dataset):
     with pytest.raises(ValueError, match=r"y_test: labels must be class ids in \[0, 3\)"):
         ensemble.ensemble(bad, members=2, epochs=1, key=jax.random.key(0),
                           model=models.mlp([6, 4, 3]))
+
+
+def test_an_ensemble_that_cannot_fit_in_memory_is_refused_before_allocating(make_blobs):
+    from jaxnn import distributed, models
+
+    data = make_blobs(n=40, classes=3, spread=3.0, n_train=24, n_val=8)
+    model = models.mlp([6, 8, 3])
+    members = distributed.memory_bytes() // (
+        models.parameter_count(model) * distributed.BYTES_PER_PARAMETER) + 1
+    with pytest.raises(ValueError, match=f"x {members:,} copies: .* GiB"):
+        ensemble.ensemble(data, members=members, epochs=1, key=jax.random.key(0), model=model)
