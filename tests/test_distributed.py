@@ -182,7 +182,7 @@ def test_public_names():
         "DATA_AXIS", "POP_AXIS", "initialize", "is_main_process", "resolve_devices",
         "data_mesh", "population_mesh", "replicated", "data_sharding", "replicate",
         "shard_batch", "global_batch", "constrain_batch", "check_batch_size",
-        "shard_population"}
+        "shard_population", "memory_bytes", "BYTES_PER_PARAMETER", "check_fits"}
     for name in distributed.__all__:
         assert hasattr(distributed, name)
 
