@@ -390,9 +390,9 @@ def _make_search_dir(out: str | None, state: str) -> str:
     for attempt in range(50):
         try:
             run = rundir.RunDir.create(out, prefix="search", verb="search")
-        except rundir.RunDirError as e:  # another worker is creating it this very moment?
-            if out is not None and attempt < 49:
-                time.sleep(0.1)
+        except rundir.RunDirError as e:
+            if out is not None and attempt < 49 and _being_created(out, e):
+                time.sleep(0.1)  # another worker is creating it this very moment
                 if _out_state(out) == "search":
                     return out
                 continue
@@ -400,6 +400,20 @@ def _make_search_dir(out: str | None, state: str) -> str:
         run.close()  # no lock held while searching: several processes may share the directory
         return run.path
     raise AssertionError("unreachable")
+
+
+def _being_created(out: str, error: Exception) -> bool:
+    """Whether ``out`` looks like a search directory another process is creating right now
+    (locked, or holding nothing but a lock, a probe and a marker)."""
+    from jaxnn import rundir
+
+    if isinstance(error, rundir.RunInUseError):
+        return True
+    try:
+        entries = os.listdir(out)
+    except OSError:
+        return False
+    return all(e in (".lock", rundir.MARKER) or e.startswith(".probe-") for e in entries)
 
 
 def _open_storage(url: str, *, flag: str = "--storage"):
