@@ -413,7 +413,8 @@ def _being_created(out: str, error: Exception) -> bool:
         entries = os.listdir(out)
     except OSError:
         return False
-    return all(e in (".lock", rundir.MARKER) or e.startswith(".probe-") for e in entries)
+    return bool(entries) and all(e in (".lock", rundir.MARKER) or e.startswith(".probe-")
+                                 for e in entries)
 
 
 def _open_storage(url: str, *, flag: str = "--storage"):
