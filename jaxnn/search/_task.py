@@ -304,8 +304,8 @@ class SearchTask:
 
             task = SearchTask.from_data(ds, {"learning_rate": (1e-3, 1.0),
                                              "activation": ["relu", "tanh"]}, epochs=10,
-                                        build=lambda v: {"model": mlp([64, 32, 10],
-                                                                      v["activation"])})
+                                        build=lambda v: {"model": mlp(
+                                            [64, 32, 10], activation=v["activation"])})
         """
         factory = model is not None and not (hasattr(model, "init") and hasattr(model, "apply"))
         members = tuple(n for n in _population.HPARAM_NAMES if n != "dropout" or factory)
