@@ -74,21 +74,76 @@ class CheckpointWriteError(CheckpointError):
         self.step, self.disk_full = step, disk_full
 
 
+_ORBAX = f"{os.sep}orbax{os.sep}"
+
+
 class _QuietOrbax(logging.Filter):
-    """Drop the log records of orbax's modules: their failures reach the caller as exceptions."""
+    """Drop the log records of orbax's modules (absl), and asyncio's "Task exception was never
+    retrieved" about orbax's tasks: their failures reach the caller as exceptions."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return f"{os.sep}orbax{os.sep}" not in (record.pathname or "")
+        if _ORBAX in (record.pathname or ""):
+            return False
+        if record.name == "asyncio":
+            text = record.getMessage()
+            if record.exc_info and record.exc_info[2] is not None:
+                import traceback
+
+                text += "".join(traceback.format_tb(record.exc_info[2]))
+            return _ORBAX not in text
+        return True
 
 
 _QUIET = _QuietOrbax()
 
 
+def _late_callback_noise(exc_type, exc, tb) -> bool:
+    """tensorstore's threads finishing a read of a damaged (or interrupted) checkpoint after
+    orbax closed its event loop: ``RuntimeError: Event loop is closed`` raised in
+    ``call_soon_threadsafe``, printed as a bare traceback. Nothing was lost: the failure was
+    already raised to the caller."""
+    import traceback
+
+    if exc_type is not RuntimeError or "Event loop is closed" not in str(exc):
+        return False
+    frames = traceback.extract_tb(tb if tb is not None else exc.__traceback__)
+    return any(f.name == "call_soon_threadsafe" for f in frames)
+
+
+def _install_hooks() -> None:
+    import sys
+    import threading
+
+    if getattr(sys.excepthook, "_jaxnn_quiet", False):
+        return
+    prev_except, prev_unraisable, prev_thread = (sys.excepthook, sys.unraisablehook,
+                                                 threading.excepthook)
+
+    def excepthook(exc_type, exc, tb):
+        if not _late_callback_noise(exc_type, exc, tb):
+            prev_except(exc_type, exc, tb)
+
+    def unraisablehook(u):
+        if not _late_callback_noise(u.exc_type, u.exc_value, u.exc_traceback):
+            prev_unraisable(u)
+
+    def thread_hook(args):
+        if not _late_callback_noise(args.exc_type, args.exc_value, args.exc_traceback):
+            prev_thread(args)
+
+    excepthook._jaxnn_quiet = True
+    sys.excepthook, sys.unraisablehook, threading.excepthook = (excepthook, unraisablehook,
+                                                                 thread_hook)
+
+
 def _quiet_orbax() -> None:
     absl = logging.getLogger("absl")
     absl.setLevel(logging.WARNING)  # orbax logs every save at INFO
-    if _QUIET not in absl.filters:
-        absl.addFilter(_QUIET)
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if _QUIET not in logger.filters:
+            logger.addFilter(_QUIET)
+    _install_hooks()
 
 
 def _is_key(x) -> bool:
