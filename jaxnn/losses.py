@@ -75,6 +75,7 @@ __all__ = [
     "softmax_cross_entropy",
     "softmax_cross_entropy_onehot",
     "multiclass_hinge_loss",
+    "multiclass_squared_hinge_loss",
     "get",
     "names",
     "entry",
@@ -466,11 +467,33 @@ def multiclass_hinge_loss(
     _check_values(fn, "margin", _host_values(margin), _finite_non_negative, "finite and >= 0")
     scores = jnp.asarray(scores)
     labels = _check_int_labels(fn, scores, labels, "scores")
-    return _hinge(scores, labels, margin)
+    return _hinge(scores, labels, margin, power=1)
 
 
-@jax.jit
-def _hinge(scores: Array, labels: Array, margin: ArrayLike) -> Array:
+def multiclass_squared_hinge_loss(
+    scores: ArrayLike, labels: ArrayLike, *, margin: ArrayLike = 1.0
+) -> Array:
+    r"""Per-example squared multiclass hinge loss (the L2-SVM), Weston-Watkins sum form.
+
+    .. math:: \ell_i = \sum_{k \ne y_i} \max(0,\; s_{ik} - s_{i y_i} + \Delta)^2
+
+    Like :func:`multiclass_hinge_loss`, but a violation costs its square: small violations
+    cost less, large ones more, and the loss is differentiable everywhere (the gradient of a
+    term is :math:`2 \max(0, s_k - s_y + \Delta)`, 0 at the kink). Arguments, NaN rules and
+    errors are :func:`multiclass_hinge_loss`'s.
+
+    >>> multiclass_squared_hinge_loss(jnp.array([[3.0, 5.0, -2.0]]), jnp.array([0]))
+    Array([9.], dtype=float32)
+    """
+    fn = "multiclass_squared_hinge_loss"
+    _check_values(fn, "margin", _host_values(margin), _finite_non_negative, "finite and >= 0")
+    scores = jnp.asarray(scores)
+    labels = _check_int_labels(fn, scores, labels, "scores")
+    return _hinge(scores, labels, margin, power=2)
+
+
+@functools.partial(jax.jit, static_argnames="power")
+def _hinge(scores: Array, labels: Array, margin: ArrayLike, *, power: int) -> Array:
     dtype, acc = _float_dtype(scores)
     num_classes = scores.shape[-1]
     s = scores.astype(acc)
@@ -478,7 +501,7 @@ def _hinge(scores: Array, labels: Array, margin: ArrayLike) -> Array:
     correct = jnp.sum(jnp.where(mask, s, 0), axis=-1, keepdims=True)
     margin = jnp.where(jnp.isfinite(margin) & (margin >= 0), margin, jnp.nan)  # traced check
     # relu: gradient 0 at the kink, NaN stays NaN; the correct class is excluded from the sum.
-    terms = jnp.where(mask, 0, jax.nn.relu(s - correct + margin))
+    terms = jnp.where(mask, 0, jax.nn.relu(s - correct + margin) ** power)
     loss = _nan_if_invalid(jnp.sum(terms, axis=-1), labels, num_classes)
     return _sum_non_batch(loss).astype(dtype)
 
@@ -521,6 +544,8 @@ REGISTRY.register("softmax_cross_entropy", softmax_cross_entropy, targets="label
 REGISTRY.register("softmax_cross_entropy_onehot", softmax_cross_entropy_onehot,
                   target_range=(0.0, None))
 REGISTRY.register("multiclass_hinge_loss", multiclass_hinge_loss, targets="labels")
+REGISTRY.register("multiclass_squared_hinge_loss", multiclass_squared_hinge_loss,
+                  targets="labels")
 # short aliases
 REGISTRY.alias("l1", "l1_loss")
 REGISTRY.alias("l2", "l2_loss")

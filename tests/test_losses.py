@@ -85,6 +85,13 @@ def np_ww_hinge(scores, labels, margin=1.0):
     return np.array(out)
 
 
+def np_ww_squared_hinge(scores, labels, margin=1.0):
+    out = []
+    for s, y in zip(scores, labels, strict=True):
+        out.append(sum(max(0.0, s[k] - s[y] + margin) ** 2 for k in range(len(s)) if k != y))
+    return np.array(out)
+
+
 RNG = np.random.default_rng(0)
 B, C = 6, 5
 PRED = RNG.standard_normal((B, 3, 2))
@@ -122,6 +129,8 @@ CASES = [
     ),
     ("softmax_cross_entropy_soft", L.softmax_cross_entropy_onehot, (LOGITS, PROBS), np_ce_onehot),
     ("multiclass_hinge_loss", L.multiclass_hinge_loss, (LOGITS, LABELS), np_ww_hinge),
+    ("multiclass_squared_hinge_loss", L.multiclass_squared_hinge_loss, (LOGITS, LABELS),
+     np_ww_squared_hinge),
 ]
 IDS = [c[0] for c in CASES]
 FIRST_CASE = {}  # loss function -> (args, reference) of its first case
@@ -142,17 +151,18 @@ BAD_TARGETS = {
         (np.nan, np.float32),
     ],
     L.multiclass_hinge_loss: [(-1, np.int32), (C, np.int32)],
+    L.multiclass_squared_hinge_loss: [(-1, np.int32), (C, np.int32)],
 }
-INT_LABEL_LOSSES = [
-    n for n in L.names() if L.get(n) in (L.softmax_cross_entropy, L.multiclass_hinge_loss)
-]
+#: The losses of integer class labels, by their registry entries (aliases included).
+INT_LABEL_LOSSES = [n for n in L.names() if L.entry(n).targets == "labels"]
+LABEL_FNS_SET = {L.get(n) for n in INT_LABEL_LOSSES}
 
 
 def non_target_mask(fn, args):
     """Entries of the first argument that may be -inf with a finite loss (the classes an example
     is not), or None for the regression losses, whose loss is then +inf."""
     first, second = (np.asarray(a) for a in args[:2])
-    if fn in (L.softmax_cross_entropy, L.multiclass_hinge_loss):
+    if fn in LABEL_FNS_SET:
         return np.arange(first.shape[-1]) != second[..., None]
     if fn in (L.sigmoid_binary_cross_entropy, L.softmax_cross_entropy_onehot):
         return second == 0
@@ -193,10 +203,13 @@ def error_scale(fn, args, margin=1.0):
     if fn is L.softmax_cross_entropy_onehot:
         with np.errstate(invalid="ignore"):
             return a.shape[-1], np.where(b != 0, b * (shift + np.log(a.shape[-1]) + 1), 0).sum(1)
-    if fn is L.multiclass_hinge_loss:
+    if fn in (L.multiclass_hinge_loss, L.multiclass_squared_hinge_loss):
         s_y = np.abs(np.take_along_axis(a, b[:, None], -1))
         with np.errstate(invalid="ignore"):
-            return a.shape[-1], np.where(np.isinf(a), 0, np.abs(a) + s_y + margin).sum(1)
+            m = np.where(np.isinf(a), 0, np.abs(a) + s_y + margin)
+        if fn is L.multiclass_hinge_loss:
+            return a.shape[-1], m.sum(1)
+        return a.shape[-1], 3 * (m**2).sum(1)  # m^2 rounds once more and doubles m's error
     raise AssertionError(f"no error scale for {fn}")
 
 
