@@ -236,6 +236,11 @@ def _page(title: str, subtitle: str, sections: Sequence[tuple[str, str, str]]) -
 
 
 # --------------------------------------------------------------------------- figures
+def _mpl(text: Any) -> str:
+    """A user string as matplotlib text: literal ``$`` (no mathtext)."""
+    return str(text).replace("$", r"\$")
+
+
 def _figure(width: float, height: float):
     """A matplotlib Figure of its own (no pyplot, no global backend switch)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -305,7 +310,7 @@ def _curves_figure(records: Sequence[Mapping], *, initial_loss: float | None,
         if records:
             ax.legend(fontsize=8)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(_mpl(title))
     return _uri(fig)
 
 
@@ -333,7 +338,7 @@ def _histograms_figure(layers) -> str:
             if p.size:
                 counts, edges = np.histogram(p, bins=50, range=span)
                 ax.stairs(counts, edges, color="C1", lw=1, label="pre-activations")
-        ax.set_title(f"{s.name} ({act or 'scores'})", fontsize=9)
+        ax.set_title(_mpl(f"{s.name} ({act or 'scores'})"), fontsize=9)
         ax.text(0.98, 0.95, f"mean {s.mean:.2g}\nstd {s.std:.2g}\ndead {100 * s.dead:.0f}%"
                             f"\nsat. {100 * s.saturated:.0f}%", transform=ax.transAxes,
                 ha="right", va="top", fontsize=7, color="0.25")
@@ -355,7 +360,7 @@ def _ratio_figure(names: Sequence[str], ratios: Sequence[float]) -> str:
     colors = ["C2" if (UPDATE_RATIO_HEALTHY / _RATIO_FACTOR <= v
                        <= UPDATE_RATIO_HEALTHY * _RATIO_FACTOR) else "C3" for v in r]
     ax.barh(np.arange(len(names))[ok], r[ok], color=np.asarray(colors)[ok])
-    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_yticks(range(len(names)), [_mpl(n) for n in names], fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.axvline(UPDATE_RATIO_HEALTHY, color="k", ls="--", lw=1, label="1e-3 rule of thumb")
@@ -375,7 +380,7 @@ def _importance_figure(importances: Mapping[str, float]) -> str:
     fig = _figure(6, 0.45 * len(names) + 1.2)
     ax = fig.subplots()
     ax.barh(range(len(names)), [importances[n] for n in names], color="C0")
-    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_yticks(range(len(names)), [_mpl(n) for n in names], fontsize=8)
     ax.invert_yaxis()
     ax.set(xlabel="importance (fANOVA, share of the objective's variance)",
            title="hyperparameter importance")

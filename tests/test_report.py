@@ -294,11 +294,13 @@ def test_an_accuracy_gap_names_the_epoch_too():
      "the learning rate (3-10x)."),
 ])
 def test_the_page_says_the_verdict_on_the_curves(tmp_path, train_loss, val_loss, sentence):
-    path = _fake_train_dir(tmp_path / "run", _records(train_loss, val_loss))
+    path = _fake_train_dir(tmp_path / "run", _records(train_loss, val_loss),
+                           dataset="/data/$x^2$ & <b>.npz")  # no mathtext, no markup
     page = report.report_html(path)
     p = assert_self_contained(page)
     assert sentence in p.all_text()
     assert "no per-layer statistics" in p.all_text()  # no checkpoint: said, not an error
+    assert "/data/$x^2$ & <b>.npz" in p.all_text() and "<b>.npz" not in page
 
 
 def test_a_healthy_run_gets_no_verdict(pages):
