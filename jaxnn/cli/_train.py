@@ -27,7 +27,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a network (default: an MLP on the embedded digits)",
                        description="Train a network with mini-batch SGD and write a run "
                                    "directory: config.json, metrics.jsonl, checkpoints/, "
-                                   "summary.json and curves.png. With --devices N every batch "
+                                   "summary.json, curves.png and report.html (the "
+                                   "babysitting page, `jaxnn report`). With --devices N every "
+                                   "batch "
                                    "is split over N devices (data parallel); with --coordinator "
                                    "the run spans several processes/hosts.")
     add_train_flags(p)
