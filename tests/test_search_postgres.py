@@ -1,5 +1,6 @@
 """``jaxnn search`` on a real PostgreSQL server: several workers on one study, a killed worker,
-the errors a user sees (passwords masked), and optuna-dashboard reading the study.
+the errors a user sees (passwords masked), and optuna-dashboard reading the study. The race of
+many workers asking at once also runs on SQLite, in the fast suite.
 
 The session fixture starts a throw-away server (``initdb`` + ``pg_ctl``, as the ``postgres`` user
 when run as root) in a temporary directory, listening on a unix socket there and on a free
@@ -18,16 +19,17 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
 
+import numpy as np
 import optuna
 import pytest
 
+from jaxnn import models, optim, population, search
 from jaxnn.cli import main
-
-pytestmark = pytest.mark.slow
 
 USER = "jaxnn"
 PASSWORD = "pa:ss@w/rd#9"  # every character a URL must escape
@@ -150,6 +152,7 @@ def _no_password(text: str) -> None:
 
 
 # --------------------------------------------------------------------------- several workers
+@pytest.mark.slow
 def test_three_workers_reach_exactly_the_trials_none_twice_none_lost(pg, tmp_path):
     pg.create_db("three")
     url = pg.url("three")
@@ -192,6 +195,7 @@ def test_three_workers_reach_exactly_the_trials_none_twice_none_lost(pg, tmp_pat
           f"{[r['trained_now'] for r in res]}, surplus asks {len(others)}")
 
 
+@pytest.mark.slow
 def test_a_killed_worker_loses_nothing_finished_and_a_rerun_completes(pg, tmp_path):
     pg.create_db("killed")
     url = pg.url("killed")
@@ -232,7 +236,66 @@ def test_a_killed_worker_loses_nothing_finished_and_a_rerun_completes(pg, tmp_pa
     print(f"kill + rerun to 6 trials: {seconds:.1f}s")
 
 
+def _fake_population(**kw):
+    """train_population without training (a few milliseconds, so the workers below spend their
+    time asking and telling, where the races are): every member ``ok``, loss = its rate."""
+    lr = np.asarray(kw["hparams"]["learning_rate"], np.float64)
+    n = lr.shape[0]
+    time.sleep(float(np.random.default_rng().uniform(0, 0.03)))
+    final = {"val_loss": lr, "val_acc": np.full(n, 0.5), "train_loss": lr}
+    return population.PopulationResult({}, None, None, ["ok"] * n, kw["hparams"], final,
+                                       np.ones(n), np.full(n, kw["epochs"]))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def test_many_workers_asking_at_once_keep_exactly_the_trials(request, tmp_path, monkeypatch,
+                                                             make_blobs, backend):
+    """Six workers (threads, each with its own study object and storage cache, as processes
+    have) search one study with rounds of 3 at once: exactly 40 finished trials, each trained
+    by one worker, and every other trial a surplus ask told FAIL untrained."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'race.db'}"
+    else:
+        pg = request.getfixturevalue("pg")
+        pg.create_db("race")
+        url = pg.url("race")
+    monkeypatch.setattr(population, "train_population", _fake_population)
+    data = make_blobs(n=60, classes=3, spread=2, n_train=40, n_val=10)
+    task = search.SearchTask.from_data(data, {"learning_rate": (1e-3, 1.0)}, epochs=1,
+                                       model=models.mlp([6, 4, 3]), optimizer=optim.sgd(0.1))
+    settings = search.SearchSettings(method="random", trials=40, population=3, pruner="none")
+    storage = search.open_storage(url)
+    search.optimize(task, search.SearchSettings(method="random", trials=1, population=1,
+                                                pruner="none"), storage=storage,
+                    study_name="race")  # the study exists before the workers race
+    trained, errors = [], []
+
+    def worker():
+        try:
+            res = search.optimize(task, settings, storage=search.open_storage(url),
+                                  study_name="race")
+            trained.append(res.trained)
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors, errors
+    study = optuna.load_study(study_name="race", storage=storage)
+    done = [t for t in study.trials if t.state in FINISHED]
+    assert len(done) == 40 and sum(trained) == 39  # one trial was there before
+    assert not [t for t in study.trials if t.state == RUNNING]
+    others = [t for t in study.trials if t.state not in FINISHED]
+    assert all(t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("jaxnn_surplus")
+               for t in others)
+    print(f"{backend}: 6 workers, 40 trials, {len(others)} surplus asks")
+
+
 # --------------------------------------------------------------------------- errors
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["wrong password", "unreachable server", "missing database"])
 def test_connection_errors_are_one_line_with_the_password_masked(pg, tmp_path, capsys, case):
     port, db, kw = pg.port, "postgres", {}
@@ -257,6 +320,7 @@ def test_connection_errors_are_one_line_with_the_password_masked(pg, tmp_path, c
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_study_holding_another_search_is_refused_before_anything_is_written(pg, tmp_path,
                                                                              capsys):
     pg.create_db("other")
@@ -275,6 +339,7 @@ def test_a_study_holding_another_search_is_refused_before_anything_is_written(pg
 
 
 # --------------------------------------------------------------------------- optuna-dashboard
+@pytest.mark.slow
 def test_optuna_dashboard_reads_the_study_with_each_trials_command(pg, tmp_path, capsys):
     exe = shutil.which("optuna-dashboard") or os.path.join(os.path.dirname(sys.executable),
                                                            "optuna-dashboard")

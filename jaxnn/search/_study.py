@@ -82,8 +82,9 @@ def optimize(
     trained, number, waiting = 0, 0, False
     with Heartbeat(storage, settings.heartbeat_interval) as beat:
         while True:
-            done = study.get_trials(deepcopy=False, states=FINISHED)
-            running = liveness.live(study.get_trials(deepcopy=False, states=_RUNNING))
+            trials = study.get_trials(deepcopy=False, states=FINISHED + _RUNNING)
+            done = [t for t in trials if t.state in FINISHED]
+            running = liveness.live([t for t in trials if t.state not in FINISHED])
             stage, missing, cap = 0, total - len(done), total
             if c2f:
                 stage, missing, space_now = _stage(study, task, settings, done)
@@ -199,9 +200,10 @@ def _admit(study, liveness: Liveness, asked: list, stage: int, cap: int, c2f: bo
     processes asking at the same moment the lower numbers win and no more than ``cap`` trials
     are ever kept."""
     mine = {t.number for t in asked}
-    finished = study.get_trials(deepcopy=False, states=FINISHED)
-    others = [t for t in study.get_trials(deepcopy=False, states=_RUNNING)
-              if t.number not in mine]
+    # One read of both states: read apart, a trial told between the reads would be in neither.
+    trials = study.get_trials(deepcopy=False, states=FINISHED + _RUNNING)
+    finished = [t for t in trials if t.state in FINISHED]
+    others = [t for t in trials if t.state not in FINISHED and t.number not in mine]
     counted = [t for t in finished if not c2f or t.user_attrs.get("stage") == stage]
     counted += [t for t in liveness.live(others)
                 if not c2f or t.user_attrs.get("stage", stage) == stage]
