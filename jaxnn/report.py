@@ -305,7 +305,10 @@ def _curves_figure(records: Sequence[Mapping], *, initial_loss: float | None,
         ax_l.set_yscale("log")
     ax_l.set(xlabel="epoch (0: at initialization)", ylabel="loss", title="loss")
     ax_a.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_l, ax_a):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if records:
             ax.legend(fontsize=8)
