@@ -99,7 +99,7 @@ def optimize(
                 if not waiting and on_wait is not None:
                     on_wait(len(running))
                 waiting = True
-                time.sleep(settings.heartbeat_interval)
+                time.sleep(min(1.0, settings.heartbeat_interval))  # one query a second
                 continue
             waiting = False
             number += 1
