@@ -505,6 +505,103 @@ def _early_stop_reason(epoch, patience) -> str:
             f"epoch{'s' if patience != 1 else ''}")
 
 
+#: The two loops :func:`fit` can run an epoch with (see :func:`_fit_loop`).
+FIT_LOOPS = ("scan", "step")
+
+
+def _fit_platform(mesh) -> str:
+    return mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+
+
+def _fit_loop(model, x_shape, *, batch_size: int, mesh=None) -> str:
+    """The loop :func:`fit` runs each epoch with: ``"step"`` (a Python loop over a step jitted
+    alone) for a model with ``Conv2D(algorithm="auto")`` layers on a CPU, else ``"scan"`` (the
+    epoch in one ``lax.scan``, :func:`make_epoch`).
+
+    Why, measured side by side on a 2-core CPU (benchmarks/README.md, "How fit trains"): XLA:CPU
+    runs the gradients of ``lax.conv_general_dilated`` tens of times slower inside a ``lax.scan``,
+    so in a scan ``Conv2D`` computes im2col + matmul; but in a step jitted alone ``lax.conv`` is
+    1.2-1.5x faster than im2col, which beats what the scan saves in dispatch (1.07-1.25x
+    faster than the im2col scan for the digits and CIFAR-shaped convnets). Without convolutions the
+    scan is at least as fast (2-3x for small models: no per-step dispatch). On GPU and TPU the
+    scan with ``lax.conv`` (cuDNN, the TPU compiler) in every case.
+    """
+    from jaxnn import _conv
+
+    if _fit_platform(mesh) != "cpu":
+        return "scan"
+    x = jax.ShapeDtypeStruct((batch_size, *x_shape[1:]), jnp.float32)
+
+    def forward(key, x):
+        params, model_state = model.init(key)
+        return model.apply(params, model_state, x, train=True, key=key)
+
+    try:
+        convs = _conv.count_auto(forward, jax.random.key(0), x)
+    except Exception:  # noqa: BLE001 -- the epoch itself reports a model that does not trace
+        return "scan"
+    return "step" if convs else "scan"
+
+
+def _step_epoch(apply, loss, optimizer, *, batch_size: int, l2: float = 0.0, mesh=None,
+                augment=None):
+    """``epoch(state, x, y, epoch) -> (state, StepMetrics[steps])`` computing what
+    :func:`make_epoch`'s scan computes (same data order, batches, augmentation keys, steps), but
+    as a Python loop over a step jitted alone, with ``Conv2D``'s ``"auto"`` convolutions as
+    ``lax.conv`` (:func:`jaxnn._conv.cpu_algorithm`). Nothing is donated (like :func:`fit`'s scan:
+    the state an epoch starts from stays alive)."""
+    from jaxnn import _conv
+
+    step = train_step_fn(apply, loss, optimizer)
+    if mesh is not None:
+        _dist.check_batch_size(batch_size, mesh)
+    augment = _data.parse_augment(augment)
+
+    def order(state, n_like, epoch):
+        data_key = jax.random.fold_in(state.key, _DATA_STREAM)
+        return _data.batch_indices(n_like.shape[0], batch_size, key=data_key, epoch=epoch)
+
+    def one(state, x, y, i, idx, mask, epoch):
+        with _conv.cpu_algorithm("lax"):
+            batch = _dist.constrain_batch(_data.gather_batch(x, y, idx[i], mask[i]), mesh)
+            if augment is not None:
+                k = _data.augment_key(jax.random.fold_in(state.key, 2), epoch, i)
+                batch = batch._replace(x=_data.augment(batch.x, key=k, crop=augment.crop,
+                                                       flip=augment.flip))
+            return step(state, batch, l2)
+
+    order_j = jax.jit(order)
+    one_j = _jit(one, mesh, donate=False)
+    stack = jax.jit(lambda ms: jax.tree.map(lambda *a: jnp.stack(a), *ms))
+
+    def run(state, x, y, epoch):
+        if augment is not None:
+            _data.check_augment(augment, x.shape)
+        idx, mask = order_j(state, y, epoch)
+        metrics = []
+        for i in range(idx.shape[0]):
+            state, m = one_j(state, x, y, i, idx, mask, epoch)
+            metrics.append(m)
+        return state, stack(metrics)
+
+    return run
+
+
+def _fit_epoch(model, loss, optimizer, *, batch_size: int, l2: float, mesh, augment, x_shape,
+               loop: str | None = None):
+    """What :func:`fit` runs per epoch: ``(epoch(state, x, y, epoch) -> (state, metrics),
+    loop)``, ``loop`` as :func:`_fit_loop` chooses it unless given."""
+    loop = loop or _fit_loop(model, x_shape, batch_size=batch_size, mesh=mesh)
+    if loop not in FIT_LOOPS:
+        raise ValueError(f"loop must be one of {FIT_LOOPS}, got {loop!r}")
+    if loop == "step":
+        return _step_epoch(model.apply, loss, optimizer, batch_size=batch_size, l2=l2,
+                           mesh=mesh, augment=augment), loop
+    # No donation: on divergence the last good state must still be alive to return.
+    return make_epoch(model.apply, loss, optimizer, batch_size=batch_size, l2=l2, donate=False,
+                      mesh=mesh, augment=augment), loop
+
+
 def fit(
     model,
     data,
@@ -527,6 +624,12 @@ def fit(
     """Train ``model`` on ``data`` (a :class:`jaxnn.data.Dataset`) with mini-batch SGD: a plain
     loop over epochs, each one jitted ``lax.scan`` (:func:`make_epoch`) followed by an evaluation
     on the validation split.
+
+    The loop inside an epoch follows the backend: on a CPU a model with ``Conv2D`` layers trains
+    with a Python loop over a step jitted alone, its convolutions as ``lax.conv`` (faster there
+    than the scan, whose convolutions must be im2col); every other model, and every model on GPU
+    or TPU, with the epoch in one ``lax.scan``. Both compute the same steps on the same batches
+    (same data order and augmentation keys), up to float rounding of the convolution.
 
     Stopping: the one divergence rule (:func:`diverged`: NaN/inf loss or parameters, or a loss
     above ``divergence_factor`` times the initial loss) stops the run and returns the last good
@@ -572,9 +675,9 @@ def fit(
     if mesh is not None:
         state, x_train, y_train, x_val, y_val = _dist.replicate(
             (state, x_train, y_train, x_val, y_val), mesh)
-    # No donation: on divergence the last good state must still be alive to return.
-    epoch_step = make_epoch(model.apply, loss, optimizer, batch_size=batch_size, l2=l2,
-                            donate=False, mesh=mesh, augment=augment)
+    # The epoch in one lax.scan, or (convnets on a CPU) a loop of steps jitted alone: _fit_loop.
+    epoch_step, _ = _fit_epoch(model, loss, optimizer, batch_size=batch_size, l2=l2, mesh=mesh,
+                               augment=augment, x_shape=tuple(x_train.shape))
     evaluate_fn = _cached_evaluate(model.apply, loss, 1024)
     if start is None:
         initial_loss = float(evaluate_fn(state.params, state.model_state, x_train, y_train).loss)
