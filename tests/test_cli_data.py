@@ -136,7 +136,7 @@ def test_train_augment_needs_images(tmp_path, capsys):
     assert main(["train", "--augment", "crop:2,flip", "--hidden", "8", "--epochs", "1",
                  "--no-progress", "--out", str(out)]) == 2
     err = one_line_error(capsys, "train")
-    assert "--augment crop:2,flip" in err and "(64,)" in err and "--arch" in err
+    assert "--augment: crop:2,flip" in err and "need images" in err and "arch" in err
     assert not out.exists()
 
 
