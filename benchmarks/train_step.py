@@ -14,16 +14,26 @@ cross-entropy, float32, on random data already on the device:
 * ``"jaxnn"``: ``jaxnn.train.make_train_step`` (jitted, state donated), one Python call per step;
 * ``"jaxnn_scan"``: ``jaxnn.train.make_epoch``, a whole epoch (shuffle, gather each batch, step)
   in one ``lax.scan``;
+* ``"jaxnn_fit"``: what ``jaxnn.train.fit`` runs per epoch (``train._fit_epoch``: the epoch in one
+  scan, or for a convnet on a CPU a loop of steps jitted alone with ``lax.conv``; the row's
+  ``loop`` says which), without fit's validation pass;
 * ``"jax_optax"``: a hand-written step in this file (params as a list of ``(W, b)``, ``optax.sgd``,
   jit with params and optimizer state donated) -- what jaxnn must match;
 * ``"flax"`` (``flax.nnx``, ``nnx.jit``), ``"equinox"`` (``eqx.filter_jit``), ``"torch"`` (eager,
-  ``torch.optim.SGD``): where installed (``pip install -e '.[bench]'``), else skipped.
+  ``torch.optim.SGD``): where installed (``pip install -e '.[bench]'``; PyTorch as
+  ``pip install torch==2.13.0``, a CPU build), else the table says "not installed".
 
 Each JAX sample runs ``steps`` steps back to back and blocks on the result (async dispatch
 overlaps Python with compute, as in a real loop); the samples of all JAX implementations are
 interleaved; PyTorch runs after them. ``compile_s`` is the time to the end of the first step
 (tracing + compilation + one step). Rows: ``{"impl", "examples_per_s", "compile_s"}`` plus
 ``step_ms`` and ``vs_jax_optax`` (examples/s over the hand-written step's).
+
+With ``--model convnet`` the JSON's ``memory`` lists the peak resident memory of the jaxnn rows and
+PyTorch, each in a fresh subprocess: ``rss_mb`` after compiling and one warm-up sample (imports,
+data, parameters, compiled code), then the high-water mark is reset (``/proc/self/clear_refs``)
+and ``peak_mb`` is ``VmHWM`` over two more samples; ``step_mb = peak_mb - rss_mb`` is what the
+training steps themselves add (activations, gradients, im2col patches).
 
 Usage::
 
@@ -34,6 +44,7 @@ Results go to ``benchmarks/results/train_step.json`` (MLP) or ``train_step_convn
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import sys
@@ -45,7 +56,8 @@ if __package__ in (None, ""):  # run as `python benchmarks/train_step.py`
 
 from benchmarks import _common as C  # noqa: E402
 
-IMPLS = ("jaxnn", "jaxnn_scan", "jax_optax", "flax", "equinox", "torch")
+IMPLS = ("jaxnn", "jaxnn_scan", "jaxnn_fit", "jax_optax", "flax", "equinox", "torch")
+MEMORY_IMPLS = ("jaxnn_fit", "jaxnn", "jaxnn_scan", "torch")  # convnet: peak RSS of each
 MODELS = ("mlp", "convnet")
 PEAK_N = 2048  # size of the square matmul that measures XLA's matmul rate
 CIFAR_ARCH = "conv:32,conv:32,pool,conv:64,conv:64,pool,fc:256"
@@ -161,6 +173,38 @@ def build_jaxnn_scan(s: Settings, x, y):
         return st[0]
 
     return call, call
+
+
+def build_jaxnn_fit(s: Settings, x, y):
+    """One epoch of what ``train.fit`` runs (its choice of loop), without validation."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxnn import optim, train
+
+    model = _jaxnn_model(s)
+    opt = optim.momentum(s.lr, momentum=s.momentum)
+    epoch, loop = train._fit_epoch(model, "softmax_cross_entropy", opt, batch_size=s.batch,
+                                   l2=0.0, mesh=None, augment=None, x_shape=tuple(x.shape))
+    st = [train.init_train_state(model, opt, key=jax.random.key(1))]
+    e = [0]
+
+    def call():
+        e[0] += 1
+        st[0], _ = epoch(st[0], x, y, jnp.int32(e[0]))
+        return st[0]
+
+    call.loop = loop
+    return call, call
+
+
+def fit_loop(s: Settings) -> str:
+    """The loop ``train.fit`` picks for this benchmark's model here ("scan" or "step")."""
+    from jaxnn import train
+
+    n = s.batch * s.steps
+    shape = (n, *s.image) if s.model == "convnet" else (n, s.sizes[0])
+    return train._fit_loop(_jaxnn_model(s), shape, batch_size=s.batch)
 
 
 def _handwritten_mlp(s: Settings):
@@ -475,8 +519,9 @@ def build_torch(s: Settings, x, y):
     return first, call
 
 
-BUILDERS = {"jaxnn": build_jaxnn, "jaxnn_scan": build_jaxnn_scan, "jax_optax": build_jax_optax,
-            "flax": build_flax, "equinox": build_equinox, "torch": build_torch}
+BUILDERS = {"jaxnn": build_jaxnn, "jaxnn_scan": build_jaxnn_scan, "jaxnn_fit": build_jaxnn_fit,
+            "jax_optax": build_jax_optax, "flax": build_flax, "equinox": build_equinox,
+            "torch": build_torch}
 _NEEDS = {"flax": "flax", "equinox": "equinox", "torch": "torch"}
 
 
@@ -516,10 +561,67 @@ def measure_all(s: Settings, impls=IMPLS) -> tuple[list[dict], list[str]]:
             vs = times["jax_optax"] / times[impl]
         else:
             vs = None
-        rows.append({"impl": impl, "examples_per_s": eps, "compile_s": compile_s[impl],
-                     "step_ms": 1e3 * times[impl] / s.steps, "vs_jax_optax": vs})
+        row = {"impl": impl, "examples_per_s": eps, "compile_s": compile_s[impl],
+               "step_ms": 1e3 * times[impl] / s.steps, "vs_jax_optax": vs}
+        if impl == "jaxnn_fit":
+            row["loop"] = getattr(calls[impl], "loop", None)
+        rows.append(row)
         C.log(f"  {impl:10} {eps:10.0f} examples/s  ({1e3 * times[impl] / s.steps:.2f} ms/step)")
     return rows, skipped
+
+
+# --------------------------------------------------------------------------- memory
+def _proc_status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def memory_child(s: Settings, impl: str) -> dict:
+    """In this (fresh) process: build ``impl``, compile and warm up, then the peak resident
+    memory of two more samples of ``s.steps`` steps (see the module docstring)."""
+    x, y = _data(s)
+    first, call = BUILDERS[impl](s, x, y)
+    C.block(first())
+    C.block(call())
+    rss = _proc_status_kb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS
+        f.write("5")
+    for _ in range(2):
+        C.block(call())
+    peak = _proc_status_kb("VmHWM")
+    return {"impl": impl, "rss_mb": rss / 1024, "peak_mb": peak / 1024,
+            "step_mb": (peak - rss) / 1024}
+
+
+def measure_memory(s: Settings, quick: bool, tiny: bool, impls=MEMORY_IMPLS) -> list[dict]:
+    """:func:`memory_child` of each available ``impl`` in its own subprocess."""
+    import json
+    import subprocess
+
+    if not os.path.exists("/proc/self/clear_refs"):
+        C.log("  memory: no /proc/self/clear_refs here, skipped")
+        return []
+    out = []
+    for impl in impls:
+        if not available(impl):
+            out.append({"impl": impl, "status": "not installed"})
+            continue
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--model", s.model,
+               "--memory-child", impl] + (["--quick"] if quick else []) + (
+                   ["--tiny"] if tiny else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            C.log(f"  memory {impl}: failed: {proc.stderr.strip().splitlines()[-1:]}")
+            out.append({"impl": impl, "status": "failed"})
+            continue
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        out.append(row)
+        C.log(f"  memory {impl:10} resident {row['rss_mb']:.0f} MB, peak {row['peak_mb']:.0f} MB"
+              f" (steps add {row['step_mb']:.0f} MB)")
+    return out
 
 
 def matmul_peak(n: int) -> float:
@@ -569,13 +671,17 @@ def model_label(s: Settings) -> str:
 
 
 def markdown(machine: dict, rows: list[dict], s: Settings, skipped: list[str],
-             peak: float) -> str:
+             peak: float, memory: list[dict] | None = None) -> str:
     conv = s.model == "convnet"
     flops = convnet_flops_per_example(s) if conv else matmul_flops_per_example(s.sizes)
     table = [[r["impl"], r["examples_per_s"], r["step_ms"], r["vs_jax_optax"],
               r["examples_per_s"] * flops / 1e9, r["examples_per_s"] * flops / 1e9 / peak,
               r["compile_s"]] for r in rows]
     table = [[c if not isinstance(c, float) else float(f"{c:.3g}") for c in t] for t in table]
+    for r, t in zip(rows, table, strict=True):
+        if r.get("loop"):
+            t[0] = f"{r['impl']} ({r['loop']})"
+    table += [[impl, "not installed", "-", "-", "-", "-", "-"] for impl in skipped]
     lines = [f"# Training-step throughput: {model_label(s)}, batch {s.batch}",
              "", f"Machine: {C.machine_line(machine)}", "",
              f"SGD momentum {s.momentum}, softmax cross-entropy, float32. Median of {s.repeats} "
@@ -589,8 +695,24 @@ def markdown(machine: dict, rows: list[dict], s: Settings, skipped: list[str],
              C.markdown_table(table, ["impl", "examples/s", "ms/step", "vs jax_optax",
                                       "GFLOP/s", "of peak", "compile_s"])]
     if skipped:
-        lines += ["", f"Not installed (skipped): {', '.join(skipped)}."]
-    tg = targets(rows, s.model)
+        lines += ["", f"Not installed: {', '.join(skipped)} (`pip install -e '.[bench]'`; "
+                      "PyTorch: `pip install torch==2.13.0`, a CPU build)."]
+    if any(r["impl"] == "jaxnn_fit" for r in rows):
+        lines += ["", "*jaxnn_fit*: what `train.fit` runs per epoch here (in brackets: `scan`, the "
+                      "epoch in one `lax.scan`, or `step`, a loop of steps jitted alone with "
+                      "`lax.conv`), without its validation pass."]
+    if memory:
+        mt = [[m["impl"], m.get("status", "ok")] + (
+            [round(m["rss_mb"]), round(m["peak_mb"]), round(m["step_mb"])]
+            if "peak_mb" in m else ["-", "-", "-"]) for m in memory]
+        lines += ["", "## Peak resident memory", "",
+                  "Each in a fresh process: *resident* after compiling and one warm-up sample; "
+                  f"*peak*: the high-water mark (VmHWM, reset after warm-up) over two samples of "
+                  f"{s.steps} steps; *steps add*: peak - resident (activations, gradients, im2col "
+                  "patches).", "",
+                  C.markdown_table(mt, ["impl", "status", "resident MB", "peak MB",
+                                        "steps add MB"])]
+    tg = targets(rows, s.model, memory)
     if tg:
         lines += ["", "## Targets", "", C.markdown_table(
             [[t["target"], float(f"{t['value']:.3g}"), "yes" if t["met"] else "NO"] for t in tg],
@@ -598,24 +720,37 @@ def markdown(machine: dict, rows: list[dict], s: Settings, skipped: list[str],
     return "\n".join(lines) + "\n"
 
 
-def targets(rows: list[dict], model: str = "mlp") -> list[dict]:
+def targets(rows: list[dict], model: str = "mlp", memory: list[dict] | None = None) -> list[dict]:
     """The training-step targets (those whose implementations ran). MLP: >= 1.0x the
-    hand-written step, >= 2x PyTorch eager; convnet: >= 0.95x the hand-written step, ahead of
-    flax, equinox and PyTorch eager."""
+    hand-written step, >= 2x PyTorch eager; convnet (issue 18): what ``fit`` runs (``jaxnn_fit``)
+    ahead of the hand-written step, flax, equinox and >= 1.0x PyTorch eager, >= 0.95x the best
+    jaxnn row, and its step memory within 2x PyTorch's."""
     eps = {r["impl"]: r["examples_per_s"] for r in rows}
     vs = {r["impl"]: r["vs_jax_optax"] for r in rows}
     out = []
+    me = "jaxnn_fit" if model == "convnet" else "jaxnn"
     if model == "convnet":
-        goals = (("jax_optax", 0.95, "jaxnn >= 0.95x the hand-written JAX+optax step"),
-                 ("flax", 1.0, "jaxnn ahead of flax"), ("equinox", 1.0, "jaxnn ahead of equinox"),
-                 ("torch", 1.0, "jaxnn ahead of PyTorch eager"))
+        goals = (("jax_optax", 1.0, "jaxnn_fit ahead of the hand-written JAX+optax lax.conv step"),
+                 ("flax", 1.0, "jaxnn_fit ahead of flax"),
+                 ("equinox", 1.0, "jaxnn_fit ahead of equinox"),
+                 ("torch", 1.0, "jaxnn_fit >= 1.0x PyTorch eager"))
     else:
         goals = (("jax_optax", 1.0, "jaxnn >= 1.0x the hand-written JAX+optax step"),
                  ("torch", 2.0, "jaxnn >= 2x PyTorch eager"))
     for impl, need, what in goals:
-        if "jaxnn" in eps and impl in eps:
-            v = vs["jaxnn"] if impl == "jax_optax" else eps["jaxnn"] / eps[impl]
+        if me in eps and impl in eps:
+            v = vs[me] if impl == "jax_optax" and vs[me] else eps[me] / eps[impl]
             out.append({"target": what, "value": v, "met": v >= need})
+    if "jaxnn_fit" in eps:
+        best = max(v for k, v in eps.items() if k.startswith("jaxnn"))
+        v = eps["jaxnn_fit"] / best
+        out.append({"target": "jaxnn_fit >= 0.95x the best jaxnn row", "value": v,
+                    "met": v >= 0.95})
+    mem = {m["impl"]: m for m in memory or [] if "step_mb" in m}
+    if "jaxnn_fit" in mem and "torch" in mem and mem["torch"]["step_mb"] >= 1.0:
+        v = mem["jaxnn_fit"]["step_mb"] / mem["torch"]["step_mb"]
+        out.append({"target": "memory the jaxnn_fit steps add <= 2x PyTorch's", "value": v,
+                    "met": v <= 2.0})
     if "jaxnn" in eps and "jaxnn_scan" in eps:
         v = eps["jaxnn_scan"] / eps["jaxnn"]
         out.append({"target": "jaxnn_scan faster than the per-step jaxnn loop", "value": v,
@@ -630,10 +765,12 @@ def run(*, quick: bool = False, tiny: bool = False, json_path, model: str = "mlp
     rows, skipped = measure_all(s)
     peak = matmul_peak(64 if tiny else PEAK_N)
     C.log(f"  XLA float32 matmul rate: {peak:.0f} GFLOP/s")
-    md = markdown(machine, rows, s, skipped, peak)
+    memory = measure_memory(s, quick, tiny) if s.model == "convnet" else []
+    md = markdown(machine, rows, s, skipped, peak, memory)
     jpath, mdpath = C.write_results(json_path, machine, rows, md, settings=s._asdict(),
-                                    skipped=skipped, matmul_peak_gflops=peak,
-                                    targets=targets(rows, s.model))
+                                    skipped=skipped, matmul_peak_gflops=peak, memory=memory,
+                                    fit_loop=fit_loop(s),
+                                    targets=targets(rows, s.model, memory))
     png = jpath.with_suffix(".png")
     C.bar_chart(png, [{"title": f"{model_label(s)}, batch {s.batch}, "
                                 f"float32 ({machine['cpu']}, {machine['cores']} cores)",
@@ -650,7 +787,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", choices=MODELS, default="mlp",
                    help="mlp (784-512-512-10, batch 256) or convnet (CIFAR-shaped, batch 128); "
                         "the convnet's results default to train_step_convnet.json")
+    p.add_argument("--memory-child", choices=MEMORY_IMPLS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.memory_child:  # a subprocess of measure_memory: one JSON line on stdout
+        import json
+
+        s = settings(args.quick, C.tiny_requested(args), args.model)
+        print(json.dumps(memory_child(s, args.memory_child)))
+        return 0
     json_path = args.json
     if args.model == "convnet" and json_path == p.get_default("json"):
         json_path = str(C.RESULTS_DIR / "train_step_convnet.json")

@@ -60,10 +60,24 @@ def test_activations_benchmark_via_cli(tmp_path):
 def test_train_step_benchmark(tmp_path):
     rows = _run([str(ROOT / "benchmarks" / "train_step.py")], tmp_path, "train_step.json")[0]["rows"]
     impls = {r["impl"] for r in rows}
-    assert {"jaxnn", "jaxnn_scan", "jax_optax"} <= impls
-    assert impls <= {"jaxnn", "jaxnn_scan", "jax_optax", "flax", "equinox", "torch"}
+    assert {"jaxnn", "jaxnn_scan", "jaxnn_fit", "jax_optax"} <= impls
+    assert impls <= {"jaxnn", "jaxnn_scan", "jaxnn_fit", "jax_optax", "flax", "equinox", "torch"}
     for r in rows:
         assert _positive(r["examples_per_s"]) and _positive(r["compile_s"])
+    assert next(r for r in rows if r["impl"] == "jaxnn_fit")["loop"] == "scan"  # an MLP
+
+
+@pytest.mark.slow
+def test_train_step_convnet_benchmark(tmp_path):
+    result, stdout = _run([str(ROOT / "benchmarks" / "train_step.py"), "--model", "convnet"],
+                          tmp_path, "train_step_convnet.json")
+    fit = next(r for r in result["rows"] if r["impl"] == "jaxnn_fit")
+    assert fit["loop"] == result["fit_loop"] == "step"  # a convnet on a CPU
+    mem = {m["impl"]: m for m in result["memory"]}
+    assert {"jaxnn_fit", "jaxnn", "jaxnn_scan", "torch"} == set(mem)
+    for m in mem.values():
+        assert m.get("status") == "not installed" or _positive(m["peak_mb"])
+    assert "## Peak resident memory" in stdout and "jaxnn_fit (step)" in stdout
 
 
 @pytest.mark.slow
@@ -73,6 +87,50 @@ def test_population_benchmark(tmp_path):
     assert {(n, m) for n in ns for m in ("vmap_scan", "loop_scan", "loop_step")} == {
         (r["n"], r["mode"]) for r in rows}
     assert all(_positive(r["examples_per_s"]) for r in rows)
+
+
+@pytest.mark.slow
+def test_population_convnet_benchmark(tmp_path):
+    result, stdout = _run([str(ROOT / "benchmarks" / "population.py"), "--model", "convnet"],
+                          tmp_path, "population_convnet.json")
+    assert {r["mode"] for r in result["rows"]} == {"vmap_scan", "loop_fit"}
+    assert all(_positive(r["examples_per_s"]) and _positive(r["vs_loop_fit"])
+               for r in result["rows"])
+    assert "| torch | not measured" in stdout and result["targets"]
+
+
+def _machine():
+    return {"cpu": "x", "cores": 2, "simd": "", "platform": "cpu", "device_kind": "cpu",
+            "python": "3", "jax": "0", "jaxlib": "0", "numpy": "0", "malloc": "default",
+            "date": "today", "loadavg_at_start": [1.0, 1.0, 1.0], "optional": {}}
+
+
+def test_train_step_table_names_missing_peers_and_checks_the_convnet_targets():
+    """A peer that is not installed is a row saying so (never left out silently); the convnet
+    targets are checked on what fit runs (jaxnn_fit), its memory against PyTorch's."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import train_step as ts
+
+    s = ts.settings(False, True, "convnet")
+    rows = [{"impl": i, "examples_per_s": e, "compile_s": 1.0, "step_ms": 1.0,
+             "vs_jax_optax": v} for i, e, v in (("jaxnn", 80.0, 0.8), ("jax_optax", 100.0, 1.0),
+                                                ("flax", 90.0, 0.9))]
+    rows.insert(1, {**rows[0], "impl": "jaxnn_fit", "examples_per_s": 120.0,
+                    "vs_jax_optax": 1.2, "loop": "step"})
+    memory = [{"impl": "jaxnn_fit", "rss_mb": 500.0, "peak_mb": 700.0, "step_mb": 200.0},
+              {"impl": "torch", "status": "not installed"}]
+    md = ts.markdown(_machine(), rows, s, ["equinox", "torch"], 100.0, memory)
+    assert "| equinox | not installed |" in md and "| torch | not installed |" in md
+    assert "| jaxnn_fit (step) |" in md and "| torch | not installed | - |" in md
+    tg = {t["target"]: t for t in ts.targets(rows, "convnet", memory)}
+    assert tg["jaxnn_fit ahead of the hand-written JAX+optax lax.conv step"]["value"] == 1.2
+    assert tg["jaxnn_fit ahead of flax"]["met"]
+    assert tg["jaxnn_fit >= 0.95x the best jaxnn row"]["value"] == 1.0
+    assert not any("PyTorch" in t for t in tg)  # torch did not run: no target claimed
+    memory[1] = {"impl": "torch", "rss_mb": 600.0, "peak_mb": 650.0, "step_mb": 50.0}
+    tg = {t["target"]: t for t in ts.targets(rows, "convnet", memory)}
+    assert tg["memory the jaxnn_fit steps add <= 2x PyTorch's"] == {
+        "target": "memory the jaxnn_fit steps add <= 2x PyTorch's", "value": 4.0, "met": False}
 
 
 def test_bench_verb_without_benchmarks_dir(tmp_path, monkeypatch, capsys):
