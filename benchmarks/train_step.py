@@ -58,6 +58,8 @@ from benchmarks import _common as C  # noqa: E402
 
 IMPLS = ("jaxnn", "jaxnn_scan", "jaxnn_fit", "jax_optax", "flax", "equinox", "torch")
 MEMORY_IMPLS = ("jaxnn_fit", "jaxnn", "jaxnn_scan", "torch")  # convnet: peak RSS of each
+#: glibc settings of the memory subprocesses: every freed block returned to the OS at once.
+MEASURE_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 MODELS = ("mlp", "convnet")
 PEAK_N = 2048  # size of the square matmul that measures XLA's matmul rate
 CIFAR_ARCH = "conv:32,conv:32,pool,conv:64,conv:64,pool,fc:256"
@@ -583,6 +585,10 @@ def memory_child(s: Settings, impl: str) -> dict:
     """In this (fresh) process: build ``impl``, compile and warm up, then the peak resident
     memory of two more samples of ``s.steps`` steps (see the module docstring)."""
     x, y = _data(s)
+    if impl == "torch":
+        import torch  # noqa: F401 -- its import in the baseline, as jax's is
+    C.block((x, y))
+    base = _proc_status_kb("VmRSS")
     first, call = BUILDERS[impl](s, x, y)
     C.block(first())
     C.block(call())
@@ -592,7 +598,7 @@ def memory_child(s: Settings, impl: str) -> dict:
     for _ in range(2):
         C.block(call())
     peak = _proc_status_kb("VmHWM")
-    return {"impl": impl, "rss_mb": rss / 1024, "peak_mb": peak / 1024,
+    return {"impl": impl, "base_mb": base / 1024, "rss_mb": rss / 1024, "peak_mb": peak / 1024,
             "step_mb": (peak - rss) / 1024}
 
 
@@ -612,7 +618,10 @@ def measure_memory(s: Settings, quick: bool, tiny: bool, impls=MEMORY_IMPLS) -> 
         cmd = [sys.executable, str(Path(__file__).resolve()), "--model", s.model,
                "--memory-child", impl] + (["--quick"] if quick else []) + (
                    ["--tiny"] if tiny else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        # Freed blocks go back to the OS at once (glibc keeps large freed blocks otherwise, and
+        # the warm-up's peak would stay resident): RSS is then what is live.
+        env = {**os.environ, **MEASURE_MALLOC}
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
         if proc.returncode != 0:
             C.log(f"  memory {impl}: failed: {proc.stderr.strip().splitlines()[-1:]}")
             out.append({"impl": impl, "status": "failed"})
@@ -703,15 +712,19 @@ def markdown(machine: dict, rows: list[dict], s: Settings, skipped: list[str],
                       "`lax.conv`), without its validation pass."]
     if memory:
         mt = [[m["impl"], m.get("status", "ok")] + (
-            [round(m["rss_mb"]), round(m["peak_mb"]), round(m["step_mb"])]
-            if "peak_mb" in m else ["-", "-", "-"]) for m in memory]
+            [round(m["base_mb"]), round(m["rss_mb"]), round(m["peak_mb"]), round(m["step_mb"]),
+             round(m["peak_mb"] - m["base_mb"])]
+            if "peak_mb" in m else ["-"] * 5) for m in memory]
         lines += ["", "## Peak resident memory", "",
-                  "Each in a fresh process: *resident* after compiling and one warm-up sample; "
+                  "Each in a fresh process whose glibc returns every freed block to the OS at "
+                  "once (`MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0`): *base* after "
+                  "the imports and the data; *resident* after compiling and one warm-up sample "
+                  "(parameters, optimizer state, compiled code, and whatever the compiler keeps); "
                   f"*peak*: the high-water mark (VmHWM, reset after warm-up) over two samples of "
                   f"{s.steps} steps; *steps add*: peak - resident (activations, gradients, im2col "
-                  "patches).", "",
-                  C.markdown_table(mt, ["impl", "status", "resident MB", "peak MB",
-                                        "steps add MB"])]
+                  "patches); *over base*: peak - base.", "",
+                  C.markdown_table(mt, ["impl", "status", "base MB", "resident MB", "peak MB",
+                                        "steps add MB", "over base MB"])]
     tg = targets(rows, s.model, memory)
     if tg:
         lines += ["", "## Targets", "", C.markdown_table(

@@ -544,11 +544,12 @@ def _fit_loop(model, x_shape, *, batch_size: int, mesh=None) -> str:
 
 
 def _step_epoch(apply, loss, optimizer, *, batch_size: int, l2: float = 0.0, mesh=None,
-                augment=None):
+                augment=None, cpu_algorithm: str = "lax"):
     """``epoch(state, x, y, epoch) -> (state, StepMetrics[steps])`` computing what
     :func:`make_epoch`'s scan computes (same data order, batches, augmentation keys, steps), but
     as a Python loop over a step jitted alone, with ``Conv2D``'s ``"auto"`` convolutions as
-    ``lax.conv`` (:func:`jaxnn._conv.cpu_algorithm`). Nothing is donated (like :func:`fit`'s scan:
+    ``lax.conv`` (:func:`jaxnn._conv.cpu_algorithm`; ``cpu_algorithm="im2col"`` keeps im2col,
+    for benchmarks). Nothing is donated (like :func:`fit`'s scan:
     the state an epoch starts from stays alive)."""
     from jaxnn import _conv
 
@@ -562,7 +563,7 @@ def _step_epoch(apply, loss, optimizer, *, batch_size: int, l2: float = 0.0, mes
         return _data.batch_indices(n_like.shape[0], batch_size, key=data_key, epoch=epoch)
 
     def one(state, x, y, i, idx, mask, epoch):
-        with _conv.cpu_algorithm("lax"):
+        with _conv.cpu_algorithm(cpu_algorithm):
             batch = _dist.constrain_batch(_data.gather_batch(x, y, idx[i], mask[i]), mesh)
             if augment is not None:
                 k = _data.augment_key(jax.random.fold_in(state.key, 2), epoch, i)

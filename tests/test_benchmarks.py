@@ -117,7 +117,8 @@ def test_train_step_table_names_missing_peers_and_checks_the_convnet_targets():
                                                 ("flax", 90.0, 0.9))]
     rows.insert(1, {**rows[0], "impl": "jaxnn_fit", "examples_per_s": 120.0,
                     "vs_jax_optax": 1.2, "loop": "step"})
-    memory = [{"impl": "jaxnn_fit", "rss_mb": 500.0, "peak_mb": 700.0, "step_mb": 200.0},
+    memory = [{"impl": "jaxnn_fit", "base_mb": 300.0, "rss_mb": 500.0, "peak_mb": 700.0,
+               "step_mb": 200.0},
               {"impl": "torch", "status": "not installed"}]
     md = ts.markdown(_machine(), rows, s, ["equinox", "torch"], 100.0, memory)
     assert "| equinox | not installed |" in md and "| torch | not installed |" in md
@@ -127,7 +128,8 @@ def test_train_step_table_names_missing_peers_and_checks_the_convnet_targets():
     assert tg["jaxnn_fit ahead of flax"]["met"]
     assert tg["jaxnn_fit >= 0.95x the best jaxnn row"]["value"] == 1.0
     assert not any("PyTorch" in t for t in tg)  # torch did not run: no target claimed
-    memory[1] = {"impl": "torch", "rss_mb": 600.0, "peak_mb": 650.0, "step_mb": 50.0}
+    memory[1] = {"impl": "torch", "base_mb": 500.0, "rss_mb": 600.0, "peak_mb": 650.0,
+                 "step_mb": 50.0}
     tg = {t["target"]: t for t in ts.targets(rows, "convnet", memory)}
     assert tg["memory the jaxnn_fit steps add <= 2x PyTorch's"] == {
         "target": "memory the jaxnn_fit steps add <= 2x PyTorch's", "value": 4.0, "met": False}
