@@ -192,3 +192,15 @@ def test_bench_verb_reports_progress_unless_quiet(tmp_path, monkeypatch, capfd):
     assert cli.main(["bench", "--tiny", "--quiet", "--out", str(tmp_path / "q")]) == 0
     quiet = capfd.readouterr()
     assert quiet.err == "" and quiet.out == out.out
+
+
+@pytest.mark.slow
+def test_fit_loops_benchmark(tmp_path):
+    result, stdout = _run([str(ROOT / "benchmarks" / "fit_loops.py")], tmp_path, "fit_loops.json")
+    got = {(r["model"], r["loop"]): r for r in result["rows"]}
+    assert {("digits_convnet", lp) for lp in ("scan", "step", "step_im2col")} | {
+        ("digits_mlp", "scan"), ("digits_mlp", "step")} == set(got)
+    assert got["digits_convnet", "scan"]["chosen"] == "step"  # a convnet on a CPU
+    assert got["digits_mlp", "scan"]["chosen"] == "scan"
+    assert all(_positive(r["examples_per_s"]) and _positive(r["vs_scan"]) for r in got.values())
+    assert "(fit's choice)" in stdout
