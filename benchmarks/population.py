@@ -25,7 +25,7 @@ and ``vs_loop_scan``.
 conv:64,pool,fc:128``, the CLI's default convnet, batch 64) as one population (``vmap_scan``: the
 members vmapped inside the scanned epoch, so their convolutions are im2col on a CPU) against
 ``loop_fit``: N sequential ``jaxnn.train.fit`` runs, exactly as a user would write them (fit
-picks its own loop: on a CPU a loop of steps jitted alone with ``lax.conv``). Both rates come
+picks its own loop, ``train._fit_loop``: the epoch in one scan). Both rates come
 from two calls of E1 and E2 epochs, ``(E2 - E1) / (t(E2) - t(E1))`` (each ``loop_fit`` call is
 N fit runs, each of which compiles: the difference cancels compilation). Rows: ``{"n", "mode",
 "examples_per_s", "epochs", "seconds", "vs_loop_fit"}``; ``first_call_s`` is the cold first

@@ -14,9 +14,9 @@ cross-entropy, float32, on random data already on the device:
 * ``"jaxnn"``: ``jaxnn.train.make_train_step`` (jitted, state donated), one Python call per step;
 * ``"jaxnn_scan"``: ``jaxnn.train.make_epoch``, a whole epoch (shuffle, gather each batch, step)
   in one ``lax.scan``;
-* ``"jaxnn_fit"``: what ``jaxnn.train.fit`` runs per epoch (``train._fit_epoch``: the epoch in one
-  scan, or for a convnet on a CPU a loop of steps jitted alone with ``lax.conv``; the row's
-  ``loop`` says which), without fit's validation pass;
+* ``"jaxnn_fit"``: what ``jaxnn.train.fit`` runs per epoch (``train._fit_epoch``, the loop
+  ``train._fit_loop`` picks: today the epoch in one scan on every backend, see
+  ``benchmarks/fit_loops.py``; the row's ``loop`` says which), without fit's validation pass;
 * ``"jax_optax"``: a hand-written step in this file (params as a list of ``(W, b)``, ``optax.sgd``,
   jit with params and optimizer state donated) -- what jaxnn must match;
 * ``"flax"`` (``flax.nnx``, ``nnx.jit``), ``"equinox"`` (``eqx.filter_jit``), ``"torch"`` (eager,

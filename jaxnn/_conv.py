@@ -29,19 +29,19 @@ other). So it follows where the arrays actually live (a function jitted for a GP
 machine whose default backend is the CPU gets ``lax``), and the conditional is transparent to
 every transformation (jvp, vmap and transposition of ``lax.switch`` with an unbatched index).
 
-A step jitted alone (called once per batch from Python, never inside ``lax.scan``) is faster on
-CPU with ``lax`` (1.2-1.5x im2col for CIFAR- and digits-shaped convnets, measured side by side
-on a 2-core CPU). Code that traces such a step says so with ``with cpu_algorithm("lax"):`` around
-the traced body (:func:`jaxnn.train.make_train_step` does): inside it ``"auto"`` is ``lax`` on
-every platform. :func:`count_auto` tells whether a function traces any ``"auto"`` convolution
-(:func:`jaxnn.train.fit` uses it to pick its loop).
+In a step jitted alone (called once per batch from Python, never inside ``lax.scan``) ``lax``
+can be the faster of the two on a CPU (1.07-1.23x im2col for the digits and CIFAR-shaped
+convnets of ``benchmarks/fit_loops.py``, default malloc; the same speed with the ``jaxnn``
+console script's malloc settings). Code that traces such a step can ask for it with
+``with cpu_algorithm("lax"):`` around the traced body: inside it ``"auto"`` is ``lax`` on every
+platform (``jaxnn.train._step_epoch``, measured against fit's scan by that benchmark).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax.numpy as jnp
@@ -55,9 +55,6 @@ Pads = tuple[tuple[int, int], tuple[int, int]]
 #: What ``"auto"`` computes on a CPU while tracing: ``"im2col"`` (default) or ``"lax"``.
 _CPU_AUTO: contextvars.ContextVar[str] = contextvars.ContextVar("jaxnn_conv_cpu_auto",
                                                                 default="im2col")
-#: A list that every ``"auto"`` convolution traced appends to (see :func:`count_auto`).
-_AUTO_SEEN: contextvars.ContextVar[list | None] = contextvars.ContextVar("jaxnn_conv_seen",
-                                                                         default=None)
 
 
 @contextlib.contextmanager
@@ -73,20 +70,6 @@ def cpu_algorithm(name: str) -> Iterator[None]:
         yield
     finally:
         _CPU_AUTO.reset(token)
-
-
-def count_auto(fn: Callable, *args: Any, **kwargs: Any) -> int:
-    """How many times ``fn(*args, **kwargs)`` traces an ``algorithm="auto"`` convolution
-    (abstractly, with :func:`jax.eval_shape`: nothing is computed)."""
-    import jax
-
-    seen: list = []
-    token = _AUTO_SEEN.set(seen)
-    try:
-        jax.eval_shape(lambda *a: fn(*a, **kwargs), *args)
-    finally:
-        _AUTO_SEEN.reset(token)
-    return len(seen)
 
 
 def resolve_pads(padding: Any, hw: Sequence[int], kernel: Sequence[int],
@@ -143,9 +126,6 @@ def conv2d(x, w, strides: Sequence[int], pads: Pads, algorithm: str = "auto"):
         return conv_lax(x, w, strides, pads)
     if algorithm != "auto":
         raise ValueError(f"`algorithm` must be one of {ALGORITHMS}, got {algorithm!r}")
-    seen = _AUTO_SEEN.get()
-    if seen is not None:
-        seen.append(x.shape)
     if _CPU_AUTO.get() == "lax":
         return conv_lax(x, w, strides, pads)
     return lax.platform_dependent(

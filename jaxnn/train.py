@@ -514,33 +514,22 @@ def _fit_platform(mesh) -> str:
 
 
 def _fit_loop(model, x_shape, *, batch_size: int, mesh=None) -> str:
-    """The loop :func:`fit` runs each epoch with: ``"step"`` (a Python loop over a step jitted
-    alone) for a model with ``Conv2D(algorithm="auto")`` layers on a CPU, else ``"scan"`` (the
-    epoch in one ``lax.scan``, :func:`make_epoch`).
+    """The loop :func:`fit` runs each epoch with: ``"scan"``, the epoch in one ``lax.scan``
+    (:func:`make_epoch`), for every model on every backend; ``"step"`` (a Python loop over a
+    step jitted alone, ``Conv2D`` as ``lax.conv``: :func:`_step_epoch`) is measured next to it
+    by ``benchmarks/fit_loops.py``, and this is the place to pick it if it ever wins.
 
-    Why, measured side by side on a 2-core CPU (benchmarks/README.md, "How fit trains"): XLA:CPU
-    runs the gradients of ``lax.conv_general_dilated`` tens of times slower inside a ``lax.scan``,
-    so in a scan ``Conv2D`` computes im2col + matmul; but in a step jitted alone ``lax.conv`` is
-    1.2-1.5x faster than im2col, which beats what the scan saves in dispatch (1.07-1.25x
-    faster than the im2col scan for the digits and CIFAR-shaped convnets). Without convolutions the
-    scan is at least as fast (2-3x for small models: no per-step dispatch). On GPU and TPU the
-    scan with ``lax.conv`` (cuDNN, the TPU compiler) in every case.
+    Measured side by side (interleaved, medians of per-round ratios; 2-core AMD EPYC, load
+    0.3-1.8; benchmarks/README.md, "How fit trains a convnet on a CPU"): on a CPU, where
+    ``Conv2D`` inside a scan is im2col + matmul (XLA:CPU runs ``lax.conv``'s gradients tens of
+    times slower there: 0.04x), the step loop with ``lax.conv`` ran 0.86-0.99x the scan for a
+    CIFAR-shaped convnet (0.99x with the ``jaxnn`` console script's malloc settings) and
+    0.92-0.93x for the digits convnet, and 0.3-0.5x for a digits MLP. (Under a load of 5-8 from
+    other processes the step loop came out 1.07-1.3x ahead; the idle-machine numbers decide.) On
+    GPU and TPU ``Conv2D`` is ``lax.conv`` and the scan saves the per-step dispatch.
     """
-    from jaxnn import _conv
-
-    if _fit_platform(mesh) != "cpu":
-        return "scan"
-    x = jax.ShapeDtypeStruct((batch_size, *x_shape[1:]), jnp.float32)
-
-    def forward(key, x):
-        params, model_state = model.init(key)
-        return model.apply(params, model_state, x, train=True, key=key)
-
-    try:
-        convs = _conv.count_auto(forward, jax.random.key(0), x)
-    except Exception:  # noqa: BLE001 -- the epoch itself reports a model that does not trace
-        return "scan"
-    return "step" if convs else "scan"
+    del model, x_shape, batch_size, mesh  # the same rule for every model and backend (above)
+    return "scan"
 
 
 def _step_epoch(apply, loss, optimizer, *, batch_size: int, l2: float = 0.0, mesh=None,
@@ -626,11 +615,9 @@ def fit(
     loop over epochs, each one jitted ``lax.scan`` (:func:`make_epoch`) followed by an evaluation
     on the validation split.
 
-    The loop inside an epoch follows the backend: on a CPU a model with ``Conv2D`` layers trains
-    with a Python loop over a step jitted alone, its convolutions as ``lax.conv`` (faster there
-    than the scan, whose convolutions must be im2col); every other model, and every model on GPU
-    or TPU, with the epoch in one ``lax.scan``. Both compute the same steps on the same batches
-    (same data order and augmentation keys), up to float rounding of the convolution.
+    Every model on every backend trains with the epoch in one ``lax.scan`` (measured faster than
+    a loop of steps jitted alone, convnets on a CPU included: see :func:`_fit_loop`). Inside it
+    ``Conv2D`` follows the backend: im2col + matmul on a CPU, ``lax.conv`` on GPU and TPU.
 
     Stopping: the one divergence rule (:func:`diverged`: NaN/inf loss or parameters, or a loss
     above ``divergence_factor`` times the initial loss) stops the run and returns the last good
@@ -676,7 +663,7 @@ def fit(
     if mesh is not None:
         state, x_train, y_train, x_val, y_val = _dist.replicate(
             (state, x_train, y_train, x_val, y_val), mesh)
-    # The epoch in one lax.scan, or (convnets on a CPU) a loop of steps jitted alone: _fit_loop.
+    # The epoch in one lax.scan (the rule and its measurements: _fit_loop).
     epoch_step, _ = _fit_epoch(model, loss, optimizer, batch_size=batch_size, l2=l2, mesh=mesh,
                                augment=augment, x_shape=tuple(x_train.shape))
     evaluate_fn = _cached_evaluate(model.apply, loss, 1024)

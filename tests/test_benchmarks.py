@@ -72,12 +72,12 @@ def test_train_step_convnet_benchmark(tmp_path):
     result, stdout = _run([str(ROOT / "benchmarks" / "train_step.py"), "--model", "convnet"],
                           tmp_path, "train_step_convnet.json")
     fit = next(r for r in result["rows"] if r["impl"] == "jaxnn_fit")
-    assert fit["loop"] == result["fit_loop"] == "step"  # a convnet on a CPU
+    assert fit["loop"] == result["fit_loop"] == "scan"
     mem = {m["impl"]: m for m in result["memory"]}
     assert {"jaxnn_fit", "jaxnn", "jaxnn_scan", "torch"} == set(mem)
     for m in mem.values():
         assert m.get("status") == "not installed" or _positive(m["peak_mb"])
-    assert "## Peak resident memory" in stdout and "jaxnn_fit (step)" in stdout
+    assert "## Peak resident memory" in stdout and "jaxnn_fit (scan)" in stdout
 
 
 @pytest.mark.slow
@@ -200,7 +200,7 @@ def test_fit_loops_benchmark(tmp_path):
     got = {(r["model"], r["loop"]): r for r in result["rows"]}
     assert {("digits_convnet", lp) for lp in ("scan", "step", "step_im2col")} | {
         ("digits_mlp", "scan"), ("digits_mlp", "step")} == set(got)
-    assert got["digits_convnet", "scan"]["chosen"] == "step"  # a convnet on a CPU
+    assert got["digits_convnet", "scan"]["chosen"] == "scan"
     assert got["digits_mlp", "scan"]["chosen"] == "scan"
     assert all(_positive(r["examples_per_s"]) and _positive(r["vs_scan"]) for r in got.values())
     assert "(fit's choice)" in stdout

@@ -2,10 +2,10 @@
 
 ``Conv2D(algorithm="auto")`` lowers to im2col + matmul for a CPU and to a convolution for GPU
 and TPU (``jax.jit(...).trace(...).lower(lowering_platforms=...)``: no device of that kind
-needed); inside ``_conv.cpu_algorithm("lax")`` (the steps ``fit`` jits alone) it is a
-convolution everywhere. ``fit`` runs a convnet on a CPU as a loop of steps jitted alone and every
-other model (and any model on GPU/TPU) as an epoch in one ``lax.scan``; both loops compute the
-same steps on the same batches.
+needed); inside ``_conv.cpu_algorithm("lax")`` (the step loop ``benchmarks/fit_loops.py``
+measures) it is a convolution everywhere. ``fit`` runs every model on every backend as an epoch
+in one ``lax.scan`` (measured faster); the step loop computes the same steps on the same
+batches.
 """
 
 import jax
@@ -72,29 +72,12 @@ def test_forward_mode_through_the_lax_context():
     np.testing.assert_allclose(t, t_ref, rtol=1e-5, atol=1e-5)
 
 
-def test_count_auto():
-    conv = models.convnet((8, 8, 1), 10, "conv:4,conv:4,pool,fc:8")
-    mlp = models.mlp([64, 8, 10])
-
-    def fwd(model):
-        return lambda k, x: model.apply(*model.init(k), x, train=True, key=k)
-
-    x = jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32)
-    assert _conv.count_auto(fwd(conv), jax.random.key(0), x) >= 2  # init traces them too
-    flat = jax.ShapeDtypeStruct((2, 64), jnp.float32)
-    assert _conv.count_auto(fwd(mlp), jax.random.key(0), flat) == 0
-
-
-def test_fit_loop_follows_the_backend(monkeypatch):
+def test_fit_loop_is_the_scan_on_every_backend(monkeypatch):
+    """The measured rule (train._fit_loop): the epoch in one lax.scan for every model on every
+    backend; inside it Conv2D follows the backend (the lowering tests above)."""
     conv = models.convnet((8, 8, 1), 10, "conv:4,pool,fc:8")
-    explicit = layers.serial(layers.Conv2D(4, algorithm="im2col"), layers.Flatten(),
-                             layers.Dense(10), input_shape=(8, 8, 1))
     mlp = models.mlp([64, 8, 10])
-    assert jax.default_backend() == "cpu"
-    assert train._fit_loop(conv, (100, 8, 8, 1), batch_size=32) == "step"
-    assert train._fit_loop(explicit, (100, 8, 8, 1), batch_size=32) == "scan"
-    assert train._fit_loop(mlp, (100, 64), batch_size=32) == "scan"
-    for backend in ("gpu", "tpu"):
+    for backend in ("cpu", "gpu", "tpu"):
         monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
         assert train._fit_loop(conv, (100, 8, 8, 1), batch_size=32) == "scan"
         assert train._fit_loop(mlp, (100, 64), batch_size=32) == "scan"
@@ -129,7 +112,7 @@ def test_step_loop_computes_the_scan_epoch(arch, augment):
     assert int(s2.step) == 10
 
 
-def test_fit_runs_a_convnet_with_the_step_loop(monkeypatch):
+def test_fit_runs_a_convnet_with_the_scan(monkeypatch):
     x, y = _digits_images(128)
     ds = datasets.Dataset(x[:96], y[:96], x[96:], y[96:], x[96:], y[96:], 10)
     model = models.convnet((8, 8, 1), 10, "conv:4,pool,fc:16")
@@ -144,5 +127,5 @@ def test_fit_runs_a_convnet_with_the_step_loop(monkeypatch):
     monkeypatch.setattr(train, "_fit_epoch", spy)
     h = train.fit(model, ds, optimizer=optim.momentum(0.05), epochs=2, batch_size=32,
                   key=jax.random.key(0))
-    assert loops == ["step"] and len(h.records) == 2
+    assert loops == ["scan"] and len(h.records) == 2
     assert np.isfinite(h["train_loss"]).all()
