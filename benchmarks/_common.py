@@ -253,7 +253,9 @@ def write_results(json_path: str | os.PathLike, machine: dict, rows: list[dict],
     tmp.write_text(json.dumps({"machine": machine, "rows": rows, **extra}, indent=1) + "\n")
     os.replace(tmp, path)
     md = path.with_suffix(".md")
-    md.write_text(markdown.rstrip() + "\n")
+    start, end = machine.get("loadavg_at_start"), machine["loadavg_at_end"]
+    md.write_text(markdown.rstrip() + "\n\nLoad average (1, 5, 15 min) at start "
+                  f"{', '.join(map(str, start or []))}; at end {', '.join(map(str, end))}.\n")
     return path, md
 
 
