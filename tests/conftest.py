@@ -72,3 +72,17 @@ def server(tmp_path_factory):
     root = served_tree(tmp_path_factory.mktemp("served"))
     with serve(root) as (url, requests):
         yield url, root, requests
+
+
+#: The report's own tests; every other test's `jaxnn train` skips writing report.html.
+_REPORT_TESTS = ("test_report", "test_cli_report")
+
+
+@pytest.fixture(autouse=True)
+def _reports_only_where_tested(request, monkeypatch):
+    """`jaxnn train` writes report.html at the end of every run (about a second of CPU: figures
+    and a compiled layer_stats). The report's tests keep it, and check that train writes it;
+    the others skip it, which keeps the suite inside its time budget."""
+    if request.module.__name__ in _REPORT_TESTS:
+        return
+    monkeypatch.setattr("jaxnn.cli._train._write_report", lambda run, exp, state: None)

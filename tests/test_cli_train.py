@@ -284,6 +284,7 @@ def test_tensorboard_events_follow_the_metrics(capsys, tmp_path, npz):
         assert got[rec["epoch"]] == pytest.approx(rec["train_loss"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_a_convnet_run_resumes_with_its_arch(capsys, tmp_path):
     """--arch is recorded in config.json and rebuilt by resume; digits keep their 8x8x1 shape."""
     run = tmp_path / "run"

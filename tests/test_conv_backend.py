@@ -88,6 +88,7 @@ def _digits_images(n=160):
     return (jnp.asarray(ds.x_train[:n]).reshape(-1, 8, 8, 1), jnp.asarray(ds.y_train[:n]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,augment", [("fc:16", None), ("conv:4,pool,fc:16", "crop:1,flip")])
 def test_step_loop_computes_the_scan_epoch(arch, augment):
     """The same data order, batches (ragged last one masked), augmentation keys and steps."""

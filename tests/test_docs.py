@@ -104,6 +104,7 @@ def run_blocks(blocks: list[str], cwd) -> dict[int, str]:
     return {int(i): out for i, out in zip(parts[::2], parts[1::2], strict=True)}
 
 
+@pytest.mark.slow
 def test_docs_python_blocks_run_and_the_script_learns(tmp_path):
     """docs/python.md ("Train a model from Python": a hand-written jitted step over the digits)
     and the blocks of docs/api.md run as written, each printing something; the script asserts

@@ -407,6 +407,7 @@ def test_history_status_is_the_enum_and_the_reason_stays_words():
     assert diagnostics.LR_TOO_HIGH in diagnostics.diagnose(h).verdicts
 
 
+@pytest.mark.slow
 def test_fit_and_population_report_enum_statuses(blobs_data):
     S = train.Status
     model = models.mlp([2, 8, 2])

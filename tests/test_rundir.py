@@ -438,6 +438,7 @@ def _tiny_disk(path, size: str):
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_the_run_resumes(tmp_path, make_blobs, capfd, monkeypatch):
     """A real 200 KiB tmpfs when this runs as root; else orbax's writer fails with the ENOSPC
     error tensorstore gives."""

@@ -607,6 +607,7 @@ def _heartbeat_at(storage, trial_id: int, when: str) -> None:
                      {"t": when, "i": trial_id})
 
 
+@pytest.mark.slow
 def test_live_running_trials_are_waited_for_and_stale_ones_replaced(tmp_path, dataset, tiny,
                                                                    sgd_opt):
     """Trials RUNNING in other processes: one whose heartbeat is older than the grace period
