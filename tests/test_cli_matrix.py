@@ -1,8 +1,8 @@
 """Every verb with every model: each verb that trains x {the default MLP, a convnet, a residual
 net, --batch-norm, --dropout}, at tiny sizes, exits 0 with finite numbers in what it writes.
 
-`compare` with a convnet (a combination that broke) runs in the fast suite; the rest of the
-matrix runs with the slow tests.
+The matrix runs with the slow tests (CI runs them); the fast suite keeps a search that mixes an
+MLP and a convnet (tests/test_cli_search.py).
 """
 
 import json
@@ -21,7 +21,7 @@ MODELS = {
     "batch_norm": ["--hidden", "8", "--batch-norm"],
     "dropout": ["--hidden", "8", "--dropout", "0.2"],
 }
-FAST = {("compare", "conv")}  # the command the issue found broken; the rest run with the slow tests
+FAST: set = set()  # all with the slow tests (tests/test_cli_search.py runs a mixed search fast)
 TINY = ["--epochs", "2", "--batch-size", "128", "--seed", "1"]
 
 

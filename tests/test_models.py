@@ -297,6 +297,7 @@ def small_convnet():
     return models.convnet((6, 6, 1), 4, "conv:4,pool,fc:8", batch_norm=True)
 
 
+@pytest.mark.slow
 def test_convnet_learns_with_fit_and_as_a_population(images, small_convnet):
     hist = train.fit(small_convnet, images, optimizer=optim.momentum(0.05), epochs=5,
                      batch_size=16, key=jax.random.fold_in(jax.random.key(1), 7))
