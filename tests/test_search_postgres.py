@@ -199,8 +199,10 @@ def test_three_workers_reach_exactly_the_trials_none_twice_none_lost(pg, tmp_pat
 def test_a_killed_worker_loses_nothing_finished_and_a_rerun_completes(pg, tmp_path):
     pg.create_db("killed")
     url = pg.url("killed")
-    argv = _cli("search", "--trials", "6", "--population", "2", *TINY, "--grace-period", "4",
-                "--storage", url, "--study-name", "s", "--out", str(tmp_path / "k"))
+    # 30 epochs a round: long enough for the poll below to see round 2 running under load.
+    argv = _cli("search", "--trials", "6", "--population", "2", *TINY, "--epochs", "30",
+                "--lr-range", "1e-3,0.1", "--grace-period", "4", "--storage", url, "--study-name", "s",
+                "--out", str(tmp_path / "k"))
     t0 = time.perf_counter()
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -222,7 +224,7 @@ def test_a_killed_worker_loses_nothing_finished_and_a_rerun_completes(pg, tmp_pa
     killed = {t.number for t in study.trials if t.state == RUNNING}
     assert len(told) in (2, 4) and killed  # nothing it had not told counts as finished
     for t in told.values():
-        assert t.user_attrs["status"] == "ok" and t.value == t.intermediate_values[1]
+        assert t.user_attrs["status"] == "ok" and t.value == t.intermediate_values[max(t.intermediate_values)]
     rc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
     seconds = time.perf_counter() - t0
     assert rc.returncode == 0, rc.stderr

@@ -184,8 +184,10 @@ def _rdb(url: str, engine_kwargs: dict, attempts: int = 5):
             if attempt == attempts - 1:
                 raise
         except sqlalchemy.exc.OperationalError as e:
-            # SQLite's "database is locked" is the race; a server's refusal is final.
-            if attempt == attempts - 1 or not url.startswith("sqlite") or "locked" not in str(e):
+            # SQLite's "database is locked" or a table another process has just created
+            # ("table alembic_version already exists") is the race; a server's refusal is final.
+            race = "locked" in str(e) or "already exists" in str(e)
+            if attempt == attempts - 1 or not url.startswith("sqlite") or not race:
                 raise
         time.sleep(0.2 * (attempt + 1))
 
