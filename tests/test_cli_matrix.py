@@ -1,8 +1,8 @@
 """Every verb with every model: each verb that trains x {the default MLP, a convnet, a residual
 net, --batch-norm, --dropout}, at tiny sizes, exits 0 with finite numbers in what it writes.
 
-The matrix runs with the slow tests (CI runs them); the fast suite keeps a search that mixes an
-MLP and a convnet (tests/test_cli_search.py).
+The matrix runs with the slow tests (CI runs them), next to a search that mixes an MLP and a
+convnet (tests/test_cli_search.py).
 """
 
 import json
@@ -21,7 +21,7 @@ MODELS = {
     "batch_norm": ["--hidden", "8", "--batch-norm"],
     "dropout": ["--hidden", "8", "--dropout", "0.2"],
 }
-FAST: set = set()  # all with the slow tests (tests/test_cli_search.py runs a mixed search fast)
+FAST: set = set()  # all with the slow tests, as is tests/test_cli_search.py's mixed search
 TINY = ["--epochs", "2", "--batch-size", "128", "--seed", "1"]
 
 

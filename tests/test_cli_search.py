@@ -101,6 +101,7 @@ def test_the_same_command_continues_the_study(searched, capsys):
     assert rc == 0 and _results(out)["trained_now"] == 0 and "round" not in stdout
 
 
+@pytest.mark.slow
 def test_categorical_choices_group_and_reach_the_command(tmp_path, capsys):
     out = tmp_path / "g"
     tb = ["--tensorboard"] if importlib.util.find_spec("tensorboardX") else []
@@ -341,6 +342,7 @@ def test_a_convnet_search_trains_images_and_retrains_by_command(tmp_path, capsys
         assert 0.0 <= t["val_acc"] <= 1.0
 
 
+@pytest.mark.slow
 def test_a_search_over_mlp_and_convnet_archs_trains_each_on_its_own_data(tmp_path, capsys):
     """The issue's command: each arch group is built from the config, so the convnet gets
     8x8x1 images and the MLP flat vectors (it failed with `x must have shape [batch, 8, 8, 1]`)."""
