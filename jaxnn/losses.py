@@ -463,11 +463,7 @@ def multiclass_hinge_loss(
     >>> multiclass_hinge_loss(jnp.array([[3.0, 5.0, -2.0]]), jnp.array([0]))
     Array([3.], dtype=float32)
     """
-    fn = "multiclass_hinge_loss"
-    _check_values(fn, "margin", _host_values(margin), _finite_non_negative, "finite and >= 0")
-    scores = jnp.asarray(scores)
-    labels = _check_int_labels(fn, scores, labels, "scores")
-    return _hinge(scores, labels, margin, power=1)
+    return _checked_hinge("multiclass_hinge_loss", scores, labels, margin, power=1)
 
 
 def multiclass_squared_hinge_loss(
@@ -485,11 +481,16 @@ def multiclass_squared_hinge_loss(
     >>> multiclass_squared_hinge_loss(jnp.array([[3.0, 5.0, -2.0]]), jnp.array([0]))
     Array([9.], dtype=float32)
     """
-    fn = "multiclass_squared_hinge_loss"
+    return _checked_hinge("multiclass_squared_hinge_loss", scores, labels, margin, power=2)
+
+
+def _checked_hinge(fn: str, scores, labels, margin, *, power: int) -> Array:
+    """The hinge losses' argument checks (eager: ``margin`` finite >= 0, integer labels in
+    range), then :func:`_hinge`."""
     _check_values(fn, "margin", _host_values(margin), _finite_non_negative, "finite and >= 0")
     scores = jnp.asarray(scores)
     labels = _check_int_labels(fn, scores, labels, "scores")
-    return _hinge(scores, labels, margin, power=2)
+    return _hinge(scores, labels, margin, power=power)
 
 
 @functools.partial(jax.jit, static_argnames="power")
