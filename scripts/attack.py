@@ -132,7 +132,13 @@ def bad_inputs(d: str) -> list[dict]:
                         ("--keep-checkpoints", "0"), ("--epochs", "0"), ("--batch-size", "0"),
                         ("--hidden", "abc"), ("--activation", "nope"), ("--init", "nope"),
                         ("--loss", "nope"), ("--optimizer", "nope"), ("--schedule", "nope"),
-                        ("--preprocess", "pca:1000"), ("--seed", "x")]:
+                        ("--preprocess", "pca:1000"), ("--seed", "x"),
+                        # seeds beyond 32 bits (2**32 was silently seed 0; 2**64 a traceback),
+                        # numbers finite in float64 but not float32, an empty width, models
+                        # too large for memory (were out-of-memory tracebacks)
+                        ("--seed", "18446744073709551616"), ("--seed", "4294967296"),
+                        ("--seed", "-1"), ("--lr", "1e308"), ("--hidden", "128,,64"),
+                        ("--hidden", "1000000000"), ("--arch", "conv:100000,conv:100000")]:
         cases.append((f"train {flag} {value}", ["train", *good, flag, value]))
     # Optimizer hyperparameters out of range, and a crop pad beyond the 8x8 digits images (was a
     # C++ abort: XLA asked for a [64, 2e8, 2e8, 1] padded batch).
@@ -141,6 +147,11 @@ def bad_inputs(d: str) -> list[dict]:
                   ["--optimizer", "adamw", "--weight-decay", "nan"],
                   ["--optimizer", "adamw", "--weight-decay", "-1"]):
         cases.append((f"train {' '.join(extra)}", ["train", *good, *extra]))
+    cases.append(("ensemble --members 1000000000000",
+                  ["ensemble", *good, "--members", "1000000000000"]))
+    cases.append(("search --momentum-range 1.5,2.5",
+                  ["search", *good, "--optimizer", "momentum", "--momentum-range", "1.5,2.5",
+                   "--out", os.path.join(d, "search-momentum")]))
     for crop in ("100000000", "8"):
         cases.append((f"train --arch conv:2,fc:8 --augment crop:{crop}",
                       ["train", "--arch", "conv:2,fc:8", "--augment", f"crop:{crop}",
