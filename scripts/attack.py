@@ -138,7 +138,7 @@ def bad_inputs(d: str) -> list[dict]:
                         # too large for memory (were out-of-memory tracebacks)
                         ("--seed", "18446744073709551616"), ("--seed", "4294967296"),
                         ("--seed", "-1"), ("--lr", "1e308"), ("--hidden", "128,,64"),
-                        ("--hidden", "1000000000"), ("--arch", "conv:100000,conv:100000")]:
+                        ("--hidden", "1000000000")]:
         cases.append((f"train {flag} {value}", ["train", *good, flag, value]))
     # Optimizer hyperparameters out of range, and a crop pad beyond the 8x8 digits images (was a
     # C++ abort: XLA asked for a [64, 2e8, 2e8, 1] padded batch).
@@ -147,6 +147,8 @@ def bad_inputs(d: str) -> list[dict]:
                   ["--optimizer", "adamw", "--weight-decay", "nan"],
                   ["--optimizer", "adamw", "--weight-decay", "-1"]):
         cases.append((f"train {' '.join(extra)}", ["train", *good, *extra]))
+    cases.append(("train --arch conv:100000,conv:100000",
+                  ["train", "--arch", "conv:100000,conv:100000", "--epochs", "1"]))
     cases.append(("ensemble --members 1000000000000",
                   ["ensemble", *good, "--members", "1000000000000"]))
     cases.append(("search --momentum-range 1.5,2.5",
