@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxnn import _conv
+from jaxnn import _conv, _pool
 from jaxnn import activations as _act
 from jaxnn import initializers as _init
 
@@ -367,6 +367,8 @@ def _pool_layer(kind: str, window, strides, padding) -> Layer:
     pads = pad if isinstance(pad, str) else ((0, 0), *pad, (0, 0))
 
     def pool(x):
+        if _pool.blocks_fit(x.shape, (wh, ww), (sh, sw), pads):  # a reshape (see jaxnn._pool)
+            return (_pool.block_max if kind == "max" else _pool.block_mean)(x, (wh, ww))
         # Python-scalar identities: lax then uses its max/sum window primitives, which have
         # gradients (a traced init value would not).
         if kind == "max":

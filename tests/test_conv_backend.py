@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.test_util import check_grads
 
 from jaxnn import _conv, data, datasets, layers, models, optim, train
 
@@ -130,3 +131,78 @@ def test_fit_runs_a_convnet_with_the_scan(monkeypatch):
                   key=jax.random.key(0))
     assert loops == ["scan"] and len(h.records) == 2
     assert np.isfinite(h["train_loss"]).all()
+
+
+# --------------------------------------------------------------------------- im2col in chunks
+_PADS = ((1, 1), (1, 1))
+
+
+def _conv_pair(n, strides=(1, 1), c_in=3, c_out=5):
+    kx, kw = jax.random.split(jax.random.key(7))
+    x = jax.random.normal(kx, (n, 7, 6, c_in))
+    w = jax.random.normal(kw, (3, 3, c_in, c_out)) / 3.0
+    return x, w
+
+
+def _patch_bytes(x, w, strides):
+    """What one example's patches take (the unit of ``chunk_bytes``)."""
+    y = _conv.conv_lax(x[:1], w, strides, _PADS)
+    return int(np.prod(y.shape[1:3])) * int(np.prod(w.shape[:3])) * 4
+
+
+@pytest.mark.parametrize("n,strides,per_chunk", [(12, (1, 1), 3), (13, (1, 1), 3), (10, (2, 1), 2),
+                                                  (9, (1, 1), 1)])
+def test_chunked_im2col_computes_the_convolution_and_its_derivatives(n, strides, per_chunk):
+    """Chunks of ``per_chunk`` examples (13: the last chunk padded) give lax.conv's values and
+    gradients, forward-mode derivatives and a vmap, to float32 rounding of sums of 27-45
+    terms of size ~1 (tolerance 1e-5 relative to the largest entry)."""
+    x, w = _conv_pair(n, strides)
+    chunk_bytes = per_chunk * _patch_bytes(x, w, strides)
+    chunked = lambda x, w: _conv.conv_im2col(x, w, strides, _PADS, chunk_bytes=chunk_bytes)
+    whole = lambda x, w: _conv.conv_lax(x, w, strides, _PADS)
+    jaxpr = str(jax.make_jaxpr(chunked)(x, w))
+    assert "scan" in jaxpr and ("checkpoint" in jaxpr or "remat" in jaxpr)  # the chunked path
+    y, want = chunked(x, w), whole(x, w)
+    scale = float(jnp.abs(want).max())
+    np.testing.assert_allclose(y, want, atol=1e-5 * scale)
+    ct = jax.random.normal(jax.random.key(3), y.shape)
+    for got, ref in zip(jax.vjp(chunked, x, w)[1](ct), jax.vjp(whole, x, w)[1](ct), strict=True):
+        np.testing.assert_allclose(got, ref, atol=1e-5 * float(jnp.abs(ref).max()))
+    tx, tw = jnp.cos(x), jnp.sin(w)
+    got, ref = jax.jvp(chunked, (x, w), (tx, tw))[1], jax.jvp(whole, (x, w), (tx, tw))[1]
+    np.testing.assert_allclose(got, ref, atol=1e-5 * float(jnp.abs(ref).max()))
+    stacked = jax.vmap(chunked, in_axes=(None, 0))(x, jnp.stack([w, -w]))
+    np.testing.assert_allclose(stacked[1], -y, atol=1e-6 * scale)
+
+
+def test_chunked_im2col_second_derivatives():
+    x, w = _conv_pair(5, (2, 1))
+    f = lambda x, w: jnp.sum(jnp.tanh(_conv.conv_im2col(
+        x, w, (2, 1), _PADS, chunk_bytes=_patch_bytes(x, w, (2, 1)))))
+    check_grads(f, (x, w), order=2, modes=("fwd", "rev"), eps=1e-2,
+                              atol=5e-2, rtol=5e-2)
+
+
+def test_chunk_size_divides_the_batch_when_it_can():
+    assert _conv._chunk_size(128, 3) == 2  # 2 divides 128 and is >= 3 // 2
+    assert _conv._chunk_size(128, 37) == 32
+    assert _conv._chunk_size(97, 10) == 10  # prime: the last chunk is padded
+    assert _conv._chunk_size(4, 10) == 4
+
+
+def test_chunking_bounds_the_memory_of_the_patches():
+    """XLA's own account of a training step's temporaries (``memory_analysis``): with the
+    patches of a 3x3 convolution built a chunk at a time, what the step holds at once is a
+    fraction of keeping the whole batch's patches (9x the activations) for the backward pass."""
+    x, w = _conv_pair(64, c_in=16, c_out=16)
+    x = jnp.tile(x, (1, 4, 4, 1))  # 28x24 images: the patches of the batch take 24 MB
+
+    def temp_bytes(chunk_bytes):
+        f = jax.grad(lambda w, x: jnp.sum(jnp.square(
+            _conv.conv_im2col(x, w, (1, 1), _PADS, chunk_bytes=chunk_bytes))))
+        return jax.jit(f).lower(w, x).compile().memory_analysis().temp_size_in_bytes
+
+    per_example = _patch_bytes(x, w, (1, 1))
+    whole, chunked = temp_bytes(64 * per_example), temp_bytes(4 * per_example)
+    assert whole >= 64 * per_example  # the whole batch's patches
+    assert chunked < whole / 3, (chunked, whole)

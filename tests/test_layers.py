@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.test_util import check_grads
 
 from jaxnn import activations, layers
 
@@ -185,6 +186,50 @@ def test_maxpool_gradient_goes_to_the_window_maximum():
     blocks = x.reshape(2, 2, 2, 2, 2, 3)  # n, i, u, j, v, c
     want = (blocks == blocks.max(axis=(2, 4), keepdims=True)).astype(np.float32)
     np.testing.assert_array_equal(g, want.reshape(x.shape))
+
+
+def _reduce_window_max(x, window, strides, padding="VALID"):
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1),
+                                 (1, strides, strides, 1), padding)
+
+
+@pytest.mark.parametrize("shape,padding", [((2, 4, 6, 3), "VALID"), ((2, 5, 7, 3), "VALID"),
+                                           ((1, 4, 4, 2), "SAME")])
+def test_maxpool_blocks_match_reduce_window_with_ties(shape, padding):
+    """Non-overlapping windows run as a reshape (no reduce_window in the program); values and
+    the gradient equal lax.reduce_window's exactly, ties included: all of a window's gradient
+    goes to its first maximal entry (row-major), as with reduce_window and PyTorch."""
+    x = jnp.round(jnp.asarray(_x(shape, seed=5)))  # integers: many ties in 2x2 windows
+    x = jax.nn.relu(x)
+    pool = lambda x: layers.MaxPool(2, padding=padding).apply({}, {}, x)[0]
+    assert "reduce_window" not in str(jax.make_jaxpr(jax.grad(lambda x: pool(x).sum()))(x))
+    ref = lambda x: _reduce_window_max(x, 2, 2, padding)
+    np.testing.assert_array_equal(pool(x), ref(x))
+    ct = jnp.asarray(_x(pool(x).shape, seed=6))
+    np.testing.assert_array_equal(jax.vjp(pool, x)[1](ct)[0], jax.vjp(ref, x)[1](ct)[0])
+    t = jnp.asarray(_x(shape, seed=7))
+    np.testing.assert_array_equal(jax.jvp(pool, (x,), (t,))[1], jax.jvp(ref, (x,), (t,))[1])
+    np.testing.assert_array_equal(jax.vmap(pool)(x[:, None])[:, 0], pool(x))
+    check_grads(pool, (jnp.asarray(_x((1, 4, 4, 2), seed=8)),), order=2, modes=("fwd", "rev"))
+
+
+def test_avgpool_blocks_match_reduce_window():
+    x = jnp.asarray(_x((2, 5, 6, 3), seed=9))
+    pool = lambda x: layers.AvgPool(2).apply({}, {}, x)[0]
+    ref = lambda x: jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1),
+                                          "VALID") / 4
+    assert "reduce_window" not in str(jax.make_jaxpr(pool)(x))
+    # a sum of 4 in another order: within 2 float32 roundings of the mean
+    np.testing.assert_allclose(pool(x), ref(x), atol=2 * 2 ** -23 * float(jnp.abs(x).max()))
+    ct = jnp.asarray(_x(pool(x).shape, seed=6))
+    np.testing.assert_allclose(jax.vjp(pool, x)[1](ct)[0], jax.vjp(ref, x)[1](ct)[0], rtol=1e-7)
+
+
+def test_overlapping_pools_keep_reduce_window():
+    x = jnp.asarray(_x((1, 7, 7, 2)))
+    pool = lambda x: layers.MaxPool(3, 2).apply({}, {}, x)[0]
+    assert "reduce_window" in str(jax.make_jaxpr(pool)(x))
+    np.testing.assert_array_equal(pool(x), _reduce_window_max(x, 3, 2))
 
 
 def test_flatten_is_row_major_reshape():
