@@ -29,6 +29,18 @@ def _run(args, tmp_path, json_name):
     return result, proc.stdout
 
 
+#: Set by .ci/run once torch==2.13.0 is installed: the PyTorch rows must then be measured.
+REQUIRE_TORCH = os.environ.get("JAXNN_REQUIRE_TORCH") == "1"
+
+
+def _torch_measured(rows):
+    """With :data:`REQUIRE_TORCH`, a measured (positive) torch row is among ``rows``."""
+    if REQUIRE_TORCH:
+        torch = [r for r in rows if r.get("impl") == "torch"]
+        assert torch and all(_positive(r.get("examples_per_s", r.get("elements_per_s")))
+                             for r in torch), "no measured PyTorch row"
+
+
 def _positive(v):
     return isinstance(v, float | int) and math.isfinite(v) and v > 0
 
@@ -54,6 +66,7 @@ def test_activations_benchmark_via_cli(tmp_path):
     mallocs = {r["malloc"] for r in ew}  # this process's setting and one re-run under another
     assert main_malloc in mallocs and len(mallocs) == 2 and mallocs <= {"default", "env", "mallopt"}
     assert any(r["case"] == "dense" for r in rows)
+    _torch_measured(ew)
 
 
 @pytest.mark.slow
@@ -65,6 +78,7 @@ def test_train_step_benchmark(tmp_path):
     for r in rows:
         assert _positive(r["examples_per_s"]) and _positive(r["compile_s"])
     assert next(r for r in rows if r["impl"] == "jaxnn_fit")["loop"] == "scan"  # an MLP
+    _torch_measured(rows)
 
 
 @pytest.mark.slow
@@ -74,10 +88,13 @@ def test_train_step_convnet_benchmark(tmp_path):
     fit = next(r for r in result["rows"] if r["impl"] == "jaxnn_fit")
     assert fit["loop"] == result["fit_loop"] == "scan"
     mem = {m["impl"]: m for m in result["memory"]}
-    assert {"jaxnn_fit", "jaxnn", "jaxnn_scan", "torch"} == set(mem)
+    assert {"jaxnn_fit", "jaxnn", "jaxnn_scan", "jax_optax", "torch"} == set(mem)
     for m in mem.values():
         assert m.get("status") == "not installed" or _positive(m["peak_mb"])
     assert "## Peak resident memory" in stdout and "jaxnn_fit (scan)" in stdout
+    _torch_measured(result["rows"])
+    if REQUIRE_TORCH:
+        assert _positive(mem["torch"]["peak_mb"])
 
 
 @pytest.mark.slow
@@ -133,6 +150,12 @@ def test_train_step_table_names_missing_peers_and_checks_the_convnet_targets():
     tg = {t["target"]: t for t in ts.targets(rows, "convnet", memory)}
     got = tg["memory: jaxnn_fit peak over base <= 2x PyTorch's"]
     assert got["value"] == pytest.approx((700 - 300) / (650 - 500)) and not got["met"]
+    key = "memory: jaxnn_fit peak over base <= the hand-written lax.conv step's"
+    assert key not in tg  # no hand-written row measured
+    memory.append({"impl": "jax_optax", "base_mb": 300.0, "rss_mb": 600.0, "peak_mb": 800.0,
+                   "step_mb": 200.0})
+    got = {t["target"]: t for t in ts.targets(rows, "convnet", memory)}[key]
+    assert got["value"] == pytest.approx(400 / 500) and got["met"]
 
 
 def test_bench_verb_without_benchmarks_dir(tmp_path, monkeypatch, capsys):

@@ -668,3 +668,34 @@ def test_of_processes_asking_at_once_the_lower_trial_numbers_win(tmp_path):
     _heartbeat_at(storage, other._trial_id, "2000-01-01 00:00:00")  # its process died
     assert [t.number for t in _admit(study, live, mine, 0, 3, False)] == [3]
     assert [t.number for t in _admit(study, live, mine, 0, 4, False)] == [3, 4]
+
+
+def test_a_round_samples_against_one_read_of_the_study(dataset, tiny, sgd_opt, monkeypatch):
+    """TPE's samplers see the study through a snapshot read once per round (not twice per
+    trial, which with a database storage re-reads every running trial each time); a search
+    stays reproducible, and the snapshot can be turned off."""
+    from jaxnn.search import _study
+
+    seen, reads = [], []
+    real_sample, real_init = optuna.samplers.TPESampler.sample_relative, _study._Snapshot.__init__
+
+    def sample_relative(self, study, trial, search_space):
+        seen.append(type(study).__name__)
+        return real_sample(self, study, trial, search_space)
+
+    def snapshot_init(self, study):
+        reads.append(len(study.trials))
+        real_init(self, study)
+
+    monkeypatch.setattr(optuna.samplers.TPESampler, "sample_relative", sample_relative)
+    monkeypatch.setattr(_study._Snapshot, "__init__", snapshot_init)
+    kw = {"trials": 9, "population": 3, "method": "tpe"}
+    by_number = lambda res: [t.params for t in sorted(res.trials, key=lambda t: t.number)]
+    first = by_number(_optimize(dataset, tiny, sgd_opt, **kw))
+    assert seen == ["_Snapshot"] * 9 and reads == [0, 3, 6]  # one read per round of 3
+    assert by_number(_optimize(dataset, tiny, sgd_opt, **kw)) == first
+    assert len({p["learning_rate"] for p in first}) == 9
+    monkeypatch.setattr(_study._SeedPerTrial, "frozen", None)
+    seen.clear()
+    _optimize(dataset, tiny, sgd_opt, **kw)
+    assert seen == ["Study"] * 9

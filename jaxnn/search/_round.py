@@ -5,6 +5,7 @@ where a search trains."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -39,19 +40,10 @@ def run_round(study, task: SearchTask, dists: Mapping[str, Any], ask: int, *, ep
         rows = []
         categorical = {k: d for k, d in dists.items() if k in task.categorical}
         fixed = task.fixed
-        for _ in range(ask):
-            trial = study.ask(categorical)
-            asked.append(trial)
-            if heartbeat is not None:
-                heartbeat.add(trial._trial_id)
-            if stage is not None:
-                trial.set_user_attr("stage", stage)
-            values = {**fixed, **trial.params}
-            group = task.group({k: values[k] for k in task.categorical})
-            for name in task.trial_names(group):  # asked only where the optimizer takes it
-                if name in dists:
-                    values[name] = _suggest(trial, name, dists[name])
-            rows.append((trial, group, values))
+        frozen = getattr(study.sampler, "frozen", None)  # one read of the study per round
+        with frozen(study) if frozen is not None else contextlib.nullcontext():
+            for _ in range(ask):
+                _ask_one(study, task, dists, categorical, fixed, stage, heartbeat, asked, rows)
         kept = {t.number for t in (asked if admit is None else admit(asked))}
         by_group: dict[int, tuple[Group, list]] = {}
         for trial, group, values in rows:
@@ -79,6 +71,23 @@ def run_round(study, task: SearchTask, dists: Mapping[str, Any], ask: int, *, ep
         if heartbeat is not None:
             for trial in asked:
                 heartbeat.discard(trial._trial_id)
+
+
+def _ask_one(study, task: SearchTask, dists, categorical, fixed, stage, heartbeat, asked: list,
+             rows: list) -> None:
+    """Ask one trial (its heartbeat recorded at once) and suggest its values."""
+    trial = study.ask(categorical)
+    asked.append(trial)
+    if heartbeat is not None:
+        heartbeat.add(trial._trial_id)
+    if stage is not None:
+        trial.set_user_attr("stage", stage)
+    values = {**fixed, **trial.params}
+    group = task.group({k: values[k] for k in task.categorical})
+    for name in task.trial_names(group):  # asked only where the optimizer takes it
+        if name in dists:
+            values[name] = _suggest(trial, name, dists[name])
+    rows.append((trial, group, values))
 
 
 def _suggest(trial, name: str, dist):

@@ -4,12 +4,14 @@ rounds (:func:`optimize`, every method), coarse-to-fine stages, and reading tria
 from __future__ import annotations
 
 import bisect
+import contextlib
+import copy
 import json
 import math
 import time
 import warnings
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import optuna
@@ -273,6 +275,21 @@ class _SeedPerTrial(optuna.samplers.BaseSampler):
 
     def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int):
         self._make, self._seed, self._inner = make, int(seed), {}
+        self._snapshot = None
+
+    @contextlib.contextmanager
+    def frozen(self, study) -> Iterator[None]:
+        """Within the block the inner samplers see ``study``'s trials as read once at its start
+        (:class:`_Snapshot`): a round asks all its trials against the same finished ones, and
+        a study in a database is read once per round instead of twice per trial (each read
+        loads every running trial again: 7.8 s of a 256-trial SQLite search went there). The
+        round's own trials, running and without results, are not in the snapshot; trials
+        other processes finish meanwhile are seen from the next round on."""
+        self._snapshot = _Snapshot(study)
+        try:
+            yield
+        finally:
+            self._snapshot = None
 
     def _for(self, trial) -> optuna.samplers.BaseSampler:
         inner = self._inner.get(trial.number)
@@ -282,13 +299,13 @@ class _SeedPerTrial(optuna.samplers.BaseSampler):
         return inner
 
     def infer_relative_search_space(self, study, trial):
-        return self._for(trial).infer_relative_search_space(study, trial)
+        return self._for(trial).infer_relative_search_space(self._snapshot or study, trial)
 
     def sample_relative(self, study, trial, search_space):
-        return self._for(trial).sample_relative(study, trial, search_space)
+        return self._for(trial).sample_relative(self._snapshot or study, trial, search_space)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
-        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+        return self._for(trial).sample_independent(self._snapshot or study, trial, param_name, param_distribution)
 
     def before_trial(self, study, trial):
         self._for(trial).before_trial(study, trial)
@@ -296,6 +313,30 @@ class _SeedPerTrial(optuna.samplers.BaseSampler):
     def after_trial(self, study, trial, state, values):
         self._for(trial).after_trial(study, trial, state, values)
         self._inner.pop(trial.number, None)
+
+
+class _Snapshot:
+    """``study`` with its trials read once: ``_get_trials``/``get_trials``/``trials`` answer from
+    that list; everything else (storage writes included) goes to the study itself."""
+
+    def __init__(self, study):
+        self._study = study
+        self._trials = study._get_trials(deepcopy=False, use_cache=True)
+
+    def __getattr__(self, name):
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy=True, states=None, use_cache=False):
+        del use_cache
+        trials = [t for t in self._trials if states is None or t.state in states]
+        return copy.deepcopy(trials) if deepcopy else trials
+
+    def get_trials(self, deepcopy=True, states=None):
+        return self._get_trials(deepcopy, states)
+
+    @property
+    def trials(self):
+        return self.get_trials()
 
 
 class _Grid(optuna.samplers.GridSampler):
