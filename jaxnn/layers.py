@@ -313,8 +313,10 @@ def Conv2D(
       matmul. On XLA:CPU it keeps the training step as fast inside :func:`jax.lax.scan` (an
       epoch in one scan, :func:`jaxnn.train.make_epoch`) as outside, where the gradients of
       ``lax.conv_general_dilated`` run tens of times slower. Memory: the patches are ``kh * kw``
-      times the layer's input activations (9x for a 3x3 kernel), and they are kept for the
-      backward pass.
+      times the layer's input activations (9x for a 3x3 kernel); when a batch's patches are
+      large they are built for a chunk of the batch at a time (about 4 MB, the backward pass
+      rebuilding them: ``jax.checkpoint`` inside a ``lax.map``), which also keeps them in the
+      cache.
     * ``"lax"``: :func:`jax.lax.conv_general_dilated`.
 
     Both are ordinary jax operations differentiated by jax's own rules, so ``jax.grad``,
@@ -400,7 +402,10 @@ def MaxPool(window: int | Sequence[int] = 2, strides: int | Sequence[int] | None
     :math:`y_{n,i,j,c} = \max_{u<k_h, v<k_w} x_{n, s_h i + u, s_w j + v, c}`.
 
     ``strides`` defaults to ``window`` (non-overlapping windows). The gradient goes to the
-    maximal entry of each window.
+    maximal entry of each window (the first in row-major order when several tie, as
+    :func:`jax.lax.reduce_window` and PyTorch give it). Non-overlapping, unpadded windows run
+    as a reshape and a reduction, whose gradient is elementwise (faster on a CPU than
+    ``reduce_window``'s ``select_and_scatter``).
     """
     return _pool_layer("max", window, strides, padding)
 

@@ -227,3 +227,18 @@ def test_fit_loops_benchmark(tmp_path):
     assert got["digits_mlp", "scan"]["chosen"] == "scan"
     assert all(_positive(r["examples_per_s"]) and _positive(r["vs_scan"]) for r in got.values())
     assert "(fit's choice)" in stdout
+
+
+@pytest.mark.slow
+def test_readme_times_benchmark(tmp_path):
+    """The README's commands in fresh processes (tiny: one epoch of a small MLP): wall and CPU
+    time of each, and the test accuracy its summary.json holds."""
+    result, stdout = _run([str(ROOT / "benchmarks" / "readme_times.py"),
+                           "--cases", "train,convnet"], tmp_path, "readme_times.json")
+    rows = {r["case"]: r for r in result["rows"]}
+    assert set(rows) == {"train", "convnet"}
+    for r in rows.values():
+        assert _positive(r["wall_s"]) and _positive(r["cpu_s"]) and r["runs"] == 1
+        assert all(0.0 <= a <= 1.0 for a in r["test_acc"])
+    assert rows["convnet"]["command"].startswith("jaxnn train --arch conv:32")
+    assert "| `jaxnn train` |" in stdout
