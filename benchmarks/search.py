@@ -174,13 +174,34 @@ def measure_all(s: Settings, tmp: Path) -> list[dict]:
     return rows, sizes
 
 
+def targets(rows: list[dict]) -> list[dict]:
+    """The search targets (issues 12 and 18): the fastest jaxnn row >= 20x the optuna loop's
+    trials/s with a best validation accuracy at equal wall time >= the loop's; the batched TPE
+    with its study in SQLite (the ``jaxnn search`` default) >= 20x, its best >= the loop's."""
+    ref, others = rows[0], [r for r in rows if r["impl"] != "optuna_loop"]
+    if not others:
+        return []
+    fast = max(others, key=lambda r: r["vs_optuna"])
+    at_time = max((r["best_val_acc_at_optuna_time"] or 0) for r in others)
+    out = [{"target": "trials/s >= 20x the optuna loop (best impl)", "value": fast["vs_optuna"],
+            "met": fast["vs_optuna"] >= 20},
+           {"target": "best val_acc at equal wall time >= the optuna loop's (best impl)",
+            "value": at_time, "met": at_time >= (ref["best_val_acc"] or 0)}]
+    for r in others:
+        if r["storage"] == "sqlite" and r["impl"].startswith("jaxnn_tpe"):
+            out += [{"target": f"{r['impl']} (study in SQLite): trials/s >= 20x the optuna loop",
+                     "value": r["vs_optuna"], "met": r["vs_optuna"] >= 20},
+                    {"target": f"{r['impl']}: best val_acc >= the optuna loop's",
+                     "value": r["best_val_acc"] or 0,
+                     "met": (r["best_val_acc"] or 0) >= (ref["best_val_acc"] or 0)}]
+    return out
+
+
 def markdown(machine, rows, s: Settings, sizes) -> str:
     table = [[r["impl"], r["population"], r["storage"], r["trials"], float(f"{r['seconds']:.3g}"),
               float(f"{r['trials_per_s']:.3g}"), float(f"{r['vs_optuna']:.3g}"),
               r["best_val_acc"], r["best_val_loss"], r["best_val_acc_at_optuna_time"]]
              for r in rows]
-    target = [r for r in rows if r["impl"] != "optuna_loop"]
-    fast = max(target, key=lambda r: r["vs_optuna"]) if target else None
     lines = [
         f"# Search: MLP {'-'.join(map(str, sizes))}, digits, {s.epochs} epochs, batch {s.batch}",
         "", f"Machine: {C.machine_line(machine)}", "",
@@ -192,15 +213,11 @@ def markdown(machine, rows, s: Settings, sizes) -> str:
         C.markdown_table(table, ["impl", "population", "storage", "trials", "seconds",
                                  "trials/s", "x optuna", "best val_acc", "best val_loss",
                                  "best val_acc at optuna time"])]
-    if fast is not None:
-        ref = rows[0]
-        lines += ["", "## Targets", "", C.markdown_table([
-            ["trials/s >= 20x the optuna loop (best impl)", float(f"{fast['vs_optuna']:.3g}"),
-             "yes" if fast["vs_optuna"] >= 20 else "NO"],
-            ["best val_acc at equal wall time >= the optuna loop's (best impl)",
-             max((r["best_val_acc_at_optuna_time"] or 0) for r in target),
-             "yes" if max((r["best_val_acc_at_optuna_time"] or 0) for r in target)
-             >= (ref["best_val_acc"] or 0) else "NO"]], ["target", "value", "met"])]
+    tg = targets(rows)
+    if tg:
+        lines += ["", "## Targets", "", C.markdown_table(
+            [[t["target"], float(f"{t['value']:.3g}"), "yes" if t["met"] else "NO"] for t in tg],
+            ["target", "value", "met"])]
     return "\n".join(lines) + "\n"
 
 
@@ -215,7 +232,8 @@ def run(*, quick: bool = False, tiny: bool = False, json_path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         rows, sizes = measure_all(s, Path(tmp))
     md = markdown(machine, rows, s, sizes)
-    jpath, mdpath = C.write_results(json_path, machine, rows, md, settings=s._asdict())
+    jpath, mdpath = C.write_results(json_path, machine, rows, md, settings=s._asdict(),
+                                    targets=targets(rows))
     png = jpath.with_suffix(".png")
     C.bar_chart(png, [{
         "title": f"MLP {'-'.join(map(str, sizes))}, digits, {s.epochs} epochs",
