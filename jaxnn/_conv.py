@@ -156,9 +156,11 @@ def conv_im2col(x, w, strides: Sequence[int], pads: Pads, *, chunk_bytes: int = 
     if (t, b, l, r) != (0, 0, 0, 0):
         x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (t, b, 0), (l, r, 0), (0, 0, 0)))
     per_example = oh * ow * kh * kw * c_in * jnp.dtype(x.dtype).itemsize
-    chunk = _chunk_size(n, max(1, int(chunk_bytes) // max(per_example, 1)))
+    most = max(1, int(chunk_bytes) // max(per_example, 1))
+    chunk = _chunk_size(n, most) if isinstance(n, int) else most
     one_by_one = kh == kw == 1 and sh == sw == 1 and x.shape[1:3] == (oh, ow)
-    if one_by_one or n <= 2 * chunk:
+    # A symbolic batch size (jax.export's shape polymorphism) cannot be cut into chunks.
+    if one_by_one or not isinstance(n, int) or n <= 2 * chunk:
         return _patches_matmul(x, w, (sh, sw), oh, ow)
     m = -(-n // chunk)
     if m * chunk != n:

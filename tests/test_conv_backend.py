@@ -206,3 +206,16 @@ def test_chunking_bounds_the_memory_of_the_patches():
     whole, chunked = temp_bytes(64 * per_example), temp_bytes(4 * per_example)
     assert whole >= 64 * per_example  # the whole batch's patches
     assert chunked < whole / 3, (chunked, whole)
+
+
+def test_a_symbolic_batch_exports_unchunked():
+    """jax.export with a polymorphic batch: the patches of a symbolic batch cannot be chunked,
+    so it runs whole, and the exported function equals the chunked one at a concrete size."""
+    from jax import export
+
+    x, w = _conv_pair(12)
+    per_chunk = 3 * _patch_bytes(x, w, (1, 1))
+    f = lambda x: _conv.conv_im2col(x, w, (1, 1), _PADS, chunk_bytes=per_chunk)
+    (b,) = export.symbolic_shape("b")
+    exp = export.export(jax.jit(f))(jax.ShapeDtypeStruct((b, *x.shape[1:]), x.dtype))
+    np.testing.assert_allclose(exp.call(x), f(x), atol=1e-5 * float(jnp.abs(f(x)).max()))
