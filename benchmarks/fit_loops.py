@@ -124,6 +124,7 @@ def measure_all(models: list[Model], repeats: int, scan_lax: bool) -> list[dict]
 def markdown(machine: dict, rows: list[dict], repeats: int) -> str:
     table = [[r["model"], r["loop"] + (" (fit's choice)" if r["loop"] == r["chosen"] else ""),
               float(f"{r['examples_per_s']:.3g}"), float(f"{r['vs_scan']:.3g}")] for r in rows]
+    table.append(["-", "torch", "not measured (this compares jaxnn's own two loops)", "-"])
     return "\n".join([
         "# fit's two loops: the epoch in one lax.scan vs a loop of steps jitted alone", "",
         f"Machine: {C.machine_line(machine)}", "",

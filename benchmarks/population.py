@@ -333,6 +333,8 @@ def markdown(machine, rows, s: Settings, sizes, n_train) -> str:
               float(f"{r['vs_loop_step']:.3g}"), float(f"{r['vs_loop_scan']:.3g}"),
               r["epochs"], float(f"{r['seconds']:.3g}"),
               float(f"{r['first_call_s']:.3g}") if "first_call_s" in r else None] for r in rows]
+    table.append([max(s.ns), "torch", "not measured (no vmapped population in PyTorch eager)",
+                  "-", "-", "-", "-", "-"])
     tg = [[t["target"], float(f"{t['value']:.3g}"), "yes" if t["met"] else "NO"]
           for t in targets(rows)]
     return "\n".join([

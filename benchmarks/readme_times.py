@@ -8,6 +8,8 @@ Cases (``--cases``, default all but ``tests``):
   --no-report`` (the README's convnet);
 * ``residual``: ``jaxnn train --arch "conv:16,res(conv:16,conv:16),pool,res(conv:16,conv:16),
   pool,fc:64" --no-report`` (the README's residual network);
+* ``search``: ``jaxnn search --method random --trials 16 --epochs 10`` (the README's "16-trial x
+  10-epoch random search"); ``ensemble``: ``jaxnn ensemble --members 5 --epochs 15``;
 * ``tests``: the README's test command, ``python -m pytest -q -m "not slow" -n 2``, with an
   empty compilation cache of its own (a fresh clone's first run; minutes, so run once).
 
@@ -16,8 +18,8 @@ benchmark's own, filled by one untimed run of each case first (what every run af
 first sees). Cases run interleaved, round after round (the order rotating); the table gives the
 median wall time, the median CPU time of the process and its children (user + system: more than
 the wall time when both cores work, and what load from other processes does not change much),
-and the test accuracy each training run printed in ``summary.json`` (every run, so a README
-accuracy is checked with its time). Rows: ``{"case", "command", "wall_s", "cpu_s", "runs",
+and the accuracy each run printed (``summary.json``'s test accuracy; a search's best validation
+accuracy from ``results.json``): every run, so a README accuracy is checked with its time. Rows: ``{"case", "command", "wall_s", "cpu_s", "runs",
 "wall_runs", "cpu_runs", "test_acc"}``.
 
 Usage::
@@ -47,9 +49,13 @@ ROOT = Path(__file__).resolve().parents[1]
 CONVNET = ["--arch", "conv:32,conv:32,pool,conv:64,pool,fc:128", "--batch-norm", "--no-report"]
 RESIDUAL = ["--arch", "conv:16,res(conv:16,conv:16),pool,res(conv:16,conv:16),pool,fc:64",
             "--no-report"]
-#: case -> the jaxnn train flags (``tests``: the README's test command instead).
+#: case -> the jaxnn train flags, or a whole jaxnn command line (``tests``: the README's test
+#: command instead).
 CASES = {"train": [], "train_no_report": ["--no-report"], "convnet": CONVNET,
-         "residual": RESIDUAL, "tests": None}
+         "residual": RESIDUAL,
+         "search": ["search", "--method", "random", "--trials", "16", "--epochs", "10"],
+         "ensemble": ["ensemble", "--members", "5", "--epochs", "15"], "tests": None}
+VERBS = ("search", "ensemble")
 DEFAULT_CASES = ("train", "train_no_report", "convnet", "residual")
 TINY = ["--epochs", "1", "--hidden", "8"]
 
@@ -58,8 +64,30 @@ def command(case: str, out: Path, tiny: bool = False) -> list[str]:
     """The process ``case`` runs (``out``: its run directory)."""
     if CASES[case] is None:
         return [sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-n", "2"]
-    flags = TINY if tiny else CASES[case]
-    return [sys.executable, "-m", "jaxnn", "train", "--quiet", *flags, "--out", str(out)]
+    args = CASES[case] if CASES[case][:1] and CASES[case][0] in VERBS else ["train", *CASES[case]]
+    if tiny:
+        args = [args[0], "--epochs", "1"] + (["--hidden", "8"] if args[0] == "train" else [])
+        args += {"search": ["--trials", "2"], "ensemble": ["--members", "2"]}.get(args[0], [])
+    return [sys.executable, "-m", "jaxnn", args[0], "--quiet", *args[1:], "--out", str(out)]
+
+
+def _label(case: str) -> str:
+    if CASES[case] is None:
+        return 'python -m pytest -q -m "not slow" -n 2'
+    verb = CASES[case][:1] and CASES[case][0] in VERBS
+    return " ".join(["jaxnn", *CASES[case]] if verb else ["jaxnn train", *CASES[case]])
+
+
+def _accuracy(out: Path) -> float | None:
+    """The test accuracy a run printed (``summary.json``: ``test_acc``, an ensemble's
+    ``ensemble_test_acc``), or a search's best validation accuracy (``results.json``)."""
+    summary, results = out / "summary.json", out / "results.json"
+    if summary.exists():
+        d = json.loads(summary.read_text())
+        return d.get("test_acc", d.get("ensemble_test_acc"))
+    if results.exists():
+        return (json.loads(results.read_text()).get("best") or {}).get("val_acc")
+    return None
 
 
 def _children_cpu() -> float:
@@ -78,10 +106,7 @@ def time_case(case: str, out: Path, env: dict[str, str], tiny: bool = False,
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): "
                            f"{(proc.stderr or proc.stdout).strip()[-800:]}")
-    acc = None
-    if CASES[case] is not None:
-        acc = json.loads((out / "summary.json").read_text()).get("test_acc")
-    return wall, cpu, acc
+    return wall, cpu, (_accuracy(out) if CASES[case] is not None else None)
 
 
 def measure(cases: list[str], repeats: int, tiny: bool = False) -> list[dict]:
@@ -111,8 +136,7 @@ def measure(cases: list[str], repeats: int, tiny: bool = False) -> list[dict]:
                                             else ""))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return [{"case": c, "command": " ".join(["jaxnn train", *CASES[c]]) if CASES[c] is not None
-             else 'python -m pytest -q -m "not slow" -n 2',
+    return [{"case": c, "command": _label(c),
              "wall_s": statistics.median(w for w, _, _ in runs[c]),
              "cpu_s": statistics.median(cpu for _, cpu, _ in runs[c]),
              "runs": len(runs[c]), "wall_runs": [w for w, _, _ in runs[c]],
@@ -123,15 +147,17 @@ def measure(cases: list[str], repeats: int, tiny: bool = False) -> list[dict]:
 
 def markdown(machine: dict, rows: list[dict]) -> str:
     table = [[f"`{r['command']}`", float(f"{r['wall_s']:.3g}"), float(f"{r['cpu_s']:.3g}"),
-              r["runs"], ", ".join(f"{a:.4f}" for a in r["test_acc"]) if r["test_acc"] else "-"]
+              r["runs"], ", ".join(f"{a:.4f}" for a in r["test_acc"] if a is not None)
+              if r["test_acc"] else "-"]
              for r in rows]
+    table.append(["torch", "not measured (the README's own commands)", "-", "-", "-"])
     return "\n".join([
         "# The README's times", "", f"Machine: {C.machine_line(machine)}", "",
         "Fresh processes, cases interleaved round after round; medians over the rounds. *CPU s*: "
         "user + system time of the process and its children. `jaxnn train` runs with the "
         "console script's compilation cache warm (filled by one untimed run of each case); the "
         "test command with an empty cache of its own (a fresh clone), once.", "",
-        C.markdown_table(table, ["command", "wall s", "CPU s", "runs", "test accuracy"])]) + "\n"
+        C.markdown_table(table, ["command", "wall s", "CPU s", "runs", "accuracy"])]) + "\n"
 
 
 def run(*, quick: bool = False, tiny: bool = False, json_path, cases=DEFAULT_CASES) -> dict:

@@ -202,6 +202,8 @@ def markdown(machine, rows, s: Settings, sizes) -> str:
               float(f"{r['trials_per_s']:.3g}"), float(f"{r['vs_optuna']:.3g}"),
               r["best_val_acc"], r["best_val_loss"], r["best_val_acc_at_optuna_time"]]
              for r in rows]
+    table.append(["torch", "-", "-", "-", "-", "not measured (the peer here is Optuna's own loop)",
+                  "-", "-", "-", "-"])
     lines = [
         f"# Search: MLP {'-'.join(map(str, sizes))}, digits, {s.epochs} epochs, batch {s.batch}",
         "", f"Machine: {C.machine_line(machine)}", "",

@@ -120,6 +120,7 @@ def measure(repeats: int, flags: list[str]) -> list[dict]:
 def markdown(machine, rows, flags) -> str:
     table = [[r["mode"], float(f"{r['first_epoch_s']:.3g}"), float(f"{r['vs_off']:.2f}"),
               float(f"{r['total_s']:.3g}"), r["repeats"]] for r in rows]
+    table.append(["torch", "not measured (the start-up of jaxnn's own command)", "-", "-", "-"])
     cmd = " ".join(["jaxnn train --epochs 1 --quiet", *flags])
     return "\n".join([
         f"# Start-up: `{cmd}`, time to the first epoch", "", f"Machine: {C.machine_line(machine)}",
