@@ -519,14 +519,13 @@ def _fit_loop(model, x_shape, *, batch_size: int, mesh=None) -> str:
     step jitted alone, ``Conv2D`` as ``lax.conv``: :func:`_step_epoch`) is measured next to it
     by ``benchmarks/fit_loops.py``, and this is the place to pick it if it ever wins.
 
-    Measured side by side (interleaved, medians of per-round ratios; 2-core AMD EPYC, load
-    0.3-1.8; benchmarks/README.md, "How fit trains a convnet on a CPU"): on a CPU, where
-    ``Conv2D`` inside a scan is im2col + matmul (XLA:CPU runs ``lax.conv``'s gradients tens of
-    times slower there: 0.04x), the step loop with ``lax.conv`` ran 0.86-0.99x the scan for a
-    CIFAR-shaped convnet (0.99x with the ``jaxnn`` console script's malloc settings) and
-    0.92-0.93x for the digits convnet, and 0.3-0.5x for a digits MLP. (Under a load of 5-8 from
-    other processes the step loop came out 1.07-1.3x ahead; the idle-machine numbers decide.) On
-    GPU and TPU ``Conv2D`` is ``lax.conv`` and the scan saves the per-step dispatch.
+    Measured side by side (interleaved, medians of per-round ratios; 2-core AMD EPYC,
+    2026-12-05; benchmarks/README.md, "How fit trains a convnet on a CPU"): on a CPU, where
+    ``Conv2D`` inside a scan is im2col + matmul in batch chunks (XLA:CPU runs ``lax.conv``'s
+    gradients tens of times slower there: 0.04x), the step loop ran 0.69x the scan with
+    ``lax.conv`` and 0.78x with im2col for a CIFAR-shaped convnet, 0.83x and 0.86x for the
+    digits convnet, and 0.50x for a digits MLP. On GPU and TPU ``Conv2D`` is ``lax.conv`` and
+    the scan saves the per-step dispatch.
     """
     del model, x_shape, batch_size, mesh  # the same rule for every model and backend (above)
     return "scan"
