@@ -254,6 +254,7 @@ def test_unwritable_out_is_one_sentence_naming_out(argv, capsys):
 
 
 # --------------------------------------------------------------------------- --loss
+@pytest.mark.slow  # the fast suite's time budget; CI runs it with the slow suite
 def test_a_loss_of_one_hot_targets_trains_a_classifier(tmp_path, capsys):
     out = tmp_path / "mse"
     assert main(["train", "--loss", "mse", "--hidden", "32", "--epochs", "3", "--lr", "0.05",

@@ -82,6 +82,7 @@ def test_best_trial_command_retrains_it(searched, tmp_path, capsys):
     assert abs(last["val_acc"] - best["val_acc"]) <= 1 / n_val + 1e-6
 
 
+@pytest.mark.slow  # the fast suite's time budget; CI runs it with the slow suite
 def test_the_same_command_continues_the_study(searched, capsys):
     rc, out, argv = searched
     before = {t["number"]: t for t in _results(out)["trials"]}

@@ -201,16 +201,18 @@ def test_maxpool_blocks_match_reduce_window_with_ties(shape, padding):
     goes to its first maximal entry (row-major), as with reduce_window and PyTorch."""
     x = jnp.round(jnp.asarray(_x(shape, seed=5)))  # integers: many ties in 2x2 windows
     x = jax.nn.relu(x)
-    pool = lambda x: layers.MaxPool(2, padding=padding).apply({}, {}, x)[0]
+    pool = jax.jit(lambda x: layers.MaxPool(2, padding=padding).apply({}, {}, x)[0])
     assert "reduce_window" not in str(jax.make_jaxpr(jax.grad(lambda x: pool(x).sum()))(x))
-    ref = lambda x: _reduce_window_max(x, 2, 2, padding)
+    ref = jax.jit(lambda x: _reduce_window_max(x, 2, 2, padding))
     np.testing.assert_array_equal(pool(x), ref(x))
     ct = jnp.asarray(_x(pool(x).shape, seed=6))
     np.testing.assert_array_equal(jax.vjp(pool, x)[1](ct)[0], jax.vjp(ref, x)[1](ct)[0])
     t = jnp.asarray(_x(shape, seed=7))
     np.testing.assert_array_equal(jax.jvp(pool, (x,), (t,))[1], jax.jvp(ref, (x,), (t,))[1])
     np.testing.assert_array_equal(jax.vmap(pool)(x[:, None])[:, 0], pool(x))
-    check_grads(pool, (jnp.asarray(_x((1, 4, 4, 2), seed=8)),), order=2, modes=("fwd", "rev"))
+    if padding == "SAME":  # once: second derivatives through the custom_jvp
+        check_grads(pool, (jnp.asarray(_x((1, 4, 4, 2), seed=8)),), order=2,
+                    modes=("fwd", "rev"))
 
 
 def test_avgpool_blocks_match_reduce_window():

@@ -278,6 +278,7 @@ def test_a_failed_round_leaves_no_trial_running(dataset, tiny, sgd_opt, monkeypa
     assert states == {optuna.trial.TrialState.FAIL}
 
 
+@pytest.mark.slow  # the fast suite's time budget; CI runs it with the slow suite
 def test_categorical_values_train_as_one_population_each(dataset, sgd_opt, monkeypatch):
     nets = {a: models.mlp([6, 8, 3], activation=a) for a in ("relu", "tanh")}
     built, calls = [], []
