@@ -238,6 +238,7 @@ def test_gradcheck_reports_each_check_on_stderr_unless_quiet(capsys, monkeypatch
 
 
 # --------------------------------------------------------------------------- experiments
+@pytest.mark.slow  # the fast suite's time budget; CI runs it with the slow suite
 def test_experiment_init_depth(tmp_path, capsys):
     out = tmp_path / "id"
     rc, stdout, err = _run(["experiment", "init-depth", "--depth", "4", "--width", "32",

@@ -133,6 +133,7 @@ def test_every_trial_diverged_exits_1(tmp_path, capsys):
     assert res["best"] is None and "best:" not in stdout
 
 
+@pytest.mark.slow  # the fast suite's time budget; CI runs it with the slow suite
 def test_ensemble_writes_summary(tmp_path, capsys):
     out = tmp_path / "e"
     rc, stdout, _ = _run(["ensemble", "--members", "3", *TINY, "--out", str(out)], capsys)

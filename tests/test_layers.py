@@ -867,6 +867,7 @@ def test_jvp_jacfwd_hessian_vmap_through_every_layer_kind(case):
         _check_transforms(f, z)
 
 
+@pytest.mark.slow  # the fast suite's time budget; CI runs it with the slow suite
 def test_jvp_jacfwd_hessian_vmap_through_a_convnet():
     with jax.enable_x64(True):
         model = models.convnet((8, 8, 1), 3, "conv:4,pool,fc:8")

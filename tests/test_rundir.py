@@ -333,7 +333,8 @@ def test_an_emptied_metrics_file_is_rebuilt_from_the_checkpoint(model, dataset, 
     assert resumed.epochs_done == 4 and len(resumed.records) == 4
 
 
-@pytest.mark.parametrize("damage", ["truncate", "delete", "meta"])
+@pytest.mark.parametrize("damage", ["truncate", pytest.param("delete", marks=pytest.mark.slow),
+                                    pytest.param("meta", marks=pytest.mark.slow)])
 def test_a_corrupt_newest_checkpoint_falls_back(model, dataset, full, tmp_path, damage):
     path = tmp_path / "r"
     _run(path, model, dataset, epochs=3)

@@ -700,3 +700,35 @@ def test_a_round_samples_against_one_read_of_the_study(dataset, tiny, sgd_opt, m
     seen.clear()
     _optimize(dataset, tiny, sgd_opt, **kw)
     assert seen == ["Study"] * 9
+
+
+def test_opening_a_new_database_retries_the_create_tables_race(monkeypatch):
+    """Processes opening one new database at once race to create its tables; the losers see
+    "already exists" (PostgreSQL: a ProgrammingError, 'relation "studies" already exists') and
+    open it again once the tables exist. Any other error is final at once."""
+    import sqlalchemy
+
+    from jaxnn.search import _storage
+
+    calls = []
+
+    def rdb(url, engine_kwargs):
+        calls.append(url)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.ProgrammingError("CREATE TABLE studies", {},
+                                                  Exception('relation "studies" already exists'))
+        return "opened"
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", rdb)
+    monkeypatch.setattr(_storage.time, "sleep", lambda s: None)
+    assert _storage._rdb("postgresql://u@h/db", {}) == "opened" and len(calls) == 2
+
+    def denied(url, engine_kwargs):
+        calls.append(url)
+        raise sqlalchemy.exc.ProgrammingError("CREATE TABLE", {}, Exception("permission denied"))
+
+    calls.clear()
+    monkeypatch.setattr(optuna.storages, "RDBStorage", denied)
+    with pytest.raises(sqlalchemy.exc.ProgrammingError, match="permission denied"):
+        _storage._rdb("postgresql://u@h/db", {})
+    assert len(calls) == 1

@@ -183,11 +183,12 @@ def _rdb(url: str, engine_kwargs: dict, attempts: int = 5):
         except sqlalchemy.exc.IntegrityError:
             if attempt == attempts - 1:
                 raise
-        except sqlalchemy.exc.OperationalError as e:
-            # SQLite's "database is locked" or a table another process has just created
-            # ("table alembic_version already exists") is the race; a server's refusal is final.
-            race = "locked" in str(e) or "already exists" in str(e)
-            if attempt == attempts - 1 or not url.startswith("sqlite") or not race:
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError) as e:
+            # A table another process has just created (SQLite: "table alembic_version already
+            # exists"; PostgreSQL: 'relation "studies" already exists', a ProgrammingError) or
+            # SQLite's "database is locked" is the race; a server's refusal is final.
+            race = "already exists" in str(e) or (url.startswith("sqlite") and "locked" in str(e))
+            if attempt == attempts - 1 or not race:
                 raise
         time.sleep(0.2 * (attempt + 1))
 
