@@ -365,3 +365,29 @@ def test_a_search_over_mlp_and_convnet_archs_trains_each_on_its_own_data(tmp_pat
     assert sorted(by_arch) == ["conv:4,pool,fc:16", "fc:16"]
     assert all(len(ts) == 2 for ts in by_arch.values())
     assert all(t["status"] == "ok" and 0 <= t["val_acc"] <= 1 for t in trials)
+
+
+def test_a_worker_waits_for_the_marker_of_an_out_another_is_creating(tmp_path):
+    """Two workers started at once on one new --out: the second may look while the first holds
+    only its lock (before the marker). It waits for the marker instead of refusing the
+    directory; a directory that never gets one is still refused."""
+    import threading
+
+    from jaxnn import rundir
+    from jaxnn.cli import _search
+
+    out = tmp_path / "shared"
+    out.mkdir()
+    (out / ".lock").write_text("1")
+    timer = threading.Timer(0.3, lambda: rundir.write_json_atomic(
+        str(out / rundir.MARKER), {"verb": "search", "version": "0"}))
+    timer.start()
+    try:
+        assert _search._out_state(str(out)) == "search"
+    finally:
+        timer.cancel()
+    (out / rundir.MARKER).unlink()
+    assert not _search._marked_soon(str(out), seconds=0.2)
+    (out / "notes.txt").write_text("mine")  # files jaxnn did not write: refused at once
+    with pytest.raises(_search.CLIError, match="not a jaxnn search directory"):
+        _search._out_state(str(out))

@@ -325,9 +325,33 @@ def _out_state(out: str | None) -> str:
     if any(os.path.lexists(os.path.join(out, f)) for f in rundir.RUN_FILES):
         raise CLIError(f"--out {out!r} already holds a run that is not a search; choose another "
                        "directory")
+    if _marked_soon(out):  # another worker, started at the same moment, is creating it
+        return "search"
     raise CLIError(f"--out {out!r} exists, is not empty and is not a jaxnn search directory; "
                    "choose a new or empty directory (jaxnn does not write over files it did not "
                    "write)")
+
+
+def _marked_soon(out: str, seconds: float = 5.0) -> bool:
+    """Whether ``out``, holding nothing but a lock and probes (a search directory that another
+    process is creating this very moment, between its lock and its marker), gets its search
+    marker within ``seconds``."""
+    from jaxnn import rundir
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            entries = os.listdir(out)
+            marker = rundir.read_marker(out)
+        except (OSError, rundir.RunDirError):
+            return False
+        if marker is not None:
+            return marker["verb"] == "search"
+        if not entries or not all(e == ".lock" or e.startswith(".probe-") for e in entries):
+            return False
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 def _legacy_search(out: str, entries: list[str]) -> bool:
