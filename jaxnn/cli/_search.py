@@ -332,10 +332,19 @@ def _out_state(out: str | None) -> str:
                    "write)")
 
 
+def _creation_file(name: str) -> bool:
+    """What a directory holds while :class:`jaxnn.rundir.RunDir` creates it: its lock, a probe,
+    the marker or the marker's temporary file (written, then renamed)."""
+    from jaxnn import rundir
+
+    return (name in (".lock", rundir.MARKER) or name.startswith(".probe-")
+            or name.startswith(rundir.MARKER + ".tmp-"))
+
+
 def _marked_soon(out: str, seconds: float = 5.0) -> bool:
-    """Whether ``out``, holding nothing but a lock and probes (a search directory that another
-    process is creating this very moment, between its lock and its marker), gets its search
-    marker within ``seconds``."""
+    """Whether ``out``, holding nothing but what a directory being created holds
+    (:func:`_creation_file`: another process is creating it this very moment, between its lock
+    and its marker), gets its search marker within ``seconds``."""
     from jaxnn import rundir
 
     deadline = time.monotonic() + seconds
@@ -347,7 +356,7 @@ def _marked_soon(out: str, seconds: float = 5.0) -> bool:
             return False
         if marker is not None:
             return marker["verb"] == "search"
-        if not entries or not all(e == ".lock" or e.startswith(".probe-") for e in entries):
+        if not entries or not all(_creation_file(e) for e in entries):
             return False
         if time.monotonic() > deadline:
             return False
@@ -437,8 +446,7 @@ def _being_created(out: str, error: Exception) -> bool:
         entries = os.listdir(out)
     except OSError:
         return False
-    return bool(entries) and all(e in (".lock", rundir.MARKER) or e.startswith(".probe-")
-                                 for e in entries)
+    return bool(entries) and all(_creation_file(e) for e in entries)
 
 
 def _open_storage(url: str, *, flag: str = "--storage"):
