@@ -19,8 +19,8 @@ rules (no custom VJP):
     inside a scan (measured: 66 s against 1.4 s per step of two 3x3 32->32 convolutions, batch
     128). The patches are built for a chunk of the batch at a time (:func:`conv_im2col`,
     :data:`CHUNK_BYTES`) and flattened to one 2-D matmul: on a 2-core AMD EPYC the CIFAR-shaped
-    convnet step of ``benchmarks/train_step.py`` then takes 185 ms in ``fit``'s scan against
-    300 ms for a hand-written step with ``lax.conv`` (and 241 ms unchunked), and XLA's
+    convnet step of ``benchmarks/train_step.py`` then takes 181 ms in ``fit``'s scan against
+    308 ms for a hand-written step with ``lax.conv`` (and 241 ms unchunked), and XLA's
     temporaries drop from 418 MB to 144 MB: the ``kh * kw`` copies of the activations are only
     ever held for one chunk.
 
@@ -32,7 +32,7 @@ machine whose default backend is the CPU gets ``lax``), and the conditional is t
 every transformation (jvp, vmap and transposition of ``lax.switch`` with an unbatched index).
 
 In a step jitted alone (called once per batch from Python, never inside ``lax.scan``) the
-chunked im2col is also ahead of ``lax`` on a CPU (231 ms against 300 ms for that step). Code
+chunked im2col is also ahead of ``lax`` on a CPU (231 ms against 308 ms for that step). Code
 that traces such a step can still ask for ``lax`` with ``with cpu_algorithm("lax"):`` around the
 traced body: inside it ``"auto"`` is ``lax`` on every platform (``jaxnn.train._step_epoch``,
 measured against fit's scan by ``benchmarks/fit_loops.py``).
@@ -91,9 +91,10 @@ def conv_lax(x, w, strides: Sequence[int], pads: Pads):
 
 
 #: The im2col patches are built for one chunk of the batch at a time, of about this many bytes
-#: (:func:`conv_im2col`). Measured on a 2-core AMD EPYC (2 MiB L2 per core, 32 MiB L3), a
-#: CIFAR-shaped convnet step (batch 128) inside ``lax.scan``: unchunked 241 ms and 418 MB of XLA
-#: temporaries; chunks of 9.4 / 4.7 / 2.4 / 1.2 MB: 241 / 220 / 231 / 283 ms, 144 MB.
+#: (:func:`conv_im2col`). On a 2-core AMD EPYC (2 MiB L2 per core, 32 MiB L3), the CIFAR-shaped
+#: convnet step of ``benchmarks/train_step.py`` inside ``fit``'s scan: 181 ms with 4 MB chunks
+#: (the benchmark) against 241 ms unchunked, and XLA's temporaries 144 MB against 418 MB (probes
+#: of that step: 5 MB and 8 MB chunks took 212 and 233 ms).
 CHUNK_BYTES = 4 << 20
 
 
@@ -156,11 +157,12 @@ def conv_im2col(x, w, strides: Sequence[int], pads: Pads, *, chunk_bytes: int = 
     if (t, b, l, r) != (0, 0, 0, 0):
         x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (t, b, 0), (l, r, 0), (0, 0, 0)))
     per_example = oh * ow * kh * kw * c_in * jnp.dtype(x.dtype).itemsize
-    most = max(1, int(chunk_bytes) // max(per_example, 1))
-    chunk = _chunk_size(n, most) if isinstance(n, int) else most
     one_by_one = kh == kw == 1 and sh == sw == 1 and x.shape[1:3] == (oh, ow)
     # A symbolic batch size (jax.export's shape polymorphism) cannot be cut into chunks.
-    if one_by_one or not isinstance(n, int) or n <= 2 * chunk:
+    if one_by_one or not isinstance(n, int):
+        return _patches_matmul(x, w, (sh, sw), oh, ow)
+    chunk = _chunk_size(n, max(1, int(chunk_bytes) // max(per_example, 1)))
+    if n <= 2 * chunk:
         return _patches_matmul(x, w, (sh, sw), oh, ow)
     m = -(-n // chunk)
     if m * chunk != n:

@@ -8,8 +8,9 @@ window divides), every window is a block of a reshape ``[n, h/kh, kh, w/kw, kw, 
 
 (or the mean), a reduction over axes 2 and 4. Its gradient is elementwise (a broadcast and a
 select) instead of XLA's ``select_and_scatter`` / windowed pad of ``lax.reduce_window``, which
-XLA:CPU runs far slower: a CIFAR-shaped convnet step took 246 ms against 276 ms with
-``reduce_window`` (2-core AMD EPYC, batch 128, inside ``lax.scan``). ``"VALID"`` drops the
+XLA:CPU runs far slower: a probe of the CIFAR-shaped convnet step of
+``benchmarks/train_step.py`` took 246 ms against 276 ms with ``reduce_window`` (2-core AMD EPYC,
+batch 128, inside ``lax.scan``, before the im2col chunking). ``"VALID"`` drops the
 rows and columns that do not fill a window, as ``reduce_window`` does.
 
 The max keeps ``reduce_window``'s gradient exactly: all of it goes to the *first* maximal entry

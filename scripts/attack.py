@@ -392,6 +392,23 @@ def trust_cases(d: str, n_interrupts: int, seed: int = 0) -> list[dict]:
         _case(results, "kill -9 mid-download: the next download removes the .part",
               len(left) == 1 and not parts(), f"left {left}, after {parts()}")
 
+    # Two search workers started at the same moment on one new --out (and so one new study.db):
+    # both must finish (the one that finds the directory mid-creation waits for its marker; the
+    # study's tables are created once) and the study holds exactly --trials trials.
+    out = os.path.join(d, "shared-search")
+    search = ["search", "--dataset", files["good"], *TINY, "--epochs", "1", "--method", "random",
+              "--trials", "4", "--population", "2", "--quiet", "--out", out]
+    procs = [_popen(*search) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    codes = [p.returncode for p in procs]
+    trials = None
+    if os.path.exists(os.path.join(out, "results.json")):
+        with open(os.path.join(out, "results.json")) as f:
+            trials = len(json.load(f)["trials"])
+    _case(results, "two searches started at once on one new --out: both finish, 4 trials",
+          codes == [0, 0] and trials == 4, f"exit {codes}, {trials} trials; "
+          + " ".join(e.strip()[-200:] for _, e in outs))
+
     # Ctrl-C at random moments of start-up and of training: exit 130, one line.
     rng = random.Random(seed)
     bad = []

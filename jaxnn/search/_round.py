@@ -43,7 +43,18 @@ def run_round(study, task: SearchTask, dists: Mapping[str, Any], ask: int, *, ep
         frozen = getattr(study.sampler, "frozen", None)  # one read of the study per round
         with frozen(study) if frozen is not None else contextlib.nullcontext():
             for _ in range(ask):
-                _ask_one(study, task, dists, categorical, fixed, stage, heartbeat, asked, rows)
+                trial = study.ask(categorical)
+                asked.append(trial)
+                if heartbeat is not None:
+                    heartbeat.add(trial._trial_id)
+                if stage is not None:
+                    trial.set_user_attr("stage", stage)
+                values = {**fixed, **trial.params}
+                group = task.group({k: values[k] for k in task.categorical})
+                for name in task.trial_names(group):  # asked only where the optimizer takes it
+                    if name in dists:
+                        values[name] = _suggest(trial, name, dists[name])
+                rows.append((trial, group, values))
         kept = {t.number for t in (asked if admit is None else admit(asked))}
         by_group: dict[int, tuple[Group, list]] = {}
         for trial, group, values in rows:
@@ -71,23 +82,6 @@ def run_round(study, task: SearchTask, dists: Mapping[str, Any], ask: int, *, ep
         if heartbeat is not None:
             for trial in asked:
                 heartbeat.discard(trial._trial_id)
-
-
-def _ask_one(study, task: SearchTask, dists, categorical, fixed, stage, heartbeat, asked: list,
-             rows: list) -> None:
-    """Ask one trial (its heartbeat recorded at once) and suggest its values."""
-    trial = study.ask(categorical)
-    asked.append(trial)
-    if heartbeat is not None:
-        heartbeat.add(trial._trial_id)
-    if stage is not None:
-        trial.set_user_attr("stage", stage)
-    values = {**fixed, **trial.params}
-    group = task.group({k: values[k] for k in task.categorical})
-    for name in task.trial_names(group):  # asked only where the optimizer takes it
-        if name in dists:
-            values[name] = _suggest(trial, name, dists[name])
-    rows.append((trial, group, values))
 
 
 def _suggest(trial, name: str, dist):
