@@ -139,6 +139,30 @@ def pg(request):
     return server
 
 
+def _running(pg: Server, db: str) -> int:
+    """How many trials of ``db`` are RUNNING, read straight from Optuna's ``trials`` table."""
+    import psycopg
+
+    with psycopg.connect(host=pg.root, port=pg.port, user="postgres", dbname=db,
+                         autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
+
+
+def _kill_while_running(p: subprocess.Popen, pg: Server, db: str, *, timeout: float = 120) -> None:
+    """SIGKILL ``p`` at a moment when one of its trials is RUNNING (asked, not told)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and p.poll() is None:
+        if _running(pg, db):
+            p.send_signal(signal.SIGSTOP)
+            time.sleep(0.05)  # a commit already sent lands; after it nothing moves
+            if _running(pg, db):
+                break
+            p.send_signal(signal.SIGCONT)
+        time.sleep(0.005)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+
+
 def _study(pg: Server, db: str, name: str = "s"):
     return optuna.load_study(study_name=name, storage=pg.url(db, scheme="postgresql+psycopg"))
 
@@ -207,15 +231,11 @@ def test_a_killed_worker_loses_nothing_finished_and_a_rerun_completes(pg, tmp_pa
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert p.stdout.readline().startswith("round 1: 2/6")
-        # Kill it in the middle of round 2: once its two trials are asked (RUNNING).
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            running = [t for t in _study(pg, "killed").trials if t.state == RUNNING]
-            if len(running) == 2:
-                break
-            time.sleep(0.05)
-        p.send_signal(signal.SIGKILL)
-        p.wait()
+        # Kill it in the middle of round 2, once a trial of it is asked (RUNNING). The poll is one
+        # SQL count (loading the study through Optuna took long enough under load to miss whole
+        # rounds); the process is stopped first and the count read again, so the kill lands in
+        # the state the poll saw.
+        _kill_while_running(p, pg, "killed")
     finally:
         if p.poll() is None:
             p.kill()
