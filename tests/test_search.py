@@ -5,6 +5,7 @@ import itertools
 import json
 import math
 import time
+import warnings
 
 import jax
 import numpy as np
@@ -732,3 +733,122 @@ def test_opening_a_new_database_retries_the_create_tables_race(monkeypatch):
     with pytest.raises(sqlalchemy.exc.ProgrammingError, match="permission denied"):
         _storage._rdb("postgresql://u@h/db", {})
     assert len(calls) == 1
+
+
+# --------------------------------------------------------------------------- batched writes
+def _write_trials(storage, fast: bool, monkeypatch, *, forbid_optuna: bool = True):
+    """Three RUNNING trials given reports (NaN, ±inf and a repeated step among them) and user
+    attributes, through :mod:`jaxnn.search._writes` (``fast``; with ``forbid_optuna`` it may not
+    fall back to Optuna's per-value calls) or Optuna's own calls."""
+    from jaxnn.search import _writes
+
+    study = optuna.create_study(storage=storage, study_name="w", load_if_exists=True)
+    trials = [study.ask() for _ in range(3)]
+    trials[0].set_user_attr("stage", 0)  # an attribute that exists is updated
+    values = [(0, [0.5, float("nan"), 2.0]), (1, [float("inf"), 0.25, -float("inf")]),
+              (0, [9.0, 9.0, 9.0])]  # step 0 again: ignored, as report ignores it
+    attrs = [(trials[0], {"stage": 1, "status": "ok", "curve": [1, 2]}), (trials[1], {}),
+             (trials[2], {"val_acc": None, "name": "é"})]
+    with monkeypatch.context() as m:
+        if fast and forbid_optuna:
+            m.setattr(optuna.trial.Trial, "report", None)
+            m.setattr(optuna.trial.Trial, "set_user_attr", None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna warns of the repeated step
+            for step, vs in values:
+                if fast:
+                    _writes.report_all(study, step, zip(trials, vs, strict=True))
+                else:
+                    for t, v in zip(trials, vs, strict=True):
+                        t.report(v, step)
+            if fast:
+                _writes.set_user_attrs(study, attrs)
+            else:
+                for t, a in attrs:
+                    for k, v in a.items():
+                        t.set_user_attr(k, v)
+    cached = [(t._cached_frozen_trial.intermediate_values, t._cached_frozen_trial.user_attrs)
+              for t in trials]
+    stored = [(ft.intermediate_values, ft.user_attrs) for ft in
+              optuna.load_study(study_name="w", storage=storage).get_trials(deepcopy=False)]
+    return cached, stored
+
+
+def _same(a, b):
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN == NaN here
+
+
+def test_batched_writes_store_what_optunas_own_calls_store(tmp_path, monkeypatch):
+    """A round's reports and attributes go to SQLite in one statement each; the trials read
+    back, and each trial's own copy (what its pruner sees), equal Optuna's per-value calls."""
+    ref_cached, ref_stored = _write_trials(f"sqlite:///{tmp_path / 'ref.db'}", False, monkeypatch)
+    cached, stored = _write_trials(search.open_storage(f"sqlite:///{tmp_path / 'b.db'}"), True,
+                                   monkeypatch)
+    assert _same(stored, ref_stored) and _same(cached, ref_cached)
+    assert math.isnan(stored[1][0][0]) and stored[1][0][1] == 0.25
+    assert stored[2][0] == {0: 2.0, 1: float("-inf")}
+    assert stored[0][1] == {"stage": 1, "status": "ok", "curve": [1, 2]}
+    assert [sorted(iv) for iv, _ in stored] == [[0, 1]] * 3 and stored[0][0][0] == 0.5
+    # In memory (no tables) the same functions take Optuna's calls.
+    mem_cached, mem_stored = _write_trials(optuna.storages.InMemoryStorage(), True, monkeypatch,
+                                           forbid_optuna=False)
+    assert _same(mem_stored, ref_stored) and _same(mem_cached, ref_cached)
+    with pytest.raises(TypeError):  # ... and only them: forbidden, they are called
+        _write_trials(optuna.storages.InMemoryStorage(), True, monkeypatch)
+
+
+def test_batched_writes_to_a_trial_no_longer_running_take_optunas_calls(tmp_path):
+    """A trial another process finished is not written behind Optuna's back: the batch falls
+    back to Optuna's calls, which refuse it."""
+    from jaxnn.search import _writes
+
+    storage = search.open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(storage=storage)
+    a, b = study.ask(), study.ask()
+    other = optuna.load_study(study_name=study.study_name, storage=storage)
+    other.tell(b.number, 1.0)  # finished elsewhere
+    with pytest.raises(RuntimeError, match="finished"):  # Optuna's UpdateFinishedTrialError
+        _writes.set_user_attrs(study, [(b, {"x": 1}), (a, {"x": 1})])
+    fresh = optuna.load_study(study_name=study.study_name, storage=storage)
+    assert [t.user_attrs for t in fresh.get_trials()] == [{}, {}]
+
+
+def test_a_pruner_sees_the_batched_reports(tmp_path, dataset, tiny, sgd_opt):
+    """With the study in SQLite, a search stores every epoch's report, and a pruner reads the
+    reports written in one statement: a threshold below every loss prunes each trial."""
+    res = search.optimize(
+        search.SearchTask.from_data(dataset, {"learning_rate": (1e-3, 0.1)}, epochs=4,
+                                    model=tiny, optimizer=sgd_opt),
+        search.SearchSettings(method="random", trials=3, population=3, pruner="none"),
+        storage=f"sqlite:///{tmp_path / 'p.db'}", study_name="p")
+    assert all(len(t.intermediate_values) == 4 for t in
+               optuna.load_study(study_name="p", storage=f"sqlite:///{tmp_path / 'p.db'}").trials)
+    assert len(res.trials) == 3
+    study = optuna.create_study(storage=search.open_storage(f"sqlite:///{tmp_path / 't.db'}"),
+                                pruner=optuna.pruners.ThresholdPruner(upper=1e-9))
+    from jaxnn.search import _writes
+
+    trials = [study.ask() for _ in range(2)]
+    _writes.report_all(study, 0, zip(trials, [0.5, 0.7], strict=True))
+    assert [t.should_prune() for t in trials] == [True, True]
+
+
+def test_a_round_asks_optunas_way_only_when_trials_are_enqueued(tmp_path, dataset, tiny,
+                                                                 sgd_opt, monkeypatch):
+    """Rounds make their trials without ``Study.ask``'s scan for enqueued (WAITING) trials;
+    a study holding one claims it through ``ask``, and it is trained with its values."""
+    asks = []
+    real_ask = optuna.Study.ask
+    monkeypatch.setattr(optuna.Study, "ask", lambda self, *a: asks.append(1) or real_ask(self, *a))
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    task = search.SearchTask.from_data(dataset, {"learning_rate": (1e-3, 0.1)}, epochs=1,
+                                       model=tiny, optimizer=sgd_opt)
+    settings = search.SearchSettings(method="random", trials=4, population=2, pruner="none")
+    search.optimize(task, settings, storage=url, study_name="q")
+    assert asks == []
+    study = optuna.load_study(study_name="q", storage=url)
+    study.enqueue_trial({"learning_rate": 0.0123})
+    settings = search.SearchSettings(method="random", trials=6, population=2, pruner="none")
+    res = search.optimize(task, settings, storage=url, study_name="q")
+    assert len(asks) == 2  # the round that found the enqueued trial asked Optuna's way
+    assert any(t.params["learning_rate"] == 0.0123 for t in res.trials)

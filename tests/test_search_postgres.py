@@ -406,3 +406,16 @@ def test_optuna_dashboard_reads_the_study_with_each_trials_command(pg, tmp_path,
         assert len(t["intermediate_values"]) == 1 and t["values"]
     study_attrs = {a["key"] for a in detail.get("user_attrs", [])}
     assert "jaxnn_search" in study_attrs
+
+
+def test_batched_writes_store_what_optunas_own_calls_store_in_postgresql(pg, monkeypatch):
+    """PostgreSQL's upsert takes the round's reports and attributes in one statement each;
+    what is read back equals Optuna's per-value calls (see test_search for SQLite)."""
+    from test_search import _same, _write_trials
+
+    pg.create_db("writes_ref")
+    pg.create_db("writes")
+    ref = _write_trials(pg.url("writes_ref", scheme="postgresql+psycopg"), False, monkeypatch)
+    got = _write_trials(search.open_storage(pg.url("writes")), True, monkeypatch)
+    assert _same(got, ref)
+    assert got[1][0][1] == {"stage": 1, "status": "ok", "curve": [1, 2]}

@@ -1,0 +1,138 @@
+"""Many trial writes in one statement: a round's reports (every member's validation loss of one
+epoch) and its trials' user attributes.
+
+Optuna writes one value per transaction, each through the ORM after reading the trial back:
+``Trial.report`` and ``Trial.set_user_attr`` cost about 1.4 ms each on SQLite, and a search of
+256 trials x 10 epochs with 6 attributes each made 4,100 of them (5.8 s of a 13 s search). For a
+study in SQLite or PostgreSQL the writes here go into Optuna's own tables in one transaction: the
+trials are checked ``RUNNING`` (as Optuna checks them) in one query, then one multi-row upsert
+writes them all — the rows Optuna's own calls would have written. Any other storage (in memory,
+MySQL, a journal), an Optuna whose tables are not the ones known here, or a trial no longer
+``RUNNING`` takes Optuna's own per-value calls, which also raise its errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import optuna
+
+from jaxnn.search._storage import _rdb_of
+
+__all__: list[str] = []
+
+
+def report_all(study, step: int, values: Iterable[tuple[Any, float]]) -> None:
+    """``trial.report(value, step)`` for each ``(trial, value)`` of ``values``."""
+    step = int(step)
+    # A step already reported is ignored, as ``report`` ignores it (with a warning).
+    values = [(t, float(v)) for t, v in values if step not in _cached(t).intermediate_values]
+    if not values:
+        return
+    tables = _tables(study)
+    if tables is not None:
+        models = tables.models
+        rows = []
+        for t, v in values:
+            stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(v)
+            rows.append({"trial_id": t._trial_id, "step": step,
+                         "intermediate_value": stored, "intermediate_value_type": kind})
+        if tables.upsert(models.TrialIntermediateValueModel, rows, ("trial_id", "step"),
+                         ("intermediate_value", "intermediate_value_type")):
+            for t, v in values:  # what the trial's pruner reads (``report`` keeps it too)
+                _cached(t).intermediate_values[step] = v
+            return
+    for t, v in values:
+        t.report(v, step)
+
+
+def set_user_attrs(study, attrs: Iterable[tuple[Any, Mapping[str, Any]]]) -> None:
+    """``trial.set_user_attr(key, value)`` for every item of each ``(trial, {key: value})``."""
+    attrs = [(t, dict(a)) for t, a in attrs]
+    if not any(a for _, a in attrs):
+        return
+    tables = _tables(study)
+    if tables is not None:
+        rows = [{"trial_id": t._trial_id, "key": k, "value_json": json.dumps(v)}
+                for t, a in attrs for k, v in a.items()]
+        if tables.upsert(tables.models.TrialUserAttributeModel, rows, ("trial_id", "key"),
+                         ("value_json",)):
+            for t, a in attrs:
+                _cached(t).user_attrs.update(a)
+            return
+    for t, a in attrs:
+        for k, v in a.items():
+            t.set_user_attr(k, v)
+
+
+def _cached(trial) -> optuna.trial.FrozenTrial:
+    """The trial's own copy of itself, which ``report``/``set_user_attr`` keep up to date and
+    ``should_prune`` hands to the pruner."""
+    return trial._cached_frozen_trial
+
+
+class _Tables:
+    """Optuna's tables behind an :class:`optuna.storages.RDBStorage` on SQLite or PostgreSQL."""
+
+    def __init__(self, rdb, models, insert):
+        self.rdb, self.models, self._insert = rdb, models, insert
+
+    def upsert(self, model, rows: list[dict], keys: tuple[str, ...], update: tuple[str, ...]
+               ) -> bool:
+        """Insert ``rows`` into ``model``'s table (a row whose ``keys`` exist is updated) in one
+        transaction, if every trial they name is ``RUNNING``; ``False`` (nothing written)
+        otherwise."""
+        import sqlalchemy
+
+        trials = self.models.TrialModel
+        ids = sorted({r["trial_id"] for r in rows})
+        with self.rdb.engine.begin() as conn:
+            states = conn.execute(sqlalchemy.select(trials.trial_id, trials.state)
+                                  .where(trials.trial_id.in_(ids))).all()
+            if len(states) != len(ids) or any(s != optuna.trial.TrialState.RUNNING
+                                              for _, s in states):
+                return False
+            stmt = self._insert(model)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[getattr(model, k) for k in keys],
+                set_={c: getattr(stmt.excluded, c) for c in update})
+            conn.execute(stmt, rows)
+        return True
+
+
+def _tables(study) -> _Tables | None:
+    """Optuna's tables for ``study``'s storage, or ``None`` where only its own calls write."""
+    rdb = _rdb_of(study._storage)
+    if rdb is None:
+        return None
+    try:
+        from optuna.storages._rdb import models
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}.get(rdb.engine.name)
+        if insert is None or (rdb.engine.name == "sqlite" and _sqlite_version() < (3, 24, 0)):
+            return None  # upserts (ON CONFLICT) came in SQLite 3.24
+        for name, columns in _COLUMNS.items():
+            table = getattr(models, name).__table__
+            if not set(columns) <= set(table.columns.keys()):
+                return None
+        models.TrialIntermediateValueModel.intermediate_value_to_stored_repr  # noqa: B018
+    except (ImportError, AttributeError):
+        return None
+    return _Tables(rdb, models, insert)
+
+
+#: The columns written here, per Optuna model: a schema without them takes Optuna's calls.
+_COLUMNS = {
+    "TrialModel": ("trial_id", "state"),
+    "TrialIntermediateValueModel": ("trial_id", "step", "intermediate_value",
+                                    "intermediate_value_type"),
+    "TrialUserAttributeModel": ("trial_id", "key", "value_json"),
+}
+
+
+def _sqlite_version() -> tuple[int, ...]:
+    import sqlite3
+
+    return sqlite3.sqlite_version_info
