@@ -19,7 +19,8 @@ memory (``storage`` column; the ``jaxnn search`` command's default,
 a SQLite file, adds a few milliseconds of writes per trial and epoch, measured by the
 ``jaxnn_tpe_p64_sqlite`` row). No pruning (every trial trains every epoch, so all impls do the
 same work per trial). Compilation is included in ``seconds``: a user pays it; JAX's persistent
-compilation cache is off here.
+compilation cache is off here, and each row starts with JAX's in-memory caches cleared
+(``jax.clear_caches()``), so no row runs on programs an earlier row compiled.
 
 Rows: ``impl``, ``trials``, ``seconds``, ``trials_per_s``, ``vs_optuna`` (trials/s ratio),
 ``best_val_acc`` (the highest validation accuracy of any trial), ``best_val_loss``, and
@@ -152,14 +153,18 @@ def jaxnn_search(s: Settings, ds, model, method: str, population: int, trials: i
 
 
 def measure_all(s: Settings, tmp: Path) -> list[dict]:
+    import jax
+
     ds, model, sizes = _setup(s)
     C.log(f"  optuna loop: {s.optuna_trials} trials of fit")
+    jax.clear_caches()
     sec, done = optuna_loop(s, ds, model)
     rows = [{"impl": "optuna_loop", "trials": len(done), "seconds": sec, "storage": "memory",
              "population": 1, "done": done}]
     C.log(f"    {sec:.1f} s")
     for impl, method, pop, trials, storage in s.jaxnn:
         C.log(f"  {impl}: {trials} trials, population {pop}")
+        jax.clear_caches()  # each row compiles its own programs, as in a new process
         sec_j, done_j = jaxnn_search(s, ds, model, method, pop, trials, storage, tmp)
         rows.append({"impl": impl, "trials": len(done_j), "seconds": sec_j, "storage": storage,
                      "population": pop, "done": done_j})

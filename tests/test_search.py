@@ -774,6 +774,37 @@ def _write_trials(storage, fast: bool, monkeypatch, *, forbid_optuna: bool = Tru
     return cached, stored
 
 
+def _tell_trials(storage, fast: bool, monkeypatch):
+    """Six RUNNING trials told: a value, +inf, NaN (FAIL), pruned after a report (keeps it as
+    its value), pruned after a NaN report and pruned unreported (no value); the sampler's
+    ``after_trial`` calls seen and the trials read back."""
+    from jaxnn.search import _writes
+
+    study = optuna.create_study(storage=storage, study_name="t", load_if_exists=True)
+    trials = [study.ask() for _ in range(6)]
+    for t, v in [(trials[3], 0.75), (trials[4], float("nan"))]:
+        t.report(v, 2)
+    results = list(zip(trials, [0.5, float("inf"), float("nan"), None, None, None], strict=True))
+    seen = []
+    with monkeypatch.context() as m:
+        m.setattr(study.sampler, "after_trial",
+                  lambda st, ft, state, values: seen.append((ft.number, ft.state, state, values)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna warns of the NaN value
+            if fast:
+                m.setattr(optuna.Study, "tell", None)  # the batch must not fall back to tell
+                _writes.tell_all(study, results)
+            else:
+                for t, v in results:
+                    if v is None:
+                        study.tell(t, state=optuna.trial.TrialState.PRUNED)
+                    else:
+                        study.tell(t, v)
+    back = optuna.load_study(study_name="t", storage=storage).get_trials(deepcopy=False)
+    return seen, [(ft.number, ft.state, ft.values, ft.datetime_complete is not None)
+                  for ft in back]
+
+
 def _same(a, b):
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN == NaN here
 
@@ -795,6 +826,35 @@ def test_batched_writes_store_what_optunas_own_calls_store(tmp_path, monkeypatch
     assert _same(mem_stored, ref_stored) and _same(mem_cached, ref_cached)
     with pytest.raises(TypeError):  # ... and only them: forbidden, they are called
         _write_trials(optuna.storages.InMemoryStorage(), True, monkeypatch)
+
+
+def test_telling_a_round_at_once_stores_what_optunas_tell_stores(tmp_path, monkeypatch):
+    """A round's trials are told in one transaction with tell's rules (NaN: FAIL; pruned: its
+    last reported number as value), the sampler seeing each first as tell shows it."""
+    ref = _tell_trials(f"sqlite:///{tmp_path / 'ref.db'}", False, monkeypatch)
+    got = _tell_trials(search.open_storage(f"sqlite:///{tmp_path / 'b.db'}"), True, monkeypatch)
+    assert _same(got, ref)
+    State = optuna.trial.TrialState
+    assert [(s, v) for _, s, v, _ in got[1]] == [
+        (State.COMPLETE, [0.5]), (State.COMPLETE, [float("inf")]), (State.FAIL, None),
+        (State.PRUNED, [0.75]), (State.PRUNED, None), (State.PRUNED, None)]
+    assert all(done for *_, done in got[1]) and [n for n, *_ in got[0]] == list(range(6))
+
+
+def test_a_round_told_at_once_with_a_trial_finished_elsewhere_is_told_by_optuna(tmp_path):
+    """If another process finished one of the trials, the transaction is rolled back (nothing
+    of it stays) and Optuna's tell, which refuses a finished trial, takes over."""
+    from jaxnn.search import _writes
+
+    storage = search.open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(storage=storage)
+    a, b = study.ask(), study.ask()
+    optuna.load_study(study_name=study.study_name, storage=storage).tell(b.number, 1.0)
+    with pytest.raises(ValueError, match="Cannot tell a COMPLETE trial"):
+        _writes.tell_all(study, [(b, 2.0), (a, 3.0)])
+    back = optuna.load_study(study_name=study.study_name, storage=storage).get_trials()
+    assert [(t.state, t.values) for t in back] == [
+        (optuna.trial.TrialState.RUNNING, None), (optuna.trial.TrialState.COMPLETE, [1.0])]
 
 
 def test_batched_writes_to_a_trial_no_longer_running_take_optunas_calls(tmp_path):

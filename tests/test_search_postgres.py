@@ -409,9 +409,10 @@ def test_optuna_dashboard_reads_the_study_with_each_trials_command(pg, tmp_path,
 
 
 def test_batched_writes_store_what_optunas_own_calls_store_in_postgresql(pg, monkeypatch):
-    """PostgreSQL's upsert takes the round's reports and attributes in one statement each;
-    what is read back equals Optuna's per-value calls (see test_search for SQLite)."""
-    from test_search import _same, _write_trials
+    """PostgreSQL's upsert takes the round's reports and attributes in one statement each, and
+    its trials are told in one transaction; what is read back equals Optuna's per-value calls
+    and tell (see test_search for SQLite)."""
+    from test_search import _same, _tell_trials, _write_trials
 
     pg.create_db("writes_ref")
     pg.create_db("writes")
@@ -419,3 +420,8 @@ def test_batched_writes_store_what_optunas_own_calls_store_in_postgresql(pg, mon
     got = _write_trials(search.open_storage(pg.url("writes")), True, monkeypatch)
     assert _same(got, ref)
     assert got[1][0][1] == {"stage": 1, "status": "ok", "curve": [1, 2]}
+    pg.create_db("tell_ref")
+    pg.create_db("tell")
+    ref = _tell_trials(pg.url("tell_ref", scheme="postgresql+psycopg"), False, monkeypatch)
+    got = _tell_trials(search.open_storage(pg.url("tell")), True, monkeypatch)
+    assert _same(got, ref) and len(got[1]) == 6

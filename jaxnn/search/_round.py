@@ -141,7 +141,7 @@ def _train_group(study, task: SearchTask, group: Group, members: list, *, epochs
         data=group.data, hparams=hparams, epochs=epochs, batch_size=task.batch_size, key=keys,
         model=group.model, loss=group.loss, optimizer=group.optimizer, devices=task.devices,
         divergence_factor=task.divergence_factor, on_epoch=on_epoch)
-    alive, results = 0, []
+    results = []
     for j, (trial, values) in enumerate(members):
         status = Status(res.status[j])
         f = {k: num(res.final[k][j]) for k in ("val_acc", "val_loss", "train_loss")}
@@ -154,11 +154,9 @@ def _train_group(study, task: SearchTask, group: Group, members: list, *, epochs
             attrs.update(trial_attrs(record))
         results.append((trial, attrs, status, f["val_loss"]))
     _writes.set_user_attrs(study, [(trial, attrs) for trial, attrs, *_ in results])
-    for trial, _, status, val_loss in results:
-        if status in (Status.OK, Status.STOPPED) and val_loss is not None:
-            study.tell(trial, val_loss)
-            alive += 1
-        else:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        told.add(trial.number)
-    return alive
+    ok = [status in (Status.OK, Status.STOPPED) and val_loss is not None
+          for _, _, status, val_loss in results]
+    _writes.tell_all(study, [(trial, val_loss if k else None)  # None: PRUNED
+                             for (trial, _, _, val_loss), k in zip(results, ok, strict=True)])
+    told.update(trial.number for trial, *_ in results)
+    return sum(ok)
