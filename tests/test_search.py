@@ -912,3 +912,18 @@ def test_a_round_asks_optunas_way_only_when_trials_are_enqueued(tmp_path, datase
     res = search.optimize(task, settings, storage=url, study_name="q")
     assert len(asks) == 2  # the round that found the enqueued trial asked Optuna's way
     assert any(t.params["learning_rate"] == 0.0123 for t in res.trials)
+
+
+def test_a_tpe_search_in_sqlite_is_the_same_search_as_in_memory(tmp_path, dataset, tiny,
+                                                                 sgd_opt):
+    """The batched writes change where a study is written, not what its sampler sees: a study
+    in SQLite draws, trains and tells trial for trial what the same study in memory does
+    (rounds after the first are TPE's model of the ones before)."""
+    task = search.SearchTask.from_data(dataset, {"learning_rate": (1e-3, 0.5), "l2": (1e-6, 0.1)},
+                                       epochs=2, model=tiny, optimizer=sgd_opt)
+    settings = search.SearchSettings(method="tpe", trials=9, population=3, pruner="none")
+    runs = [search.optimize(task, settings, storage=s, study_name="same")
+            for s in (None, f"sqlite:///{tmp_path / 'same.db'}")]
+    rows = [[(t.number, t.params, t.status, t.val_loss) for t in
+             sorted(r.trials, key=lambda t: t.number)] for r in runs]
+    assert len(rows[0]) == 9 and rows[0] == rows[1]

@@ -93,6 +93,7 @@ def _new_trial(study, fixed: Mapping[str, Any]) -> optuna.Trial:
     trial from storage each time: a round of P trials in a database read up to P running trials
     P times (2.9 s of a 256-trial SQLite search, one third of its storage time).
     :func:`run_round` looks for WAITING trials once and asks the usual way when there are some."""
+    study._thread_local.cached_all_trials = None  # as ask: the study's read of its trials is stale
     trial = optuna.Trial(study, study._storage.create_new_trial(study._study_id))
     for name, dist in fixed.items():
         _suggest(trial, name, dist)

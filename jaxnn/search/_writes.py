@@ -80,6 +80,7 @@ def tell_all(study, results: Iterable[tuple[Any, float | None]]) -> None:
     results = list(results)
     if not results:
         return
+    study._thread_local.cached_all_trials = None  # the study's read of its trials is stale (tell)
     tables = _tables(study)
     if tables is None:
         for t, v in results:
