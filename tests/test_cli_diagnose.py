@@ -196,6 +196,7 @@ def test_gradcheck_fails_for_a_loss_it_cannot_check(capsys, monkeypatch):
     assert "FAIL" in rows["picky"] and rows["softmax_cross_entropy"].endswith(" ok")
 
 
+@pytest.mark.slow
 def test_gradcheck_fails_on_a_wrong_gradient(capsys, monkeypatch):
     @jax.custom_jvp
     def bad_tanh(x):

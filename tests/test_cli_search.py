@@ -121,6 +121,7 @@ def test_categorical_choices_group_and_reach_the_command(tmp_path, capsys):
     assert "(2 populations" in stdout
 
 
+@pytest.mark.slow
 def test_every_trial_diverged_exits_1(tmp_path, capsys):
     out = tmp_path / "d"
     rc, stdout, err = _run(["search", "--loss", "multiclass_hinge_loss", "--lr-range",

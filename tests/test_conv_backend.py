@@ -150,7 +150,9 @@ def _patch_bytes(x, w, strides):
     return int(np.prod(y.shape[1:3])) * int(np.prod(w.shape[:3])) * 4
 
 
-@pytest.mark.parametrize("n,strides,per_chunk", [(13, (1, 1), 3), (10, (2, 1), 2), (9, (1, 1), 1)])
+@pytest.mark.parametrize("n,strides,per_chunk", [  # one case in the fast suite
+    (13, (1, 1), 3), pytest.param(10, (2, 1), 2, marks=pytest.mark.slow),
+    pytest.param(9, (1, 1), 1, marks=pytest.mark.slow)])
 def test_chunked_im2col_computes_the_convolution_and_its_derivatives(n, strides, per_chunk):
     """Chunks of ``per_chunk`` examples (13: the last chunk padded) give lax.conv's values and
     gradients, forward-mode derivatives and a vmap, to float32 rounding of sums of 27-45
@@ -175,6 +177,7 @@ def test_chunked_im2col_computes_the_convolution_and_its_derivatives(n, strides,
     np.testing.assert_allclose(stacked[1], -y, atol=1e-6 * scale)
 
 
+@pytest.mark.slow
 def test_chunked_im2col_second_derivatives():
     x, w = _conv_pair(3, (2, 1), c_in=2, c_out=2)
     x = x[:, :4, :4]

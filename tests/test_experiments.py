@@ -209,6 +209,7 @@ def test_score_sweep_against_numpy():
     assert np.all(sw.cross_entropy > 0) and np.all(sw.cross_entropy_grad < 0)
 
 
+@pytest.mark.slow
 def test_loss_comparison_hinge_stops_cross_entropy_keeps_pushing(blobs):
     # Plain SGD, no regularization, the probe is the whole training set: once every margin is
     # met the hinge gradient is exactly 0 and the weights stop moving; cross-entropy never stops.

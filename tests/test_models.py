@@ -260,6 +260,7 @@ def test_convnet_errors():
 
 
 # --------------------------------------------------------------------------- gradients, training
+@pytest.mark.slow
 def test_convnet_with_batch_norm_passes_gradcheck_in_float64():
     model = models.convnet((4, 4, 2), 3, "conv:3,pool,fc:4", activation="tanh", batch_norm=True,
                            bias_init=0.1)

@@ -326,6 +326,7 @@ def test_pruned_members_are_frozen_and_the_others_unaffected(dataset, tiny, sgd_
                                                             epochs=3)[-1], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_nan_models_are_diverged_and_never_best(dataset, tiny, sgd_opt):
     kw = {"method": "grid", "loss": "multiclass_hinge_loss"}
     res = _optimize(dataset, tiny, sgd_opt, space={"learning_rate": [1e20, 0.05]}, **kw)
@@ -337,6 +338,7 @@ def test_nan_models_are_diverged_and_never_best(dataset, tiny, sgd_opt):
     assert all_bad.best is None and [t.status for t in all_bad.trials] == ["diverged"]
 
 
+@pytest.mark.slow
 def test_grid_trains_every_point_once_over_rounds(dataset, tiny, sgd_opt):
     space = {"learning_rate": [0.05, 0.2], "l2": [0.0, 1e-3], "seed": [3]}
     res = _optimize(dataset, tiny, sgd_opt, space=space, trials=10, population=3,
