@@ -1,14 +1,15 @@
-"""Many trial writes in one statement: a round's reports (every member's validation loss of one
-epoch), its trials' user attributes, and telling them their results.
+"""Many trial writes in one transaction: a round's reports (every member's validation loss of
+one epoch), its trials' user attributes, and telling them their results.
 
 Optuna writes one value per transaction, each through the ORM after reading the trial back:
-``Trial.report`` and ``Trial.set_user_attr`` cost about 1.4 ms each on SQLite, and a search of
-256 trials x 10 epochs with 6 attributes each made 4,100 of them (5.8 s of a 13 s search). For a
-study in SQLite or PostgreSQL the writes here go into Optuna's own tables in one transaction: the
-trials are checked ``RUNNING`` (as Optuna checks them) in one query, then one multi-row upsert
-writes them all — the rows Optuna's own calls would have written. Any other storage (in memory,
-MySQL, a journal), an Optuna whose tables are not the ones known here, or a trial no longer
-``RUNNING`` takes Optuna's own per-value calls, which also raise its errors."""
+``Trial.report`` and ``Trial.set_user_attr`` cost about 1.4 ms each on SQLite, ``Study.tell``
+about 7 ms. Profiled, a search of 256 trials x 10 epochs spent 5.8 s of 22 s on its 2,560
+reports and 1,536 attributes and 1.9 s on its tells. For a study in SQLite or PostgreSQL the
+writes here go into Optuna's own tables in one transaction: the trials are checked ``RUNNING``
+(as Optuna checks them) by one statement, then one multi-row upsert writes them all — the rows
+Optuna's own calls would have written. Any other storage (in memory, MySQL, a journal), an Optuna
+whose tables are not the ones known here, or a trial no longer ``RUNNING`` takes Optuna's own
+per-value calls, which also raise its errors."""
 
 from __future__ import annotations
 
@@ -135,17 +136,26 @@ class _Tables:
 
         trials = self.models.TrialModel
         ids = sorted({r["trial_id"] for r in rows})
-        with self.rdb.engine.begin() as conn:
-            states = conn.execute(sqlalchemy.select(trials.trial_id, trials.state)
-                                  .where(trials.trial_id.in_(ids))).all()
-            if len(states) != len(ids) or any(s != optuna.trial.TrialState.RUNNING
-                                              for _, s in states):
-                return False
-            stmt = self._insert(model)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[getattr(model, k) for k in keys],
-                set_={c: getattr(stmt.excluded, c) for c in update})
-            conn.execute(stmt, rows)
+        conn = self.rdb.engine.connect()
+        try:
+            with conn.begin() as tx:
+                # The check is a write that changes nothing: it takes the write lock first (on
+                # SQLite, a read first and a write after fails at once if another process wrote
+                # in between) and, on PostgreSQL, locks the trials' rows until the commit.
+                running = optuna.trial.TrialState.RUNNING
+                held = conn.execute(sqlalchemy.update(trials)
+                                    .where(trials.trial_id.in_(ids), trials.state == running)
+                                    .values(state=running)).rowcount
+                if held != len(ids):
+                    tx.rollback()
+                    return False
+                stmt = self._insert(model)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=[getattr(model, k) for k in keys],
+                    set_={c: getattr(stmt.excluded, c) for c in update})
+                conn.execute(stmt, rows)
+        finally:
+            conn.close()
         return True
 
 
