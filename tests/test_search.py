@@ -929,3 +929,31 @@ def test_a_tpe_search_in_sqlite_is_the_same_search_as_in_memory(tmp_path, datase
     rows = [[(t.number, t.params, t.status, t.val_loss) for t in
              sorted(r.trials, key=lambda t: t.number)] for r in runs]
     assert len(rows[0]) == 9 and rows[0] == rows[1]
+
+
+def test_a_rounds_heartbeats_are_one_statement_read_as_optunas(tmp_path, monkeypatch):
+    """``Heartbeat.add`` records every trial's heartbeat in one statement, with the database's
+    clock as Optuna's ``record_heartbeat`` does: read back the same way, all fresh and live."""
+    from jaxnn.search import _storage
+
+    storage = search.open_storage(f"sqlite:///{tmp_path / 'h.db'}")
+    study = optuna.create_study(storage=storage)
+    a, b, c = (study.ask()._trial_id for _ in range(3))
+    rdb = _storage._rdb_of(study._storage)
+    rdb.record_heartbeat(c)  # Optuna's own
+    calls = []
+    monkeypatch.setattr(type(rdb), "record_heartbeat", lambda self, i: calls.append(i))
+    with _storage.Heartbeat(study._storage, interval=60) as beat:
+        beat.add(a, b)
+        beat.add(c)  # one that exists is updated
+    assert calls == []  # not Optuna's per-trial call
+    liveness = _storage.Liveness(study._storage, grace=30)
+    beats, now = liveness._heartbeats([a, b, c])
+    assert sorted(beats) == [a, b, c]
+    assert all(0 <= (now - t).total_seconds() <= 5 for t in beats.values())
+    assert len(liveness.live(study.get_trials(deepcopy=False))) == 3
+    # Where the batch cannot write (no tables known here), Optuna's call writes each.
+    monkeypatch.setattr("jaxnn.search._writes._tables_of", lambda rdb: None)
+    with _storage.Heartbeat(study._storage, interval=60) as beat:
+        beat.add(a, b)
+    assert calls == [a, b]

@@ -31,7 +31,7 @@ def run_round(study, task: SearchTask, dists: Mapping[str, Any], ask: int, *, ep
     ``epochs``, tell the study. Returns (members alive at the end, members trained,
     populations).
 
-    Each asked trial's heartbeat is recorded at once and kept up while the round runs
+    The asked trials' heartbeats are recorded once all are asked and kept up while the round runs
     (``heartbeat``, :class:`jaxnn.search._storage.Heartbeat`). Once all are asked, ``admit``
     returns those that fit in the study; the others are told ``FAIL`` untrained (user attribute
     ``jaxnn_surplus``). A round that fails tells its untold trials ``FAIL`` (never left
@@ -48,8 +48,6 @@ def run_round(study, task: SearchTask, dists: Mapping[str, Any], ask: int, *, ep
             for _ in range(ask):
                 trial = study.ask(categorical) if waiting else _new_trial(study, categorical)
                 asked.append(trial)
-                if heartbeat is not None:
-                    heartbeat.add(trial._trial_id)
                 if stage is not None:
                     trial.set_user_attr("stage", stage)
                 values = {**fixed, **trial.params}
@@ -58,6 +56,8 @@ def run_round(study, task: SearchTask, dists: Mapping[str, Any], ask: int, *, ep
                     if name in dists:
                         values[name] = _suggest(trial, name, dists[name])
                 rows.append((trial, group, values))
+        if heartbeat is not None:  # one statement for the round's trials (live until then)
+            heartbeat.add(*(t._trial_id for t in asked))
         kept = {t.number for t in (asked if admit is None else admit(asked))}
         by_group: dict[int, tuple[Group, list]] = {}
         for trial, group, values in rows:

@@ -227,27 +227,33 @@ class Heartbeat:
         if self._thread is not None:
             self._thread.join(timeout=30)
 
-    def add(self, trial_id: int) -> None:
-        if self._rdb is None:
+    def add(self, *trial_ids: int) -> None:
+        """Record the heartbeats of ``trial_ids`` now (one statement for all), and keep them up."""
+        if self._rdb is None or not trial_ids:
             return
-        self._beat(trial_id)
+        self._beat(*trial_ids)
         with self._lock:
-            self._ids.add(trial_id)
+            self._ids.update(trial_ids)
 
     def discard(self, trial_id: int) -> None:
         with self._lock:
             self._ids.discard(trial_id)
 
-    def _beat(self, trial_id: int) -> None:
+    def _beat(self, *trial_ids: int) -> None:
+        from jaxnn.search import _writes
+
         with contextlib.suppress(Exception):  # a lost beat is retried; the round reports errors
-            self._rdb.record_heartbeat(trial_id)
+            if _writes.record_heartbeats(self._rdb, trial_ids):
+                return
+            for trial_id in trial_ids:  # Optuna's own call, one trial at a time
+                self._rdb.record_heartbeat(trial_id)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             with self._lock:
                 ids = sorted(self._ids)
-            for trial_id in ids:
-                self._beat(trial_id)
+            if ids:
+                self._beat(*ids)
 
 
 class Liveness:
