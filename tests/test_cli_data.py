@@ -109,6 +109,7 @@ def test_data_without_a_command_shows_help(capsys):
     assert "download" in err and "list" in err and "choose one of the commands" in err
 
 
+@pytest.mark.slow
 def test_train_downloads_on_first_use(mirrored, tmp_path, capsys):
     url, root, requests = mirrored
     cache, out = tmp_path / "cache", tmp_path / "run"

@@ -179,6 +179,7 @@ def test_activation_comparison_rows_and_dead_relus(blobs):
         assert r.val_acc_std == pytest.approx(np.std(r.val_acc_per_seed))
 
 
+@pytest.mark.slow
 def test_activation_comparison_covers_maxout_and_validates(blobs):
     rows = experiments.activation_comparison(
         blobs, key=jax.random.key(0), activations=("maxout",), inits=("lecun_normal",),

@@ -607,6 +607,7 @@ def test_a_model_goes_inside_a_serial(key):
     _close(model.apply(params, state, x)[0], want, 8)
 
 
+@pytest.mark.slow
 def test_gradients_through_nested_blocks_pass_gradcheck():
     from jaxnn import gradcheck
 

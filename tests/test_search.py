@@ -226,6 +226,7 @@ def _fit_val_loss(tiny, dataset, params, *, epochs=2, key_seed=0, loss="softmax_
     return hist["val_loss"]
 
 
+@pytest.mark.slow
 def test_tpe_study_is_read_by_optuna_and_a_rerun_continues_it(tmp_path, dataset, tiny, sgd_opt):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     first = _optimize(dataset, tiny, sgd_opt, storage=url, study_name="s")
