@@ -128,6 +128,38 @@ def test_fit_learns_a_tiny_problem_to_zero_loss(model, dataset):
     assert hist["train_loss"].shape == (150,)
 
 
+def test_a_second_fit_with_the_same_settings_reuses_the_compiled_epoch(model, dataset,
+                                                                     monkeypatch):
+    """fit builds (traces, compiles) its epoch once for the same model, loss, optimizer and
+    settings; the second run is the first run again, bit for bit. Other settings, or an
+    optimizer that cannot be hashed, build their own."""
+    import optax
+
+    train._fit_epoch_lru.cache_clear()
+    built = []
+    real = train._fit_epoch
+    monkeypatch.setattr(train, "_fit_epoch", lambda *a, **k: built.append(k["l2"]) or real(*a, **k))
+    opt = optim.momentum(0.05)
+    run = lambda **kw: train.fit(model, dataset, optimizer=opt, epochs=3, batch_size=16,
+                                 key=jax.random.key(1), **kw)
+    first, second = run(), run()
+    assert built == [0.0]
+    assert [r["train_loss"] for r in first.records] == [r["train_loss"] for r in second.records]
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first.state.params),
+                                                    jax.tree.leaves(second.state.params),
+                                                    strict=True))
+    run(l2=1e-3)
+    assert built == [0.0, 1e-3]
+
+    class Unhashable(optax.GradientTransformation):
+        __hash__ = None
+
+    opt = Unhashable(*optim.momentum(0.05))
+    run(), run()
+    assert built == [0.0, 1e-3, 0.0, 0.0]  # built every time, and still trains
+    assert np.isfinite(run().records[-1]["train_loss"])
+
+
 def test_fit_stops_on_divergence_and_returns_the_last_good_state(model, dataset):
     # An absurd learning rate: the loss explodes within a few epochs.
     hist = train.fit(model, dataset, optimizer=optim.sgd(1e4), epochs=20, batch_size=30,
