@@ -308,3 +308,40 @@ def test_the_console_script_caches_compiles_and_a_warm_run_gives_the_same_losses
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0").returncode == 0
     assert not (tmp_path / "c3").exists() and len(os.listdir(mine)) > 0
     assert losses_of("cold") == losses_of("warm") == losses_of("off") == losses_of("users")
+
+
+def test_a_ctrl_c_inside_jaxs_backend_set_up_is_delivered_again_a_moment_later(monkeypatch):
+    """A SIGINT that lands in JAX's backend initialization (which would leave its 60 s timer
+    thread running: the process waited a minute at exit and printed JAX's TPU warning) is sent
+    again 50 ms later; anywhere else it raises KeyboardInterrupt at once."""
+    import threading
+
+    from jaxnn import cli
+
+    installed, timers = [], []
+
+    class Timer:
+        def __init__(self, seconds, fn, args=()):
+            timers.append((seconds, fn, args))
+            self.daemon = False
+
+        def start(self):
+            pass
+
+    monkeypatch.setattr(signal, "getsignal", lambda s: signal.default_int_handler)
+    monkeypatch.setattr(signal, "signal", lambda s, h: installed.append(h))
+    monkeypatch.setattr(threading, "Timer", Timer)
+    monkeypatch.setattr(cli, "_SIGINT", {"raised": False, "handled": False})
+    cli._install_sigint(["jaxnn train"])
+    (handler,) = installed
+    where = {}
+    exec(compile("import sys\ndef backend_init(h):\n    h(2, sys._getframe())\n",
+                 os.path.join(os.sep, "venv", "jax", "_src", "xla_bridge.py"), "exec"), where)
+    try:
+        where["backend_init"](handler)  # deferred: no KeyboardInterrupt here
+    except KeyboardInterrupt:
+        pytest.fail("a SIGINT inside JAX's backend initialization raised at once")
+    assert timers == [(0.05, os.kill, (os.getpid(), signal.SIGINT))]
+    with pytest.raises(KeyboardInterrupt):
+        handler(2, sys._getframe())
+    assert timers[1][0] == cli._INTERRUPT_GRACE  # the watchdog of a raised interrupt

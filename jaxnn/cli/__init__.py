@@ -167,6 +167,11 @@ def _close_runs() -> None:
 #: Functions in which a raised KeyboardInterrupt would be swallowed ("Exception ignored in ...")
 #: instead of stopping the program: a SIGINT arriving there is delivered again a moment later.
 _SWALLOWING = frozenset({"_xla_gc_callback", "__del__"})
+#: Files in which a KeyboardInterrupt would leave JAX half set up: its backend initialization
+#: starts a timer thread and cancels it in a ``finally`` it may not reach yet (the process then
+#: waited 60 s at exit and printed JAX's "TPU backend initialization is taking more than 60
+#: seconds"). A SIGINT there is delivered again a moment later too.
+_DEFERRING_FILES = (os.path.join("jax", "_src", "xla_bridge.py"),)
 #: Seconds after a Ctrl-C within which the KeyboardInterrupt must reach :func:`main`; if some
 #: library swallowed it, the process ends then ("interrupted", exit 130).
 _INTERRUPT_GRACE = 10.0
@@ -175,8 +180,9 @@ _SIGINT = {"raised": False, "handled": False}
 
 def _install_sigint(prog: list[str]) -> None:
     """Ctrl-C (SIGINT) in the console script: a ``KeyboardInterrupt`` in the main thread, as
-    usual, except where it would be lost or break an import half-way (a gc callback such as
-    JAX's, a ``__del__``, an import): there the signal is sent again 50 ms later. A second
+    usual, except where it would be lost or break an import or JAX's set-up half-way (a gc
+    callback such as JAX's, a ``__del__``, an import, JAX's backend initialization): there the
+    signal is sent again 50 ms later. A second
     Ctrl-C while the first one is being handled ends the process at once (``prog``:
     "interrupted", exit 130), and so does a first one whose KeyboardInterrupt has not reached
     :func:`main` within :data:`_INTERRUPT_GRACE` seconds (a library swallowed it)."""
@@ -195,7 +201,8 @@ def _install_sigint(prog: list[str]) -> None:
         f = frame
         while f is not None:
             code = f.f_code
-            if code.co_name in _SWALLOWING or code.co_filename.startswith("<frozen importlib"):
+            if (code.co_name in _SWALLOWING or code.co_filename.startswith("<frozen importlib")
+                    or code.co_filename.endswith(_DEFERRING_FILES)):
                 timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
                 timer.daemon = True
                 timer.start()
