@@ -638,7 +638,9 @@ def fit(
 
     Every model on every backend trains with the epoch in one ``lax.scan`` (measured faster than
     a loop of steps jitted alone, convnets on a CPU included: see :func:`_fit_loop`). Inside it
-    ``Conv2D`` follows the backend: im2col + matmul on a CPU, ``lax.conv`` on GPU and TPU.
+    ``Conv2D`` follows the backend: im2col + matmul on a CPU, ``lax.conv`` on GPU and TPU. A
+    second ``fit`` with the same ``model``, ``loss``, ``optimizer`` object and settings reuses the
+    compiled epoch (the last 8 are kept): it neither traces nor compiles again.
 
     Stopping: the one divergence rule (:func:`diverged`: NaN/inf loss or parameters, or a loss
     above ``divergence_factor`` times the initial loss) stops the run and returns the last good
