@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -345,3 +346,34 @@ def test_a_ctrl_c_inside_jaxs_backend_set_up_is_delivered_again_a_moment_later(m
     with pytest.raises(KeyboardInterrupt):
         handler(2, sys._getframe())
     assert timers[1][0] == cli._INTERRUPT_GRACE  # the watchdog of a raised interrupt
+
+
+def test_after_a_ctrl_c_what_fails_to_close_at_exit_is_not_printed(monkeypatch, capsys):
+    """Once "interrupted" is printed, an object that fails in ``__del__`` at exit (orbax's
+    asyncio loop, stopped while closing, printed 25 lines of "Exception ignored in") and
+    coroutines never awaited (its pending save steps) are quiet; before, both print as usual."""
+    import gc
+
+    from jaxnn import cli
+
+    class Broken:
+        def __del__(self):
+            raise ValueError("Invalid file descriptor: -1")
+
+    async def pending():
+        pass
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("default")
+        Broken()
+        pending()  # a coroutine never awaited: a RuntimeWarning when collected
+        gc.collect()
+        assert "Exception ignored" in capsys.readouterr().err
+        assert [str(w.message) for w in shown if "was never awaited" in str(w.message)]
+        shown.clear()
+        cli._quiet_teardown()
+        Broken()
+        pending()
+        gc.collect()
+        assert capsys.readouterr().err == "" and shown == []

@@ -259,7 +259,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # during start-up, before the verb runs
         _SIGINT["handled"] = True
         sys.stderr.write(f"{prog[0]}: interrupted\n")
+        if console:
+            _quiet_teardown()
         return 130
+
+
+def _quiet_teardown() -> None:
+    """After a Ctrl-C has been reported: what libraries stopped half-way fail to close at exit
+    ("Exception ignored in: <function BaseEventLoop.__del__>", orbax's asyncio event loop
+    interrupted while closing; "RuntimeWarning: coroutine ... was never awaited", its pending
+    save steps) is not printed. The line "interrupted" said what happened."""
+    sys.unraisablehook = lambda unraisable: None
+    warnings.simplefilter("ignore")
 
 
 def _main(argv, console: bool, prog: list[str]) -> int:
@@ -294,6 +305,8 @@ def _main(argv, console: bool, prog: list[str]) -> int:
     except KeyboardInterrupt:
         _SIGINT["handled"] = True
         sys.stderr.write(f"{verb_parser.prog}: interrupted\n")
+        if console:
+            _quiet_teardown()
         return 130
     except (CLIError, ValueError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
