@@ -409,6 +409,34 @@ def trust_cases(d: str, n_interrupts: int, seed: int = 0) -> list[dict]:
           codes == [0, 0] and trials == 4, f"exit {codes}, {trials} trials; "
           + " ".join(e.strip()[-200:] for _, e in outs))
 
+    # kill -9 of a search while its round is written to the study (a round's reports, attributes
+    # and tells are one SQLite transaction each): a rerun completes the study with exactly
+    # --trials finished trials, each told once, and nothing of the killed round counted.
+    out = os.path.join(d, "killed-search")
+    search = ["search", "--dataset", files["good"], *TINY, "--epochs", "20", "--method", "random",
+              "--trials", "6", "--population", "2", "--pruner", "none", "--out", out]
+    p = _popen(*search)
+    line = p.stdout.readline()  # "round 1: 2/6 ...": the first round is told
+    time.sleep(random.Random(seed).uniform(0.0, 0.4))
+    p.kill()
+    p.communicate()
+    rerun = subprocess.run([sys.executable, "-m", "jaxnn", *search, "--quiet"],
+                           capture_output=True, text=True, timeout=600)
+    done = None
+    if rerun.returncode == 0:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.load_study(study_name=None,
+                                  storage=f"sqlite:///{os.path.join(out, 'study.db')}")
+        fin = [t for t in study.trials if t.state.is_finished() and "status" in t.user_attrs]
+        done = (len(fin), len({t.number for t in fin}),
+                all(len(t.intermediate_values) == 20 for t in fin))
+    _case(results, "kill -9 mid-round of a search, rerun: exactly --trials told once",
+          line.startswith("round 1") and done is not None and done[:2] == (6, 6) and done[2],
+          f"first line {line.strip()[:60]!r}, rerun exit {rerun.returncode}, finished {done}; "
+          + rerun.stderr.strip()[-200:])
+
     # Ctrl-C at random moments of start-up and of training: exit 130, one line.
     rng = random.Random(seed)
     bad = []
