@@ -151,69 +151,59 @@ class _Tables:
         """Insert ``rows`` into ``model``'s table (a row whose ``keys`` exist is updated) in one
         transaction, if every trial they name is ``RUNNING``; ``False`` (nothing written)
         otherwise."""
-        import sqlalchemy
-
-        trials = self.models.TrialModel
         ids = sorted({r["trial_id"] for r in rows})
-        conn = self.rdb.engine.connect()
-        try:
-            with conn.begin() as tx:
-                # The check is a write that changes nothing: it takes the write lock first (on
-                # SQLite, a read first and a write after fails at once if another process wrote
-                # in between) and, on PostgreSQL, locks the trials' rows until the commit.
-                running = optuna.trial.TrialState.RUNNING
-                held = conn.execute(sqlalchemy.update(trials)
-                                    .where(trials.trial_id.in_(ids), trials.state == running)
-                                    .values(state=running)).rowcount
-                if held != len(ids):
-                    tx.rollback()
-                    return False
-                stmt = self._insert(model)
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=[getattr(model, k) for k in keys],
-                    set_={c: getattr(stmt.excluded, c) for c in update})
-                conn.execute(stmt, rows)
-        finally:
-            conn.close()
+        running = optuna.trial.TrialState.RUNNING
+        with self.rdb.engine.connect() as conn, conn.begin() as tx:
+            # The check is a write that changes nothing: it takes the write lock first (on
+            # SQLite, a read first and a write after fails at once if another process wrote in
+            # between) and, on PostgreSQL, locks the trials' rows until the commit.
+            if not self._move(conn, ids, running):
+                tx.rollback()
+                return False
+            conn.execute(self._upsert(model, keys, update), rows)
         return True
-
 
     def finish(self, told: list[tuple[int, optuna.trial.TrialState, list[float] | None]]) -> bool:
         """Move each ``(trial_id, state, values)`` from ``RUNNING`` to ``state`` with ``values``
         (Optuna's ``set_trial_state_values``), all in one transaction; ``False`` (rolled back,
         nothing written) if one of them is no longer ``RUNNING``."""
-        import sqlalchemy
-
-        trials, values_model = self.models.TrialModel, self.models.TrialValueModel
+        values_model = self.models.TrialValueModel
         now = datetime.datetime.now()  # Optuna's own clock for datetime_complete
-        running = optuna.trial.TrialState.RUNNING
         value_rows = []
         for trial_id, _, values in told:
             for objective, v in enumerate(values or ()):
                 stored, kind = values_model.value_to_stored_repr(v)
                 value_rows.append({"trial_id": trial_id, "objective": objective, "value": stored,
                                    "value_type": kind})
-        conn = self.rdb.engine.connect()
-        try:
-            with conn.begin() as tx:
-                for state in {s for _, s, _ in told}:
-                    ids = [i for i, s, _ in told if s == state]
-                    done = conn.execute(
-                        sqlalchemy.update(trials)
-                        .where(trials.trial_id.in_(ids), trials.state == running)
-                        .values(state=state, datetime_complete=now))
-                    if done.rowcount != len(ids):
-                        tx.rollback()
-                        return False
-                if value_rows:
-                    stmt = self._insert(values_model)
-                    conn.execute(stmt.on_conflict_do_update(
-                        index_elements=[values_model.trial_id, values_model.objective],
-                        set_={c: getattr(stmt.excluded, c) for c in ("value", "value_type")}),
-                        value_rows)
-        finally:
-            conn.close()
+        with self.rdb.engine.connect() as conn, conn.begin() as tx:
+            for state in {s for _, s, _ in told}:
+                ids = [i for i, s, _ in told if s == state]
+                if not self._move(conn, ids, state, datetime_complete=now):
+                    tx.rollback()
+                    return False
+            if value_rows:
+                conn.execute(self._upsert(values_model, ("trial_id", "objective"),
+                                          ("value", "value_type")), value_rows)
         return True
+
+    def _move(self, conn, ids: list[int], state, **values) -> bool:
+        """``UPDATE trials SET state = state, **values`` for those of ``ids`` that are
+        ``RUNNING``; whether every one of them was."""
+        import sqlalchemy
+
+        trials = self.models.TrialModel
+        done = conn.execute(sqlalchemy.update(trials)
+                            .where(trials.trial_id.in_(ids),
+                                   trials.state == optuna.trial.TrialState.RUNNING)
+                            .values(state=state, **values))
+        return done.rowcount == len(ids)
+
+    def _upsert(self, model, keys: tuple[str, ...], update: tuple[str, ...]):
+        """A multi-row ``INSERT`` into ``model``'s table that updates ``update`` where the
+        ``keys`` exist (``ON CONFLICT ... DO UPDATE``)."""
+        stmt = self._insert(model)
+        return stmt.on_conflict_do_update(index_elements=[getattr(model, k) for k in keys],
+                                          set_={c: getattr(stmt.excluded, c) for c in update})
 
 
 def _tables(study) -> _Tables | None:
